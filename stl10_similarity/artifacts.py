@@ -1,0 +1,248 @@
+"""Artifacts on disk: atomic writes, SHA-256 digests, manifests and the cache lock.
+
+Every stage writes its data files first and its manifest last, each atomically
+(temporary file in the same folder, flush + fsync, ``os.replace``). Data without a
+manifest is incomplete; a manifest names the SHA-256 of every file it vouches for,
+so nothing is used (or unpickled) unless it is exactly what the stage wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from .errors import EnvironmentFailure, IntegrityError, MissingArtifactError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+_ENV_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
+def environment_failure(exc: OSError, what: str) -> EnvironmentFailure:
+    """Turn an OSError from writing into one clear line."""
+    reason = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EROFS: "the folder is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+    }.get(exc.errno or 0, exc.strerror or str(exc))
+    return EnvironmentFailure(f"cannot write {what}: {reason}; previous artifacts are untouched")
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets us fsync a folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """Yield a binary file that appears at ``path`` only if the block completes."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise environment_failure(exc, str(path)) from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in _ENV_ERRNOS:
+            raise environment_failure(exc, str(path)) from exc
+        raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_file(path) as handle:
+        handle.write(data)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_file(path) as handle:
+        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def library_versions(*names: str) -> dict[str, str]:
+    """Versions of the libraries that shaped an artifact (only those already imported)."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in ("numpy", "datasketch", *names):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def describe_file(path: Path) -> dict[str, Any]:
+    """The manifest entry for one artifact file: name, size, SHA-256 and, for .npy, shape and dtype."""
+    entry: dict[str, Any] = {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    if path.suffix == ".npy":
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        entry["shape"] = list(array.shape)
+        entry["dtype"] = str(array.dtype)
+    return entry
+
+
+def write_manifest(
+    folder: Path,
+    *,
+    stage: str,
+    params: dict[str, Any],
+    files: list[Path],
+    inputs: dict[str, str],
+    n: int,
+    started: float,
+    versions: dict[str, str],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Describe the files just written and write the manifest last, atomically."""
+    manifest = {
+        "format": FORMAT_VERSION,
+        "stage": stage,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "params": params,
+        "inputs": inputs,
+        "n": n,
+        "wall_seconds": round(time.time() - started, 3),
+        "versions": versions,
+        "artifacts": {p.stem: describe_file(p) for p in files},
+        **(extra or {}),
+    }
+    write_json(folder / MANIFEST, manifest)
+    return manifest
+
+
+def manifest_digest(folder: Path) -> str:
+    """The SHA-256 of a manifest file: what downstream stages record as their input."""
+    return sha256_file(folder / MANIFEST)
+
+
+def read_manifest(folder: Path, *, stage: str, make_cmd: str) -> dict[str, Any]:
+    """Read a stage's manifest, or explain which command makes it."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise MissingArtifactError(f"no {stage} artifacts in {folder}: run `{make_cmd}` first")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{path} is not a valid manifest ({exc.__class__.__name__}): rerun `{make_cmd}`") from exc
+    if not isinstance(manifest, dict) or manifest.get("stage") != stage or "artifacts" not in manifest:
+        raise IntegrityError(f"{path} is not a {stage} manifest: rerun `{make_cmd}`")
+    if manifest.get("format") != FORMAT_VERSION:
+        raise IntegrityError(f"{path} was written by another version of stl10sim: rerun `{make_cmd}`")
+    return manifest
+
+
+def verified_path(folder: Path, manifest: dict[str, Any], name: str, *, make_cmd: str) -> Path:
+    """Return the path of artifact ``name`` once its size and SHA-256 match the manifest."""
+    try:
+        entry = manifest["artifacts"][name]
+        path = folder / entry["file"]
+        expected_size, expected_sha = int(entry["bytes"]), str(entry["sha256"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"{folder / MANIFEST} does not list `{name}`: rerun `{make_cmd}`") from exc
+    if not path.is_file():
+        raise IntegrityError(f"{path} is missing: rerun `{make_cmd}`")
+    if path.stat().st_size != expected_size or sha256_file(path) != expected_sha:
+        raise IntegrityError(f"{path} does not match its manifest (truncated, corrupted or replaced): rerun `{make_cmd}`")
+    return path
+
+
+def load_npy(folder: Path, manifest: dict[str, Any], name: str, *, make_cmd: str, mmap: bool = True) -> np.ndarray:
+    """Load a verified ``.npy`` artifact, memory-mapped by default."""
+    path = verified_path(folder, manifest, name, make_cmd=make_cmd)
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"{path} is not a readable .npy file: rerun `{make_cmd}`") from exc
+    entry = manifest["artifacts"][name]
+    if list(array.shape) != entry.get("shape") or str(array.dtype) != entry.get("dtype"):
+        raise IntegrityError(f"{path} has shape {array.shape} {array.dtype}, not what its manifest says: rerun `{make_cmd}`")
+    return array
+
+
+@contextlib.contextmanager
+def cache_lock(cache_dir: Path, *, wait: bool = True, on_wait: Any = None) -> Iterator[None]:
+    """Hold the cache dir's lock so that two writers never interleave.
+
+    Args:
+        cache_dir: the cache dir to lock.
+        wait: block until the lock is free; otherwise fail at once.
+        on_wait: called once (with the lock path) if we have to wait.
+    """
+    import filelock
+
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise environment_failure(exc, str(cache_dir)) from exc
+    lock_path = cache_dir / ".lock"
+    lock = filelock.FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        if not wait:
+            raise EnvironmentFailure(
+                f"another stl10sim command is using {cache_dir}; wait for it or drop --no-wait"
+            ) from None
+        if on_wait is not None:
+            on_wait(lock_path)
+        lock.acquire()
+    except OSError as exc:
+        raise environment_failure(exc, str(lock_path)) from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def json_ready(value: Any) -> Any:
+    """Convert numpy scalars and arrays so that ``json`` can write them."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+

@@ -1,0 +1,236 @@
+"""The ``stl10sim`` command line: parse, call the library, format, map errors to exit codes.
+
+Nothing else lives here. stdout carries results only; progress and warnings go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import InputError, Stl10SimError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Stl10SimGroup(click.Group):
+    """Maps library errors to one line on stderr and an exit code (2: bad input, 1: other)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = "--debug" in sys.argv[1:] or bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except Stl10SimError as exc:
+            if debug:
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted: finished chunks are kept; rerun the same command to resume.", err=True)
+            ctx.exit(130)
+
+
+def _info(ctx: click.Context, message: str) -> None:
+    if not ctx.find_root().params.get("quiet"):
+        click.echo(message, err=True)
+
+
+def _waiting(ctx: click.Context) -> Any:
+    return lambda lock: _info(ctx, f"waiting for another stl10sim command to release {lock} ...")
+
+
+def _echo_json(obj: Any) -> None:
+    from .artifacts import json_ready
+
+    click.echo(json.dumps(json_ready(obj), separators=(", ", ": ")))
+
+
+cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Artifacts folder. Default: $STL10SIM_CACHE_DIR, else the platform's user cache dir.",
+)
+no_wait_option = click.option("--no-wait", is_flag=True, help="Fail at once if another command holds the cache dir.")
+force_option = click.option("--force", is_flag=True, help="Rebuild even if a matching cached result exists.")
+
+
+@click.group(cls=Stl10SimGroup, context_settings=CONTEXT)
+@click.version_option(package_name="stl10sim", prog_name="stl10sim")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes on stderr.")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def main(quiet: bool, debug: bool) -> None:
+    """Image similarity search over STL-10: MobileNetV2 features, MinHash, LSH forest.
+
+    Typical run: download, extract, index, then query.
+    """
+
+
+# ---------------------------------------------------------------- download
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where stl10_binary/ goes. Default: $STL10SIM_DATA_DIR, else data/ under the cache dir.")
+@click.option("--archive", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Unpack this stl10_binary.tar.gz instead of downloading.")
+@click.option("--no-verify", is_flag=True, help="Accept data that doesn't match the official MD5s (warns).")
+@cache_dir_option
+@click.pass_context
+def download(ctx: click.Context, data_dir: Path | None, archive: Path | None, no_verify: bool, cache_dir: Path | None) -> None:
+    """Fetch STL-10 (or unpack --archive) into the data dir and verify it once."""
+    from . import stl10
+    from .paths import resolve_data_dir
+
+    target = resolve_data_dir(data_dir, cache_dir)
+    result = stl10.download(target, archive=archive, verify=not no_verify, warn=lambda m: click.echo(m, err=True))
+    counts = ", ".join(f"{part} {n}" for part, n in result.counts.items())
+    state = "verified" if result.verified else "NOT verified (--no-verify)"
+    click.echo(f"STL-10 in {result.root} ({result.source}; {state}): {counts}")
+
+
+# ---------------------------------------------------------------- extract
+
+
+@main.command()
+@click.option("--split", type=click.Choice(["train", "test", "train+test", "unlabeled", "all"]), default="train+test",
+              show_default=True, help="Which images form the collection (train then test, then unlabeled).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images of the split.")
+@click.option("--batch-size", type=click.IntRange(min=1, max=4096), default=32, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
+              help="ImageNet weights (downloaded once), a seeded random init, or a local state dict.")
+@click.option("--image-size", type=click.IntRange(min=32, max=1024), default=224, show_default=True,
+              help="Model input size; 96 px images are upsampled to it.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where stl10_binary/ is. Default: $STL10SIM_DATA_DIR, else data/ under the cache dir.")
+@cache_dir_option
+@force_option
+@no_wait_option
+@click.pass_context
+def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int, device: str, weights: str,
+            image_size: int, data_dir: Path | None, cache_dir: Path | None, force: bool, no_wait: bool) -> None:
+    """Compute 1280-D MobileNetV2 features for the collection (resumable, cached)."""
+    from .features import extract as run_extract
+    from .paths import resolve_cache_dir, resolve_data_dir
+
+    cache = resolve_cache_dir(cache_dir)
+    result = run_extract(
+        resolve_data_dir(data_dir, cache_dir), cache, split=split, limit=limit, batch_size=batch_size, device=device,
+        weights=weights, image_size=image_size, force=force, wait=not no_wait,
+        progress=not ctx.find_root().params.get("quiet"), on_wait=_waiting(ctx),
+    )
+    if result.cached:
+        click.echo(f"features for {result.n} images already in {result.folder} (cached; --force rebuilds)")
+    else:
+        resumed = f", resumed after {result.resumed_chunks} chunks" if result.resumed_chunks else ""
+        click.echo(f"features for {result.n} images in {result.folder} ({result.seconds:.1f} s{resumed})")
+
+
+# ---------------------------------------------------------------- index
+
+
+@main.command()
+@click.option("--top-k", type=click.IntRange(1, 1280), default=50, show_default=True,
+              help="Size of each image's set: its K most activated feature dimensions.")
+@click.option("--num-perm", type=click.IntRange(min=1), default=128, show_default=True, help="MinHash permutations.")
+@click.option("--trees", type=click.IntRange(min=1), default=8, show_default=True, help="Prefix trees in the forest.")
+@click.option("--basis", type=click.Choice(["raw", "centered", "standardized"]), default="raw", show_default=True,
+              help="Form sets from raw features, or centred / standardised per dimension.")
+@cache_dir_option
+@force_option
+@no_wait_option
+@click.pass_context
+def index(ctx: click.Context, top_k: int, num_perm: int, trees: int, basis: str, cache_dir: Path | None,
+          force: bool, no_wait: bool) -> None:
+    """Build top-K sets, MinHash signatures and the LSH forest over the features."""
+    from .index import build_index
+    from .paths import resolve_cache_dir
+
+    result = build_index(
+        resolve_cache_dir(cache_dir), top_k=top_k, num_perm=num_perm, trees=trees, basis=basis, force=force,
+        wait=not no_wait, progress=not ctx.find_root().params.get("quiet"), on_wait=_waiting(ctx),
+    )
+    state = "already built (cached; --force rebuilds)" if result.cached else f"built in {result.seconds:.1f} s"
+    click.echo(f"index of {result.n} images in {result.folder}: {state}")
+
+
+# ---------------------------------------------------------------- query
+
+
+def format_text(result: Any) -> str:
+    q = result.query
+    who = f"image {q.id}" if q.id is not None else f"image file {q.image}"
+    label = f" (label: {q.label})" if q.label else ""
+    lines = [f"Query: {who}{label}  [{result.params['method']}, {result.candidates} candidates, "
+             f"{result.timing_ms['search']:.2f} ms]"]
+    for m in result.results:
+        lines += [
+            f"  {m.rank:>3}. image {m.id} (label: {m.label})",
+            f"       estimated Jaccard (MinHash) {m.jaccard_estimate:.4f}   exact Jaccard {m.jaccard:.4f}   "
+            f"cosine {m.cosine:.4f}",
+            f"       intersection {m.intersection}   union {m.union}   unique to query {m.unique_to_query}   "
+            f"unique to match {m.unique_to_match}",
+        ]
+    return "\n".join(lines)
+
+
+def _png_path(png: Path, result: Any, several: bool) -> Path:
+    if not several:
+        return png
+    tag = result.query.id if result.query.id is not None else Path(result.query.image).stem
+    return png.with_name(f"{png.stem}-{tag}{png.suffix or '.png'}")
+
+
+@main.command()
+@click.option("--image-id", "image_ids", type=int, multiple=True, metavar="N",
+              help="Id of a collection image (0-based); repeat for several queries.")
+@click.option("--image", "images", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              help="An image file not in the collection (JPEG, PNG, WebP, ...); repeat for several.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Results per query.")
+@click.option("--method", type=click.Choice(["forest", "rerank", "exact", "forest-query"]), default="rerank",
+              show_default=True, help="forest: LSH forest by estimated Jaccard; rerank: its candidates by cosine; "
+              "exact: brute-force cosine; forest-query: datasketch's own query().")
+@click.option("--candidates", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Forest candidate budget for forest and rerank.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per query on stdout (NDJSON for several).")
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a result grid; with several queries, the query id is added to the name.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
+              help="Device for embedding --image files.")
+@cache_dir_option
+@click.pass_context
+def query(ctx: click.Context, image_ids: tuple[int, ...], images: tuple[Path, ...], k: int, method: str,
+          candidates: int, as_json: bool, png: Path | None, device: str, cache_dir: Path | None) -> None:
+    """Find the k images most similar to each query image."""
+    from . import query_service
+    from .paths import resolve_cache_dir
+
+    if not image_ids and not images:
+        raise click.UsageError("give at least one --image-id N or --image PATH")
+    started = time.perf_counter()
+    session = query_service.open_session(resolve_cache_dir(cache_dir), candidates=candidates)
+    vectors = session.vectors(list(image_ids), list(images), device=device)
+    loaded_ms = (time.perf_counter() - started) * 1e3
+    several = len(vectors) > 1
+    for vector in vectors:
+        result = session.searcher.query(vector, k, method)
+        result.timing_ms["load"] = round(loaded_ms, 3)
+        if png is not None:
+            session.draw(result, vector, _png_path(png, result, several))
+        if as_json:
+            _echo_json(result.to_dict())
+        else:
+            click.echo(format_text(result))
+    if png is not None and not as_json and not several:
+        _info(ctx, f"grid written to {png}")
+
+
+def run() -> None:  # console-script entry point
+    main(prog_name="stl10sim")
+
+
+__all__ = ["main", "run", "InputError"]

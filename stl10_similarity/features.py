@@ -1,0 +1,291 @@
+"""Stage 2: MobileNetV2 features for a collection, chunked, resumable and cached.
+
+Each chunk of features is written atomically as soon as it is computed, so a
+killed run resumes from its last complete chunk; chunk boundaries fall on batch
+boundaries, so a resumed run gives bit-identical features to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import stl10
+from .artifacts import (
+    cache_lock,
+    library_versions,
+    load_npy,
+    read_manifest,
+    sha256_file,
+    write_json,
+    write_manifest,
+    write_npy,
+)
+from .errors import EnvironmentFailure, InputError, IntegrityError, MissingArtifactError, WeightsError
+from .paths import features_dir
+
+DIM = 1280
+MAKE_CMD = "stl10sim extract"
+CHUNK_IMAGES = 2048
+SEED = 0
+IMAGENET = "IMAGENET1K_V2"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+# ---------------------------------------------------------------- model
+
+
+def weights_identity(weights: str) -> str:
+    """A string that pins down which weights made a feature: recorded in manifests."""
+    if weights == "imagenet":
+        return f"imagenet:{IMAGENET}"
+    if weights == "none":
+        return f"none:seed={SEED}"
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsError(f"weights file {weights} does not exist: pass imagenet, none or a readable .pth file")
+    try:
+        return f"file:{sha256_file(path)}"
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights file {weights}: {exc.strerror}") from exc
+
+
+def _load_state_dict(weights: str) -> dict[str, Any] | None:
+    import torch
+
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        import urllib.error
+
+        from torchvision.models import MobileNet_V2_Weights
+
+        spec = MobileNet_V2_Weights[IMAGENET]
+        try:
+            return spec.get_state_dict(progress=True, check_hash=True)
+        except (urllib.error.URLError, OSError) as exc:
+            folder = Path(torch.hub.get_dir()) / "checkpoints"
+            reason = getattr(exc, "reason", None) or exc
+            raise EnvironmentFailure(
+                f"cannot download the ImageNet weights ({reason}): put {spec.url.rsplit('/', 1)[-1]} "
+                f"in {folder}, or pass --weights PATH"
+            ) from exc
+    try:
+        loaded = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise WeightsError(f"cannot read weights file {weights}: not a PyTorch state dict ({exc.__class__.__name__})") from exc
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise WeightsError(f"weights file {weights} does not hold a state dict of tensors")
+    return loaded
+
+
+def build_model(weights: str) -> Any:
+    """torchvision's mobilenet_v2 in eval mode with the requested weights."""
+    import torch
+    from torchvision.models import mobilenet_v2
+
+    state = _load_state_dict(weights)
+    torch.manual_seed(SEED)  # --weights none is a seeded, deterministic random init
+    model = mobilenet_v2(weights=None)
+    if state is not None:
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            model_keys, file_keys = set(model.state_dict()), set(state)
+            raise WeightsError(
+                f"weights file {weights} does not fit mobilenet_v2: {len(model_keys - file_keys)} keys missing, "
+                f"{len(file_keys - model_keys)} unexpected, or shapes differ"
+            ) from exc
+    return model.eval()
+
+
+def build_preprocess(image_size: int) -> Any:
+    """The weights' own transform (resize 232, centre crop 224, ImageNet normalisation), scaled to ``image_size``."""
+    from torchvision.transforms._presets import ImageClassification
+
+    return ImageClassification(crop_size=image_size, resize_size=round(image_size * 232 / 224))
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA GPU is available here; use --device auto or cpu")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("--device mps: Apple's MPS is not available here; use --device auto or cpu")
+    return device
+
+
+class FeatureModel:
+    """MobileNetV2 up to global average pooling: uint8 images in, L2-normalised 1280-D features out."""
+
+    name = "mobilenet_v2"
+
+    def __init__(self, weights: str = "imagenet", image_size: int = 224, device: str = "auto") -> None:
+        import torch
+
+        self.device = pick_device(device)
+        self.weights_id = weights_identity(weights)
+        self.image_size = image_size
+        self.transform = build_preprocess(image_size)
+        self.model = build_model(weights).to(self.device)
+        self._torch = torch
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Embed uint8 ``(n, 3, H, W)`` images."""
+        torch = self._torch
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+            x = self.transform(batch)
+            pooled = torch.nn.functional.adaptive_avg_pool2d(self.model.features(x), 1).flatten(1)
+            out = pooled.float().cpu().numpy()
+        return normalise(out)
+
+
+def normalise(features: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return (features / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- stage
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    folder: Path
+    n: int
+    seconds: float
+    cached: bool
+    resumed_chunks: int
+    manifest: dict[str, Any]
+
+
+def identity_params(split: str, limit: int | None, weights: str, image_size: int) -> dict[str, Any]:
+    """The parameters that decide what the features are (and so when the index is stale)."""
+    return {
+        "model": FeatureModel.name,
+        "split": split,
+        "limit": limit,
+        "weights": weights_identity(weights),
+        "image_size": image_size,
+        "dim": DIM,
+        "normalised": "l2",
+    }
+
+
+def load_manifest(cache_dir: Path) -> dict[str, Any]:
+    return read_manifest(features_dir(cache_dir), stage="extract", make_cmd=MAKE_CMD)
+
+
+def _cached(folder: Path, params: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        manifest = read_manifest(folder, stage="extract", make_cmd=MAKE_CMD)
+    except (MissingArtifactError, IntegrityError):
+        return None
+    if {k: manifest["params"].get(k) for k in params} != params:
+        return None
+    try:
+        for name in manifest["artifacts"]:
+            load_npy(folder, manifest, name, make_cmd=MAKE_CMD)
+    except IntegrityError:
+        return None
+    return manifest
+
+
+def extract(
+    data_dir: Path,
+    cache_dir: Path,
+    *,
+    split: str = "train+test",
+    limit: int | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    weights: str = "imagenet",
+    image_size: int = 224,
+    force: bool = False,
+    wait: bool = True,
+    progress: bool = True,
+    on_wait: Any = None,
+) -> ExtractResult:
+    """Extract features for ``split`` into ``cache_dir/features``, resuming or reusing earlier work."""
+    started = time.time()
+    collection = stl10.open_collection(data_dir, split, limit)
+    if collection.size == 0:
+        raise InputError(f"split {split!r} has no images in {data_dir}")
+    params = identity_params(split, limit, weights, image_size)
+    folder = features_dir(cache_dir)
+    with cache_lock(cache_dir, wait=wait, on_wait=on_wait):
+        if not force and (manifest := _cached(folder, params)) is not None:
+            return ExtractResult(folder, manifest["n"], time.time() - started, True, 0, manifest)
+        model = FeatureModel(weights, image_size, device)
+        chunk = max(1, CHUNK_IMAGES // batch_size) * batch_size
+        partial = folder / "partial"
+        run = {**params, "n": collection.size, "batch_size": batch_size, "chunk": chunk, "device": model.device}
+        if force or not _same_run(partial, run):
+            shutil.rmtree(partial, ignore_errors=True)
+        write_json(partial / "run.json", run)
+        starts = range(0, collection.size, chunk)
+        done = [s for s in starts if (partial / f"chunk_{s // chunk:06d}.npy").is_file()]
+        bar = _progress(collection.size, progress, initial=sum(min(chunk, collection.size - s) for s in done))
+        for start in starts:
+            path = partial / f"chunk_{start // chunk:06d}.npy"
+            if path.is_file():
+                continue
+            stop = min(start + chunk, collection.size)
+            parts = []
+            for lo in range(start, stop, batch_size):
+                parts.append(model(collection.images(lo, min(lo + batch_size, stop))))
+                bar.update(len(parts[-1]))
+            write_npy(path, np.concatenate(parts))
+        bar.close()
+        features = np.concatenate([np.load(partial / f"chunk_{s // chunk:06d}.npy") for s in starts])
+        files = [folder / "features.npy", folder / "labels.npy", folder / "ids.npy"]
+        write_npy(files[0], features)
+        write_npy(files[1], collection.labels())
+        write_npy(files[2], np.arange(collection.size, dtype=np.int64))
+        manifest = write_manifest(
+            folder,
+            stage="extract",
+            params={**params, "weights_source": _weights_source(weights), "batch_size": batch_size, "device": model.device},
+            files=files,
+            inputs={"data_dir": str(data_dir), "verified_md5": bool((stl10.verification_record(data_dir) or {}).get("verified_md5"))},
+            n=collection.size,
+            started=started,
+            versions=library_versions("torch", "torchvision"),
+            extra={"class_names": stl10.read_class_names(collection.root), "parts": dict(zip(collection.parts, collection.counts))},
+        )
+        shutil.rmtree(partial, ignore_errors=True)
+        return ExtractResult(folder, collection.size, time.time() - started, False, len(done), manifest)
+
+
+def _same_run(partial: Path, run: dict[str, Any]) -> bool:
+    import json
+
+    try:
+        return json.loads((partial / "run.json").read_text()) == run
+    except (OSError, ValueError):
+        return False
+
+
+def _progress(total: int, enabled: bool, initial: int = 0) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", desc="extract", disable=not enabled, file=sys.stderr)
+
+
+def _weights_source(weights: str) -> str:
+    """How to load the same weights again (for ``query --image``): a keyword or an absolute path."""
+    return weights if weights in ("imagenet", "none") else str(Path(weights).resolve())

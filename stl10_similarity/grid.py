@@ -1,0 +1,78 @@
+"""Result grids as PNG: the query first, then its matches, each titled with label and scores.
+
+Pure and headless (a matplotlib ``Figure`` on the Agg canvas, never pyplot), so it is
+safe in scripts, tests and servers.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .artifacts import write_bytes
+from .search import QueryResult
+
+PANEL_W, PANEL_H, DPI = 2.4, 3.0, 100  # inches per panel: 96 px images drawn at 2.5x
+MAX_COLUMNS = 6
+AGREE, DISAGREE, QUERY = "#1a9850", "#d73027", "#2b2b2b"
+
+
+def grid_size(k: int) -> tuple[int, int]:
+    """Pixel (width, height) of the grid for ``k`` matches."""
+    cols = min(k + 1, MAX_COLUMNS)
+    rows = math.ceil((k + 1) / cols)
+    return round(cols * PANEL_W * DPI), round(rows * PANEL_H * DPI)
+
+
+def _hwc(image: np.ndarray) -> np.ndarray:
+    return np.transpose(image, (1, 2, 0)) if image.ndim == 3 and image.shape[0] == 3 else image
+
+
+def render_grid(result: QueryResult, query_image: np.ndarray, match_images: np.ndarray, path: Path) -> Path:
+    """Draw the grid and write it atomically to ``path``.
+
+    Args:
+        result: the query and its matches.
+        query_image: uint8 ``(3, H, W)`` or ``(H, W, 3)``.
+        match_images: uint8 images of the matches, in rank order.
+        path: where the PNG goes.
+
+    Returns:
+        ``path``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    k = len(result.results)
+    cols = min(k + 1, MAX_COLUMNS)
+    rows = math.ceil((k + 1) / cols)
+    fig = Figure(figsize=(cols * PANEL_W, rows * PANEL_H), dpi=DPI)
+    FigureCanvasAgg(fig)
+    q = result.query
+    qtitle = f"query {q.id}" if q.id is not None else f"query {Path(q.image or '').name}"
+    panels = [(query_image, f"{qtitle}\n{q.label or ''}", QUERY)]
+    for match, image in zip(result.results, match_images):
+        color = AGREE if q.class_index is not None and match.class_index == q.class_index else DISAGREE
+        title = f"#{match.rank} id {match.id}\n{match.label}\nJ {match.jaccard:.2f}  cos {match.cosine:.2f}"
+        panels.append((image, title, color))
+    for slot in range(rows * cols):
+        ax = fig.add_subplot(rows, cols, slot + 1)
+        if slot >= len(panels):
+            ax.axis("off")
+            continue
+        image, title, color = panels[slot]
+        ax.imshow(_hwc(image), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_edgecolor(color)
+            spine.set_linewidth(5)
+        ax.set_xlabel(title, fontsize=9, color=QUERY if color == QUERY else color)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.98, bottom=0.12 if rows == 1 else 0.06, wspace=0.08, hspace=0.45)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    write_bytes(Path(path), buffer.getvalue())
+    return Path(path)

@@ -1,0 +1,195 @@
+"""Stage 3: top-K sets, MinHash signatures and a datasketch MinHashLSHForest over them.
+
+The forest is pickled (datasketch has no other format); it is only ever unpickled
+after its SHA-256 matches the manifest this stage wrote.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import features as features_stage
+from .artifacts import (
+    atomic_file,
+    cache_lock,
+    library_versions,
+    load_npy,
+    manifest_digest,
+    read_manifest,
+    verified_path,
+    write_manifest,
+    write_npy,
+)
+from .errors import InputError, IntegrityError, MissingArtifactError, StaleArtifactError
+from .paths import features_dir, index_dir
+from .signatures import SCHEME, SEED, SET_BASES, minhash_signatures, permuted_token_table, set_statistics, top_k_sets
+
+MAKE_CMD = "stl10sim index"
+DEFAULTS = {"top_k": 50, "num_perm": 128, "trees": 8, "basis": "raw"}
+
+
+def check_params(top_k: int, num_perm: int, trees: int, basis: str, dim: int = features_stage.DIM) -> None:
+    """Refuse parameter combinations the forest cannot use, with the reason."""
+    if not 1 <= top_k <= dim:
+        raise InputError(f"--top-k must be between 1 and {dim}, got {top_k}")
+    if trees < 1 or num_perm < trees:
+        raise InputError(f"--num-perm ({num_perm}) must be at least --trees ({trees}), and --trees at least 1")
+    if num_perm % trees:
+        raise InputError(f"--num-perm ({num_perm}) must be a multiple of --trees ({trees})")
+    if basis not in SET_BASES:
+        raise InputError(f"unknown set basis {basis!r}: choose one of {', '.join(SET_BASES)}")
+
+
+class _Sketch:
+    """The part of a datasketch MinHash the forest reads: hash values and scheme."""
+
+    __slots__ = ("hashvalues",)
+    scheme = SCHEME
+
+    def __init__(self, hashvalues: np.ndarray) -> None:
+        self.hashvalues = hashvalues
+
+    def __len__(self) -> int:
+        return len(self.hashvalues)
+
+
+def build_forest(signatures: np.ndarray, trees: int, progress: bool = False) -> Any:
+    """A datasketch ``MinHashLSHForest`` with key ``i`` for signature row ``i``, indexed."""
+    from datasketch import MinHashLSHForest
+    from tqdm import tqdm
+
+    forest = MinHashLSHForest(num_perm=signatures.shape[1], l=trees)
+    rows = np.ascontiguousarray(signatures)
+    for key in tqdm(range(len(rows)), desc="forest", unit="img", disable=not progress, file=sys.stderr, mininterval=0.5):
+        forest.add(key, _Sketch(rows[key]))
+    forest.index()
+    return forest
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    folder: Path
+    n: int
+    seconds: float
+    cached: bool
+    manifest: dict[str, Any]
+
+
+def _cached(folder: Path, params: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any] | None:
+    try:
+        manifest = read_manifest(folder, stage="index", make_cmd=MAKE_CMD)
+        if manifest["params"] != params or manifest["inputs"] != inputs:
+            return None
+        for name in manifest["artifacts"]:
+            verified_path(folder, manifest, name, make_cmd=MAKE_CMD)
+    except (MissingArtifactError, IntegrityError, KeyError, TypeError):
+        return None
+    return manifest
+
+
+def build_index(
+    cache_dir: Path,
+    *,
+    top_k: int = 50,
+    num_perm: int = 128,
+    trees: int = 8,
+    basis: str = "raw",
+    force: bool = False,
+    wait: bool = True,
+    progress: bool = True,
+    on_wait: Any = None,
+) -> IndexResult:
+    """Build (or reuse) the index for the features in ``cache_dir``."""
+    started = time.time()
+    check_params(top_k, num_perm, trees, basis)
+    source = features_dir(cache_dir)
+    folder = index_dir(cache_dir)
+    with cache_lock(cache_dir, wait=wait, on_wait=on_wait):
+        features_manifest = features_stage.load_manifest(cache_dir)
+        inputs = {"features_manifest_sha256": manifest_digest(source)}
+        params = {"top_k": top_k, "num_perm": num_perm, "trees": trees, "basis": basis, "scheme": SCHEME, "seed": SEED,
+                  "token": "str(dim).encode()"}
+        if not force and (manifest := _cached(folder, params, inputs)) is not None:
+            return IndexResult(folder, manifest["n"], time.time() - started, True, manifest)
+        feats = load_npy(source, features_manifest, "features", make_cmd=features_stage.MAKE_CMD)
+        stats = set_statistics(feats)
+        sets = top_k_sets(feats, top_k, basis, stats)
+        sigs = minhash_signatures(sets, permuted_token_table(num_perm, SEED, feats.shape[1]))
+        forest = build_forest(sigs, trees, progress)
+        files = [folder / "topk.npy", folder / "signatures.npy", folder / "stats.npy", folder / "forest.pkl"]
+        write_npy(files[0], sets)
+        write_npy(files[1], sigs)
+        write_npy(files[2], stats)
+        with atomic_file(files[3]) as handle:
+            pickle.dump(forest, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        manifest = write_manifest(
+            folder, stage="index", params=params, files=files, inputs=inputs, n=len(sigs),
+            started=started, versions=library_versions(),
+        )
+        return IndexResult(folder, len(sigs), time.time() - started, False, manifest)
+
+
+@dataclass
+class LoadedIndex:
+    """Everything a query needs, verified against the manifests and memory-mapped."""
+
+    params: dict[str, Any]
+    features_params: dict[str, Any]
+    class_names: list[str]
+    features: np.ndarray
+    labels: np.ndarray
+    topk: np.ndarray
+    signatures: np.ndarray
+    stats: np.ndarray
+    forest: Any
+    table: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.signatures)
+
+
+def load_index(cache_dir: Path) -> LoadedIndex:
+    """Load and verify the index and the features it was built from.
+
+    Raises:
+        MissingArtifactError: a stage has not run yet.
+        StaleArtifactError: the features changed since the index was built.
+        IntegrityError: an artifact does not match its manifest.
+    """
+    source, folder = features_dir(cache_dir), index_dir(cache_dir)
+    features_manifest = features_stage.load_manifest(cache_dir)
+    manifest = read_manifest(folder, stage="index", make_cmd=MAKE_CMD)
+    if manifest.get("inputs", {}).get("features_manifest_sha256") != manifest_digest(source):
+        raise StaleArtifactError("the index was built from other features than the ones extracted now: run `stl10sim index`")
+    fmake = features_stage.MAKE_CMD
+    feats = load_npy(source, features_manifest, "features", make_cmd=fmake)
+    labels = load_npy(source, features_manifest, "labels", make_cmd=fmake)
+    topk = load_npy(folder, manifest, "topk", make_cmd=MAKE_CMD)
+    sigs = load_npy(folder, manifest, "signatures", make_cmd=MAKE_CMD)
+    stats = load_npy(folder, manifest, "stats", make_cmd=MAKE_CMD)
+    if not (len(feats) == len(labels) == len(topk) == len(sigs)):
+        raise IntegrityError("features and index disagree on the number of images: run `stl10sim index --force`")
+    forest_path = verified_path(folder, manifest, "forest", make_cmd=MAKE_CMD)  # hash checked before unpickling
+    with open(forest_path, "rb") as handle:
+        forest = pickle.load(handle)
+    params = manifest["params"]
+    return LoadedIndex(
+        params=params,
+        features_params=features_manifest["params"],
+        class_names=list(features_manifest.get("class_names", [])),
+        features=feats,
+        labels=labels,
+        topk=topk,
+        signatures=sigs,
+        stats=stats,
+        forest=forest,
+        table=permuted_token_table(params["num_perm"], params["seed"], feats.shape[1]),
+    )

@@ -1,0 +1,219 @@
+"""Stage 4: answering "which images look like this one?" over a loaded index.
+
+Methods:
+    forest        candidates from every tree of the LSH forest, deepest shared prefix first,
+                  until the candidate budget is met; ordered by estimated Jaccard (MinHash).
+    rerank        the same candidates, ordered by exact cosine similarity of the stored features.
+    exact         brute-force cosine similarity over all stored features (the baseline).
+    forest-query  datasketch's own ``MinHashLSHForest.query(m, k)`` (stops at the first k keys it
+                  meets), ordered by estimated Jaccard: kept to show what the gathering above buys.
+
+Every method widens its search until it has ``min(k, N - 1)`` results (never fewer) and never
+returns the query itself.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left, bisect_right
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .index import LoadedIndex, _Sketch
+from .signatures import minhash_signatures, top_k_sets
+
+METHODS = ("forest", "rerank", "exact", "forest-query")
+DEFAULT_METHOD = "rerank"
+DEFAULT_CANDIDATES = 100
+
+
+@dataclass(frozen=True)
+class Match:
+    rank: int
+    id: int
+    label: str
+    class_index: int
+    jaccard: float
+    jaccard_estimate: float
+    cosine: float
+    intersection: int
+    union: int
+    unique_to_query: int
+    unique_to_match: int
+
+
+@dataclass(frozen=True)
+class QueryInfo:
+    id: int | None
+    label: str | None
+    class_index: int | None
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    query: QueryInfo
+    results: list[Match]
+    params: dict[str, Any]
+    timing_ms: dict[str, float]
+    candidates: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        query = {k: v for k, v in asdict(self.query).items() if k != "image" or v is not None}
+        return {
+            "query": query,
+            "results": [asdict(m) for m in self.results],
+            "params": self.params,
+            "timing_ms": self.timing_ms,
+            "candidates": self.candidates,
+        }
+
+
+@dataclass
+class QueryVector:
+    """A query as every method needs it: its feature, set and signature."""
+
+    feature: np.ndarray
+    topk: np.ndarray
+    signature: np.ndarray
+    exclude: int | None = None
+    info: QueryInfo = field(default_factory=lambda: QueryInfo(None, None, None))
+
+
+class Searcher:
+    """Queries over a :class:`LoadedIndex`; one instance serves many queries."""
+
+    def __init__(self, index: LoadedIndex, candidates: int = DEFAULT_CANDIDATES) -> None:
+        if candidates < 1:
+            raise ValueError("candidates must be at least 1")
+        self.index = index
+        self.candidates = candidates
+        forest = index.forest
+        self._depth = forest.k
+        self._ranges = forest.hashranges
+        self._tables = list(zip(forest.sorted_hashtables, forest.hashtables))
+
+    # ------------------------------------------------------------ query vectors
+
+    def label_name(self, class_index: int) -> str:
+        names = self.index.class_names
+        return names[class_index] if 0 <= class_index < len(names) else "unlabeled"
+
+    def for_id(self, image_id: int) -> QueryVector:
+        idx = self.index
+        ci = int(idx.labels[image_id])
+        info = QueryInfo(image_id, self.label_name(ci), ci)
+        return QueryVector(np.asarray(idx.features[image_id]), np.asarray(idx.topk[image_id]),
+                           np.asarray(idx.signatures[image_id]), image_id, info)
+
+    def for_feature(self, feature: np.ndarray, image: str | None = None) -> QueryVector:
+        """A query from a feature computed outside the collection, treated as the collection was."""
+        p = self.index.params
+        topk = top_k_sets(feature[None, :], p["top_k"], p["basis"], np.asarray(self.index.stats))[0]
+        sig = minhash_signatures(topk[None, :], self.index.table, threads=1)[0]
+        return QueryVector(feature.astype(np.float32), topk, sig, None, QueryInfo(None, None, None, image))
+
+    # ------------------------------------------------------------ candidates
+
+    def _wanted(self, k: int, q: QueryVector) -> int:
+        return min(k, self.index.n - (q.exclude is not None))
+
+    def forest_candidates(self, q: QueryVector, budget: int) -> np.ndarray:
+        """Keys sharing the deepest prefixes with the query, from every tree, until ``budget`` are found.
+
+        Unlike ``MinHashLSHForest.query``, a depth is always taken whole, so which keys are
+        kept doesn't depend on tree order; ordering is left to the caller.
+        """
+        full = [bytes(q.signature[lo:hi].astype(">u4").data) for lo, hi in self._ranges]
+        found: set[int] = set()
+        for depth in range(self._depth, 0, -1):
+            width = 4 * depth
+            for (sorted_keys, buckets), h in zip(self._tables, full):
+                prefix = h[:width]
+                lo = bisect_left(sorted_keys, prefix)
+                hi = bisect_right(sorted_keys, prefix + b"\xff" * (len(h) - width), lo)
+                for j in range(lo, hi):
+                    found.update(buckets[sorted_keys[j]])
+            found.discard(q.exclude)  # type: ignore[arg-type]
+            if len(found) >= budget:
+                break
+        return np.fromiter(found, dtype=np.int64, count=len(found))
+
+    def datasketch_candidates(self, q: QueryVector, k: int) -> np.ndarray:
+        keys = self.index.forest.query(_Sketch(q.signature), k + (q.exclude is not None))
+        return np.array([key for key in keys if key != q.exclude], dtype=np.int64)
+
+    # ------------------------------------------------------------ ranking
+
+    def estimated_jaccard(self, q: QueryVector, ids: np.ndarray) -> np.ndarray:
+        return (np.asarray(self.index.signatures[ids]) == q.signature).mean(axis=1)
+
+    def cosine(self, q: QueryVector, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(self.index.features[ids]) @ q.feature
+
+    def _top(self, ids: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+        order = np.lexsort((ids, -scores))  # best score first, ties by id
+        return ids[order[:k]]
+
+    def _widen(self, q: QueryVector, ids: np.ndarray, wanted: int) -> np.ndarray:
+        """Never silently fewer: add the rest of the collection when the forest ran dry."""
+        if len(ids) >= wanted:
+            return ids
+        rest = np.setdiff1d(np.arange(self.index.n), ids, assume_unique=False)
+        if q.exclude is not None:
+            rest = rest[rest != q.exclude]
+        return np.concatenate([ids, rest])
+
+    def search_ids(self, q: QueryVector, k: int, method: str) -> tuple[np.ndarray, int]:
+        """The ids of the top ``k`` results and how many candidates were examined."""
+        wanted = self._wanted(k, q)
+        if method == "exact":
+            scores = np.asarray(self.index.features) @ q.feature
+            if q.exclude is not None:
+                scores[q.exclude] = -np.inf
+            top = np.argpartition(-scores, wanted - 1)[:wanted] if wanted < len(scores) else np.arange(len(scores))
+            keep = top[np.isfinite(scores[top])]
+            return self._top(keep, scores[keep], wanted), self.index.n
+        if method == "forest-query":
+            ids = self.datasketch_candidates(q, wanted)
+        elif method in ("forest", "rerank"):
+            ids = self.forest_candidates(q, max(self.candidates, wanted))
+        else:
+            raise ValueError(f"unknown method {method!r}")
+        ids = self._widen(q, ids, wanted)
+        scores = self.cosine(q, ids) if method == "rerank" else self.estimated_jaccard(q, ids)
+        return self._top(ids, scores, wanted), len(ids)
+
+    def query(self, q: QueryVector, k: int, method: str = DEFAULT_METHOD) -> QueryResult:
+        t0 = time.perf_counter()
+        ids, examined = self.search_ids(q, k, method)
+        t1 = time.perf_counter()
+        matches = self.describe(q, ids)
+        t2 = time.perf_counter()
+        return QueryResult(
+            query=q.info,
+            results=matches,
+            params={"method": method, "k": k, "candidates": self.candidates, **self.index.params,
+                    "weights": self.index.features_params.get("weights"), "split": self.index.features_params.get("split"),
+                    "n": self.index.n},
+            timing_ms={"search": round((t1 - t0) * 1e3, 3), "describe": round((t2 - t1) * 1e3, 3)},
+            candidates=examined,
+        )
+
+    def describe(self, q: QueryVector, ids: np.ndarray) -> list[Match]:
+        """Every score a user sees for each result, in rank order."""
+        est = self.estimated_jaccard(q, ids)
+        cos = self.cosine(q, ids)
+        k = len(q.topk)
+        out = []
+        for rank, (i, e, c) in enumerate(zip(ids, est, cos), start=1):
+            inter = len(np.intersect1d(q.topk, self.index.topk[i], assume_unique=True))
+            union = 2 * k - inter
+            ci = int(self.index.labels[i])
+            out.append(Match(rank=rank, id=int(i), label=self.label_name(ci), class_index=ci,
+                             jaccard=round(inter / union, 6), jaccard_estimate=round(float(e), 6),
+                             cosine=round(float(c), 6), intersection=inter, union=union,
+                             unique_to_query=k - inter, unique_to_match=k - inter))
+        return out
