@@ -1,0 +1,201 @@
+"""The whole CLI path as users run it, and the answers to bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import FAST, invoke
+from stl10_similarity.cli import main
+
+RESULT_KEYS = ["rank", "id", "label", "class_index", "jaccard", "jaccard_estimate", "cosine", "intersection",
+               "union", "unique_to_query", "unique_to_match"]
+
+
+def test_end_to_end_from_archive(tmp_path, archive):
+    cache = str(tmp_path / "c")
+    assert invoke("-q", "download", "--archive", str(archive), "--no-verify", "--cache-dir", cache).exit_code == 0
+    extract = invoke("-q", "extract", *FAST, "--cache-dir", cache)
+    assert extract.exit_code == 0 and "features for 100 images" in extract.output
+    assert invoke("-q", "index", "--cache-dir", cache).exit_code == 0
+    png = tmp_path / "grid.png"
+    result = invoke("query", "--image-id", "3", "--json", "--png", str(png), "--cache-dir", cache)
+    assert result.exit_code == 0
+    doc = json.loads(result.stdout)
+    assert doc["query"] == {"id": 3, "label": "cat", "class_index": 3}
+    assert len(doc["results"]) == 5
+    assert png.is_file()
+
+
+def test_query_json_schema(built_cache):
+    result = invoke("query", "--image-id", "42", "-k", "7", "--json", "--cache-dir", str(built_cache))
+    doc = json.loads(result.stdout)
+    assert list(doc) == ["query", "results", "params", "timing_ms", "candidates"]
+    assert list(doc["query"]) == ["id", "label", "class_index"]
+    assert [r["rank"] for r in doc["results"]] == list(range(1, 8))
+    for r in doc["results"]:
+        assert list(r) == RESULT_KEYS
+        assert r["id"] != 42
+        assert r["union"] == 100 - r["intersection"] and r["unique_to_query"] == 50 - r["intersection"]
+        assert r["jaccard"] == pytest.approx(r["intersection"] / r["union"], abs=1e-6)
+        assert 0.0 <= r["jaccard_estimate"] <= 1.0 and -1.0 <= r["cosine"] <= 1.0001
+    for key in ("method", "k", "top_k", "num_perm", "trees", "scheme", "seed", "weights", "split", "n"):
+        assert key in doc["params"]
+    assert doc["params"]["scheme"] == "affine32" and doc["params"]["n"] == 100
+
+
+def test_several_ids_give_ndjson(built_cache):
+    result = invoke("query", "--image-id", "1", "--image-id", "2", "--json", "--cache-dir", str(built_cache))
+    lines = result.stdout.strip().splitlines()
+    assert [json.loads(line)["query"]["id"] for line in lines] == [1, 2]
+
+
+def test_text_output_names_every_score(built_cache):
+    out = invoke("query", "--image-id", "5", "-k", "2", "--cache-dir", str(built_cache)).stdout
+    assert out.startswith("Query: image 5 (label: dog)")
+    for word in ("estimated Jaccard (MinHash)", "exact Jaccard", "cosine", "intersection", "union",
+                 "unique to query", "unique to match"):
+        assert word in out
+    assert out.count("(label: ") == 3
+
+
+def test_png_decodes_to_expected_size(built_cache, tmp_path):
+    from PIL import Image
+
+    from stl10_similarity.grid import grid_size
+
+    png = tmp_path / "g.png"
+    assert invoke("-q", "query", "--image-id", "0", "-k", "8", "--png", str(png), "--cache-dir", str(built_cache)).exit_code == 0
+    with Image.open(png) as img:
+        img.load()
+        assert img.size == grid_size(8) == (1440, 600)
+
+
+def test_k_larger_than_collection_returns_everything_else(built_cache):
+    doc = json.loads(invoke("query", "--image-id", "0", "-k", "500", "--json", "--cache-dir", str(built_cache)).stdout)
+    ids = [r["id"] for r in doc["results"]]
+    assert len(ids) == 99 and len(set(ids)) == 99 and 0 not in ids
+
+
+def test_cached_rerun_does_no_work(cache):
+    manifests = [cache / "features" / "manifest.json", cache / "index" / "manifest.json"]
+    before = [p.stat().st_mtime_ns for p in manifests]
+    extract = invoke("extract", *FAST, "--cache-dir", str(cache))
+    index = invoke("index", "--cache-dir", str(cache))
+    assert "cached" in extract.stdout and "cached" in index.stdout
+    assert [p.stat().st_mtime_ns for p in manifests] == before
+
+
+def test_changed_extract_makes_index_stale(cache):
+    assert invoke("-q", "extract", *FAST, "--limit", "50", "--cache-dir", str(cache)).exit_code == 0
+    result = CliRunner().invoke(main, ["query", "--image-id", "1", "--cache-dir", str(cache)])
+    assert result.exit_code == 2
+    assert "run `stl10sim index`" in result.stderr
+    assert invoke("-q", "index", "--cache-dir", str(cache)).exit_code == 0
+    assert invoke("query", "--image-id", "1", "--cache-dir", str(cache)).exit_code == 0
+
+
+def test_query_does_not_import_torch(built_cache):
+    code = (
+        "import sys; from stl10_similarity.cli import main\n"
+        f"try: main(['query', '--image-id', '3', '--json', '--cache-dir', {str(built_cache)!r}])\n"
+        "except SystemExit as e: assert e.code in (0, None), e.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["query"]["id"] == 3
+
+
+def test_module_entry_point(built_cache):
+    proc = subprocess.run([sys.executable, "-m", "stl10_similarity", "query", "--image-id", "2", "--json",
+                           "--cache-dir", str(built_cache)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["query"]["id"] == 2
+
+
+def test_every_command_has_help_and_is_in_readme():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name, command in main.commands.items():
+        assert command.help, name
+        assert f"stl10sim {name}" in readme, name
+
+
+# ---------------------------------------------------------------- bad input: exit 2, one line, nothing written
+
+
+def _snapshot(folder: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+def _bad_weights(tmp: Path) -> list[str]:
+    not_pth = tmp / "weights.pth"
+    not_pth.write_text("not a checkpoint")
+    return ["extract", "--weights", str(not_pth)]
+
+
+def _wrong_keys(tmp: Path) -> list[str]:
+    import torch
+
+    path = tmp / "wrong.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, path)
+    return ["extract", "--weights", str(path)]
+
+
+BAD = {
+    "negative id": lambda t: ["query", "--image-id", "-1"],
+    "id past the end": lambda t: ["query", "--image-id", "100"],
+    "id not a number": lambda t: ["query", "--image-id", "three"],
+    "k below 1": lambda t: ["query", "--image-id", "1", "-k", "0"],
+    "top-k 0": lambda t: ["index", "--top-k", "0", "--force"],
+    "top-k 1281": lambda t: ["index", "--top-k", "1281", "--force"],
+    "num-perm not multiple of trees": lambda t: ["index", "--num-perm", "100", "--trees", "8", "--force"],
+    "num-perm below trees": lambda t: ["index", "--num-perm", "4", "--trees", "8", "--force"],
+    "unknown split": lambda t: ["extract", "--split", "validation"],
+    "unreadable weights": _bad_weights,
+    "weights with wrong keys": _wrong_keys,
+    "missing weights file": lambda t: ["extract", "--weights", str(t / "nope.pth")],
+    "no query given": lambda t: ["query"],
+    "image not an image": lambda t: (t.joinpath("x.png").write_text("text"), ["query", "--image", str(t / "x.png")])[1],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_exits_2_with_one_line(case, cache, tmp_path):
+    args = BAD[case](tmp_path)
+    before = _snapshot(cache)
+    result = CliRunner().invoke(main, [*args, "--cache-dir", str(cache)])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("Error"), result.stderr
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    assert _snapshot(cache) == before
+
+
+@pytest.mark.parametrize("command", [["query", "--image-id", "1"], ["index"]])
+def test_stage_before_its_input_names_the_command(tmp_path, command):
+    result = CliRunner().invoke(main, [*command, "--cache-dir", str(tmp_path / "empty")])
+    assert result.exit_code == 2
+    assert "run `stl10sim extract` first" in result.stderr
+
+
+def test_extract_without_data_says_download(tmp_path):
+    result = CliRunner().invoke(main, ["extract", "--weights", "none", "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 2
+    assert "stl10sim download" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_query_before_index_names_index(tmp_path, archive):
+    cache = str(tmp_path / "c")
+    invoke("-q", "download", "--archive", str(archive), "--no-verify", "--cache-dir", cache)
+    invoke("-q", "extract", *FAST, "--cache-dir", cache)
+    result = CliRunner().invoke(main, ["query", "--image-id", "1", "--cache-dir", cache])
+    assert result.exit_code == 2 and "run `stl10sim index` first" in result.stderr
