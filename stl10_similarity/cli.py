@@ -134,11 +134,11 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int, 
 
 
 @main.command()
-@click.option("--top-k", type=click.IntRange(1, 1280), default=50, show_default=True,
+@click.option("--top-k", type=click.IntRange(1, 1280), default=100, show_default=True,
               help="Size of each image's set: its K most activated feature dimensions.")
 @click.option("--num-perm", type=click.IntRange(min=1), default=128, show_default=True, help="MinHash permutations.")
-@click.option("--trees", type=click.IntRange(min=1), default=8, show_default=True, help="Prefix trees in the forest.")
-@click.option("--basis", type=click.Choice(["raw", "centered", "standardized"]), default="raw", show_default=True,
+@click.option("--trees", type=click.IntRange(min=1), default=16, show_default=True, help="Prefix trees in the forest.")
+@click.option("--basis", type=click.Choice(["raw", "centered", "standardized"]), default="centered", show_default=True,
               help="Form sets from raw features, or centred / standardised per dimension.")
 @cache_dir_option
 @force_option
@@ -194,8 +194,9 @@ def _png_path(png: Path, result: Any, several: bool) -> Path:
 @click.option("--method", type=click.Choice(["forest", "rerank", "exact", "forest-query"]), default="rerank",
               show_default=True, help="forest: LSH forest by estimated Jaccard; rerank: its candidates by cosine; "
               "exact: brute-force cosine; forest-query: datasketch's own query().")
-@click.option("--candidates", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Forest candidate budget for forest and rerank.")
+@click.option("--candidates", type=click.IntRange(min=1), default=200, show_default=True,
+              help="rerank: how many forest candidates (best by estimated Jaccard, from a pool of 10x as many) "
+              "are re-ranked by cosine; forest: the pool is 10x this.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query on stdout (NDJSON for several).")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a result grid; with several queries, the query id is added to the name.")
@@ -227,6 +228,91 @@ def query(ctx: click.Context, image_ids: tuple[int, ...], images: tuple[Path, ..
             click.echo(format_text(result))
     if png is not None and not as_json and not several:
         _info(ctx, f"grid written to {png}")
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+class QueryCount(click.ParamType):
+    """A positive number of queries, or ``all`` (None)."""
+
+    name = "N|all"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | None:
+        if value is None or value == "all":
+            return None
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a number nor 'all'", param, ctx)
+        if number < 1:
+            self.fail(f"{number} is below 1 (give a positive number or 'all')", param, ctx)
+        return number
+
+
+def format_report(report: Any) -> str:
+    header = (f"{'method':<13} {'P@k':>6} {'mAP@k':>6} {'kNN acc':>7} {'R@k cos':>7} {'R@k jac':>7} "
+              f"{'p50 ms':>7} {'p99 ms':>7} {'cand.':>7}")
+    lines = [f"{report.queries} queries over {report.n} images, k={report.k}, candidates={report.candidates}, "
+             f"top_k={report.params['top_k']}, num_perm={report.params['num_perm']}, trees={report.params['trees']}, "
+             f"basis={report.params['basis']}", header, "-" * len(header)]
+    for m in report.methods:
+        lines.append(f"{m.name:<13} {m.precision_at_k:>6.3f} {m.map_at_k:>6.3f} {m.knn_accuracy:>7.3f} "
+                     f"{m.recall_vs_cosine:>7.3f} {m.recall_vs_jaccard:>7.3f} {m.p50_ms:>7.3f} {m.p99_ms:>7.3f} "
+                     f"{m.mean_candidates:>7.0f}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--queries", type=QueryCount(), default="all", show_default=True,
+              help="How many collection images to use as queries (a seeded sample), or all.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--method", "methods", type=click.Choice(["forest", "rerank", "exact", "forest-query"]), multiple=True,
+              help="Methods to compare (repeat). Default: forest, rerank, exact.")
+@click.option("--candidates", type=click.IntRange(min=1), default=200, show_default=True,
+              help="rerank: how many forest candidates (best by estimated Jaccard, from a pool of 10x as many) "
+              "are re-ranked by cosine; forest: the pool is 10x this.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Plot precision@k for k = 1..K per method.")
+@cache_dir_option
+@click.pass_context
+def evaluate(ctx: click.Context, queries: int | None, k: int, methods: tuple[str, ...], candidates: int, as_json: bool,
+             png: Path | None, cache_dir: Path | None) -> None:
+    """Measure retrieval quality and speed of several methods side by side."""
+    from . import evaluate as ev
+    from .index import load_index
+    from .paths import resolve_cache_dir
+    from .search import Searcher
+
+    searcher = Searcher(load_index(resolve_cache_dir(cache_dir)), candidates)
+    ids = ev.choose_queries(searcher.index.n, queries)
+    report = ev.evaluate(searcher, ids, k, methods or ("forest", "rerank", "exact"),
+                         progress=_progress_callback(ctx, len(ids)))
+    if png is not None:
+        ev.plot_precision(report, png)
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        click.echo(format_report(report))
+
+
+def _progress_callback(ctx: click.Context, total: int) -> Any:
+    if ctx.find_root().params.get("quiet"):
+        return None
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def update(method: str, done: int, _total: int) -> None:
+        bar = bars.get(method)
+        if bar is None:
+            bar = bars[method] = tqdm(total=total, desc=method, unit="q", file=sys.stderr, leave=False)
+        bar.update(1)
+        if done == total:
+            bar.close()
+
+    return update
 
 
 def run() -> None:  # console-script entry point

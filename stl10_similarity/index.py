@@ -32,7 +32,6 @@ from .paths import features_dir, index_dir
 from .signatures import SCHEME, SEED, SET_BASES, minhash_signatures, permuted_token_table, set_statistics, top_k_sets
 
 MAKE_CMD = "stl10sim index"
-DEFAULTS = {"top_k": 50, "num_perm": 128, "trees": 8, "basis": "raw"}
 
 
 def check_params(top_k: int, num_perm: int, trees: int, basis: str, dim: int = features_stage.DIM) -> None:
@@ -97,10 +96,10 @@ def _cached(folder: Path, params: dict[str, Any], inputs: dict[str, str]) -> dic
 def build_index(
     cache_dir: Path,
     *,
-    top_k: int = 50,
+    top_k: int = 100,
     num_perm: int = 128,
-    trees: int = 8,
-    basis: str = "raw",
+    trees: int = 16,
+    basis: str = "centered",
     force: bool = False,
     wait: bool = True,
     progress: bool = True,
@@ -154,6 +153,21 @@ class LoadedIndex:
     @property
     def n(self) -> int:
         return len(self.signatures)
+
+
+def index_in_memory(
+    features: np.ndarray, labels: np.ndarray, class_names: list[str], *, top_k: int = 100, num_perm: int = 128,
+    trees: int = 16, basis: str = "centered", progress: bool = False,
+) -> LoadedIndex:
+    """Build an index without touching disk (for sweeps, benchmarks and tests)."""
+    check_params(top_k, num_perm, trees, basis, features.shape[1])
+    stats = set_statistics(features)
+    sets = top_k_sets(features, top_k, basis, stats)
+    table = permuted_token_table(num_perm, SEED, features.shape[1])
+    sigs = minhash_signatures(sets, table)
+    params = {"top_k": top_k, "num_perm": num_perm, "trees": trees, "basis": basis, "scheme": SCHEME, "seed": SEED}
+    return LoadedIndex(params=params, features_params={}, class_names=class_names, features=features, labels=labels,
+                       topk=sets, signatures=sigs, stats=stats, forest=build_forest(sigs, trees, progress), table=table)
 
 
 def load_index(cache_dir: Path) -> LoadedIndex:

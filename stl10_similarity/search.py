@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left, bisect_right
+from os.path import commonprefix
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,7 +27,8 @@ from .signatures import minhash_signatures, top_k_sets
 
 METHODS = ("forest", "rerank", "exact", "forest-query")
 DEFAULT_METHOD = "rerank"
-DEFAULT_CANDIDATES = 100
+DEFAULT_CANDIDATES = 200
+POOL_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -85,15 +87,18 @@ class QueryVector:
 class Searcher:
     """Queries over a :class:`LoadedIndex`; one instance serves many queries."""
 
-    def __init__(self, index: LoadedIndex, candidates: int = DEFAULT_CANDIDATES) -> None:
+    def __init__(self, index: LoadedIndex, candidates: int = DEFAULT_CANDIDATES, pool: int | None = None) -> None:
         if candidates < 1:
             raise ValueError("candidates must be at least 1")
         self.index = index
         self.candidates = candidates
+        # how many forest keys to gather before picking the `candidates` best estimates
+        self.pool = pool if pool is not None else POOL_FACTOR * candidates
         forest = index.forest
         self._depth = forest.k
         self._ranges = forest.hashranges
         self._tables = list(zip(forest.sorted_hashtables, forest.hashtables))
+        self._csr: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     # ------------------------------------------------------------ query vectors
 
@@ -120,26 +125,68 @@ class Searcher:
     def _wanted(self, k: int, q: QueryVector) -> int:
         return min(k, self.index.n - (q.exclude is not None))
 
+    def _bucket_arrays(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per tree, the forest's buckets in sorted-key order as flat key ids plus offsets (CSR),
+        so that a range of sorted keys becomes one array slice instead of a Python loop."""
+        if self._csr is None:
+            csr = []
+            for keys, buckets in self._tables:
+                sizes = np.fromiter((len(buckets[h]) for h in keys), dtype=np.int64, count=len(keys))
+                flat = np.fromiter((key for h in keys for key in buckets[h]), dtype=np.int64, count=int(sizes.sum()))
+                csr.append((flat, np.concatenate([[0], np.cumsum(sizes)])))
+            self._csr = csr
+        return self._csr
+
+    @staticmethod
+    def _start_depth(keys: list[bytes], buckets: dict[bytes, list[int]], h: bytes, exclude: int | None) -> int:
+        """The deepest depth at which a tree holds any key other than the query itself."""
+        pos = bisect_left(keys, h)
+        if pos < len(keys) and keys[pos] == h and buckets[h] == [exclude]:
+            neighbours = (pos - 1, pos + 1)  # the query's own entry doesn't count
+        else:
+            neighbours = (pos - 1, pos)
+        common = max((len(commonprefix((h, keys[j]))) for j in neighbours if 0 <= j < len(keys)), default=0)
+        return common // 4
+
     def forest_candidates(self, q: QueryVector, budget: int) -> np.ndarray:
         """Keys sharing the deepest prefixes with the query, from every tree, until ``budget`` are found.
 
-        Unlike ``MinHashLSHForest.query``, a depth is always taken whole, so which keys are
-        kept doesn't depend on tree order; ordering is left to the caller.
+        Unlike ``MinHashLSHForest.query``, each depth is taken whole across all trees, so which
+        keys are kept doesn't depend on tree order; ordering is left to the caller. Each tree
+        starts at the deepest depth where anything matches (the longest common prefix with the
+        query's sorted neighbours), so empty depths cost nothing.
         """
+        csr = self._bucket_arrays()
         full = [bytes(q.signature[lo:hi].astype(">u4").data) for lo, hi in self._ranges]
-        found: set[int] = set()
-        for depth in range(self._depth, 0, -1):
-            width = 4 * depth
-            for (sorted_keys, buckets), h in zip(self._tables, full):
-                prefix = h[:width]
-                lo = bisect_left(sorted_keys, prefix)
-                hi = bisect_right(sorted_keys, prefix + b"\xff" * (len(h) - width), lo)
-                for j in range(lo, hi):
-                    found.update(buckets[sorted_keys[j]])
-            found.discard(q.exclude)  # type: ignore[arg-type]
-            if len(found) >= budget:
-                break
-        return np.fromiter(found, dtype=np.int64, count=len(found))
+        pad = 4 * self._depth
+        starts = [self._start_depth(keys, buckets, h, q.exclude) for (keys, buckets), h in zip(self._tables, full)]
+        pieces: list[np.ndarray] = []
+        spans = [(0, 0)] * len(full)  # per tree, the sorted-key range already taken
+        taken = 0
+        found = np.empty(0, dtype=np.int64)
+        for depth in range(max(starts), 0, -1):
+            for t, ((keys, _), h, (flat, offsets)) in enumerate(zip(self._tables, full, csr)):
+                if starts[t] < depth:
+                    continue
+                low_key, high_key = h[: 4 * depth], h[: 4 * depth] + b"\xff" * (pad - 4 * depth)
+                old_lo, old_hi = spans[t]
+                if old_lo == old_hi:
+                    lo = bisect_left(keys, low_key)
+                    hi = bisect_right(keys, high_key, lo)
+                    pieces.append(flat[offsets[lo] : offsets[hi]])
+                else:  # the shallower range contains the deeper one: take only what lies outside it
+                    lo = bisect_left(keys, low_key, 0, old_lo)
+                    hi = bisect_right(keys, high_key, old_hi)
+                    pieces += [flat[offsets[lo] : offsets[old_lo]], flat[offsets[old_hi] : offsets[hi]]]
+                taken += int(offsets[hi] - offsets[lo]) - int(offsets[old_hi] - offsets[old_lo])
+                spans[t] = (lo, hi)
+            if taken >= budget:  # cheap upper bound first; trees repeat keys, so count distinct ones
+                found = np.unique(np.concatenate(pieces))
+                if len(found) - (q.exclude is not None and q.exclude in found) >= budget:
+                    break
+        if pieces:
+            found = np.unique(np.concatenate(pieces))
+        return found[found != q.exclude] if q.exclude is not None else found
 
     def datasketch_candidates(self, q: QueryVector, k: int) -> np.ndarray:
         keys = self.index.forest.query(_Sketch(q.signature), k + (q.exclude is not None))
@@ -179,12 +226,16 @@ class Searcher:
         if method == "forest-query":
             ids = self.datasketch_candidates(q, wanted)
         elif method in ("forest", "rerank"):
-            ids = self.forest_candidates(q, max(self.candidates, wanted))
+            ids = self.forest_candidates(q, max(self.pool, self.candidates, wanted))
         else:
             raise ValueError(f"unknown method {method!r}")
         ids = self._widen(q, ids, wanted)
-        scores = self.cosine(q, ids) if method == "rerank" else self.estimated_jaccard(q, ids)
-        return self._top(ids, scores, wanted), len(ids)
+        estimate = self.estimated_jaccard(q, ids)
+        if method != "rerank":
+            return self._top(ids, estimate, wanted), len(ids)
+        # the forest's last depth may overshoot the budget: re-rank only the budget's best estimates
+        keep = self._top(ids, estimate, max(self.candidates, wanted))
+        return self._top(keep, self.cosine(q, keep), wanted), len(ids)
 
     def query(self, q: QueryVector, k: int, method: str = DEFAULT_METHOD) -> QueryResult:
         t0 = time.perf_counter()

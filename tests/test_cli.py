@@ -43,7 +43,8 @@ def test_query_json_schema(built_cache):
     for r in doc["results"]:
         assert list(r) == RESULT_KEYS
         assert r["id"] != 42
-        assert r["union"] == 100 - r["intersection"] and r["unique_to_query"] == 50 - r["intersection"]
+        size = doc["params"]["top_k"]
+        assert r["union"] == 2 * size - r["intersection"] and r["unique_to_query"] == size - r["intersection"]
         assert r["jaccard"] == pytest.approx(r["intersection"] / r["union"], abs=1e-6)
         assert 0.0 <= r["jaccard_estimate"] <= 1.0 and -1.0 <= r["cosine"] <= 1.0001
     for key in ("method", "k", "top_k", "num_perm", "trees", "scheme", "seed", "weights", "split", "n"):
