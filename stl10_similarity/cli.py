@@ -315,6 +315,68 @@ def _progress_callback(ctx: click.Context, total: int) -> Any:
     return update
 
 
+# ---------------------------------------------------------------- bench
+
+
+def format_bench(report: Any) -> str:
+    m, sig, forest = report.machine, report.signatures, report.forest
+    p = report.params
+    lines = [
+        f"stl10sim bench: n={report.n:,} k={report.k} queries={report.queries} top_k={p['top_k']} "
+        f"num_perm={p['num_perm']} trees={p['trees']} basis={p['basis']}",
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['date']}, numpy {m['numpy']}, "
+        f"datasketch {m['datasketch']}",
+        f"synthetic features: {report.data_seconds:.1f} s",
+        f"top-K sets: {sig['top_k_sets_seconds']:.2f} s; MinHash signatures: {sig['seconds']:.2f} s for {report.n:,} "
+        f"(bulk {sig['bulk_seconds_on_baseline_sets']:.3f} s vs datasketch update loop {sig['baseline_seconds']:.2f} s "
+        f"on the same {sig['baseline_n']:,} sets: {sig['speedup']:.0f}x; identical: {sig['identical_to_datasketch']})",
+        f"forest: build {forest['build_seconds']:.1f} s, peak RSS growth {forest['peak_rss_mb']:.0f} MB, pickle "
+        f"{forest['pickle_mb']:.0f} MB written in {forest['pickle_seconds']:.1f} s, loaded in {forest['load_seconds']:.1f} s",
+        "",
+    ]
+    header = (f"{'method':<28} {'build s':>8} {'RSS MB':>8} {'p50 ms':>9} {'p99 ms':>9} {'qps':>8} "
+              f"{'recall@k':>8} {'cand.':>8}")
+    lines += [header, "-" * len(header)]
+    for r in report.methods:
+        lines.append(f"{r.name:<28} {r.build_seconds:>8.1f} {r.peak_rss_mb:>8.0f} {r.p50_ms:>9.3f} {r.p99_ms:>9.3f} "
+                     f"{r.qps:>8.1f} {r.recall_at_k:>8.3f} {r.mean_candidates:>8.0f}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--n", "n", type=click.IntRange(min=100), default=1_000_000, show_default=True,
+              help="Synthetic feature vectors to index.")
+@click.option("-k", "k", type=click.IntRange(min=1, max=100), default=10, show_default=True)
+@click.option("--queries", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--baseline-n", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Sets on which datasketch's per-image MinHash.update loop is timed against the bulk encoder.")
+@click.option("--top-k", type=click.IntRange(1, 1280), default=100, show_default=True)
+@click.option("--num-perm", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--trees", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--basis", type=click.Choice(["raw", "centered", "standardized"]), default="centered", show_default=True)
+@click.option("--budget", "budgets", type=click.IntRange(min=1), multiple=True,
+              help="Rerank candidate budgets to compare (repeat). Default: 50, 200, 800.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.pass_context
+def bench(ctx: click.Context, n: int, k: int, queries: int, baseline_n: int, top_k: int, num_perm: int, trees: int,
+          basis: str, budgets: tuple[int, ...], seed: int, as_json: bool) -> None:
+    """Benchmark indexing and querying at scale on synthetic MobileNetV2-like features."""
+    from .bench import run_bench
+    from .index import check_params
+
+    check_params(top_k, num_perm, trees, basis)
+    if k >= n:
+        raise InputError(f"-k ({k}) must be smaller than --n ({n})")
+    report = run_bench(n, k, queries, top_k=top_k, num_perm=num_perm, trees=trees, basis=basis,
+                       budgets=tuple(sorted(budgets)) or (50, 200, 800), baseline_n=baseline_n, seed=seed,
+                       step=lambda message: _info(ctx, f"bench: {message} ..."))
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        click.echo(format_bench(report))
+
+
 def run() -> None:  # console-script entry point
     main(prog_name="stl10sim")
 

@@ -10,6 +10,7 @@ bit-identical to datasketch, without a Python loop per image.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -69,21 +70,38 @@ def to_set_basis(features: np.ndarray, basis: str, stats: np.ndarray | None) -> 
 
 
 def top_k_sets(
-    features: np.ndarray, top_k: int, basis: str = "raw", stats: np.ndarray | None = None, chunk: int = _CHUNK
+    features: np.ndarray, top_k: int, basis: str = "raw", stats: np.ndarray | None = None, chunk: int = _CHUNK,
+    threads: int = 2,
 ) -> np.ndarray:
-    """Indices of each row's ``top_k`` largest values, sorted ascending: ``(n, top_k)`` uint16."""
+    """Indices of each row's ``top_k`` largest values, sorted ascending: ``(n, top_k)`` uint16.
+
+    Chunked (bounded memory) and run on ``threads`` threads: ``argpartition`` releases the GIL.
+    """
     n, dim = features.shape
     if not 1 <= top_k <= dim:
         raise ValueError(f"top_k must be in 1..{dim}, got {top_k}")
     out = np.empty((n, top_k), dtype=np.uint16)
-    for lo in range(0, n, chunk):
+
+    def run(lo: int) -> None:
         block = to_set_basis(features[lo : lo + chunk], basis, stats)
         if top_k == dim:
             idx = np.broadcast_to(np.arange(dim), block.shape)
         else:
             idx = np.argpartition(-block, top_k - 1, axis=1)[:, :top_k]
         out[lo : lo + chunk] = np.sort(idx, axis=1)
+
+    _run_chunks(run, n, chunk, threads)
     return out
+
+
+def _run_chunks(run: Callable[[int], None], n: int, chunk: int, threads: int) -> None:
+    starts = range(0, n, chunk)
+    if threads > 1 and n > chunk:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, starts))  # list() re-raises a worker's exception here
+    else:
+        for lo in starts:
+            run(lo)
 
 
 def minhash_signatures(sets: np.ndarray, table: np.ndarray, chunk: int = _CHUNK, threads: int = 2) -> np.ndarray:
@@ -103,13 +121,7 @@ def minhash_signatures(sets: np.ndarray, table: np.ndarray, chunk: int = _CHUNK,
             np.minimum(acc, table[rows[:, j]], out=acc)
         out[lo : lo + chunk] = acc
 
-    starts = range(0, n, chunk)
-    if threads > 1 and n > chunk:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run, starts))
-    else:
-        for lo in starts:
-            run(lo)
+    _run_chunks(run, n, chunk, threads)
     return out
 
 
