@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -86,6 +87,33 @@ def write_json(path: Path, obj: Any) -> None:
 def write_npy(path: Path, array: np.ndarray) -> None:
     with atomic_file(path) as handle:
         np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def staging_dir(folder: Path) -> Path:
+    """A fresh folder beside a stage's artifacts where its next version is written in full first."""
+    staging = folder / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)  # left by a run that was killed while writing
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise environment_failure(exc, str(staging)) from exc
+    return staging
+
+
+def commit_staged(folder: Path, staging: Path) -> list[Path]:
+    """Move every staged file into ``folder``, retiring the old manifest first.
+
+    Until the caller writes the new manifest the stage reads as "not done", never as a mix of
+    two runs; if writing the staged files failed (disk full), the previous artifacts are intact.
+    """
+    (folder / MANIFEST).unlink(missing_ok=True)
+    moved = []
+    for path in sorted(staging.iterdir()):
+        os.replace(path, folder / path.name)
+        moved.append(folder / path.name)
+    staging.rmdir()
+    _fsync_dir(folder)
+    return moved
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -197,6 +225,26 @@ def load_npy(folder: Path, manifest: dict[str, Any], name: str, *, make_cmd: str
     if list(array.shape) != entry.get("shape") or str(array.dtype) != entry.get("dtype"):
         raise IntegrityError(f"{path} has shape {array.shape} {array.dtype}, not what its manifest says: rerun `{make_cmd}`")
     return array
+
+
+def iter_npy_rows(path: Path, rows: int) -> Iterator[np.ndarray]:
+    """Read a 2-D ``.npy`` file ``rows`` rows at a time with plain reads.
+
+    Unlike a memory map, the pages read don't stay in this process's resident set, so a pass over
+    5 GB of features costs one chunk of memory.
+    """
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = reader(handle)
+        if fortran or len(shape) != 2:
+            raise IntegrityError(f"{path} is not a C-ordered 2-D array")
+        for lo in range(0, shape[0], rows):
+            count = min(rows, shape[0] - lo) * shape[1]
+            block = np.fromfile(handle, dtype=dtype, count=count)
+            if block.size != count:
+                raise IntegrityError(f"{path} is truncated")
+            yield block.reshape(-1, shape[1])
 
 
 @contextlib.contextmanager

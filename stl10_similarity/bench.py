@@ -149,8 +149,8 @@ def exact_knn(features: np.ndarray, query_ids: np.ndarray, k: int, batch: int = 
 
 
 def run_bench(
-    n: int = 1_000_000, k: int = 10, queries: int = 1000, *, top_k: int = 100, num_perm: int = 128, trees: int = 16,
-    basis: str = "centered", budgets: tuple[int, ...] = (50, 200, 800), baseline_n: int = 100_000, seed: int = 0,
+    n: int = 1_000_000, k: int = 10, queries: int = 1000, *, top_k: int = 100, num_perm: int = 128, trees: int = 8,
+    basis: str = "centered", budgets: tuple[int, ...] = (100, 400, 1600), baseline_n: int = 100_000, seed: int = 0,
     use_faiss: bool = True, step: Callable[[str], None] = lambda _: None,
 ) -> BenchReport:
     """Build every method on ``n`` synthetic vectors and measure it (see module docstring)."""

@@ -105,6 +105,10 @@ def download(ctx: click.Context, data_dir: Path | None, archive: Path | None, no
               help="ImageNet weights (downloaded once), a seeded random init, or a local state dict.")
 @click.option("--image-size", type=click.IntRange(min=32, max=1024), default=224, show_default=True,
               help="Model input size; 96 px images are upsampled to it.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="Network precision; auto keeps fp32 (see README: reduced precision changed answers).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Images per resumable chunk: a killed run loses at most one chunk.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where stl10_binary/ is. Default: $STL10SIM_DATA_DIR, else data/ under the cache dir.")
 @cache_dir_option
@@ -112,7 +116,7 @@ def download(ctx: click.Context, data_dir: Path | None, archive: Path | None, no
 @no_wait_option
 @click.pass_context
 def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int, device: str, weights: str,
-            image_size: int, data_dir: Path | None, cache_dir: Path | None, force: bool, no_wait: bool) -> None:
+            image_size: int, precision: str, chunk_size: int, data_dir: Path | None, cache_dir: Path | None, force: bool, no_wait: bool) -> None:
     """Compute 1280-D MobileNetV2 features for the collection (resumable, cached)."""
     from .features import extract as run_extract
     from .paths import resolve_cache_dir, resolve_data_dir
@@ -120,7 +124,7 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int, 
     cache = resolve_cache_dir(cache_dir)
     result = run_extract(
         resolve_data_dir(data_dir, cache_dir), cache, split=split, limit=limit, batch_size=batch_size, device=device,
-        weights=weights, image_size=image_size, force=force, wait=not no_wait,
+        weights=weights, image_size=image_size, chunk_size=chunk_size, precision=precision, force=force, wait=not no_wait,
         progress=not ctx.find_root().params.get("quiet"), on_wait=_waiting(ctx),
     )
     if result.cached:
@@ -137,7 +141,7 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int, 
 @click.option("--top-k", type=click.IntRange(1, 1280), default=100, show_default=True,
               help="Size of each image's set: its K most activated feature dimensions.")
 @click.option("--num-perm", type=click.IntRange(min=1), default=128, show_default=True, help="MinHash permutations.")
-@click.option("--trees", type=click.IntRange(min=1), default=16, show_default=True, help="Prefix trees in the forest.")
+@click.option("--trees", type=click.IntRange(min=1), default=8, show_default=True, help="Prefix trees in the forest.")
 @click.option("--basis", type=click.Choice(["raw", "centered", "standardized"]), default="centered", show_default=True,
               help="Form sets from raw features, or centred / standardised per dimension.")
 @cache_dir_option
@@ -152,7 +156,7 @@ def index(ctx: click.Context, top_k: int, num_perm: int, trees: int, basis: str,
 
     result = build_index(
         resolve_cache_dir(cache_dir), top_k=top_k, num_perm=num_perm, trees=trees, basis=basis, force=force,
-        wait=not no_wait, progress=not ctx.find_root().params.get("quiet"), on_wait=_waiting(ctx),
+        wait=not no_wait, step=lambda message: _info(ctx, f"index: {message} ..."), on_wait=_waiting(ctx),
     )
     state = "already built (cached; --force rebuilds)" if result.cached else f"built in {result.seconds:.1f} s"
     click.echo(f"index of {result.n} images in {result.folder}: {state}")
@@ -194,7 +198,7 @@ def _png_path(png: Path, result: Any, several: bool) -> Path:
 @click.option("--method", type=click.Choice(["forest", "rerank", "exact", "forest-query"]), default="rerank",
               show_default=True, help="forest: LSH forest by estimated Jaccard; rerank: its candidates by cosine; "
               "exact: brute-force cosine; forest-query: datasketch's own query().")
-@click.option("--candidates", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--candidates", type=click.IntRange(min=1), default=400, show_default=True,
               help="rerank: how many forest candidates (best by estimated Jaccard, from a pool of 10x as many) "
               "are re-ranked by cosine; forest: the pool is 10x this.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query on stdout (NDJSON for several).")
@@ -269,7 +273,7 @@ def format_report(report: Any) -> str:
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--method", "methods", type=click.Choice(["forest", "rerank", "exact", "forest-query"]), multiple=True,
               help="Methods to compare (repeat). Default: forest, rerank, exact.")
-@click.option("--candidates", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--candidates", type=click.IntRange(min=1), default=400, show_default=True,
               help="rerank: how many forest candidates (best by estimated Jaccard, from a pool of 10x as many) "
               "are re-ranked by cosine; forest: the pool is 10x this.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
@@ -343,34 +347,71 @@ def format_bench(report: Any) -> str:
     return "\n".join(lines)
 
 
+def format_extract_bench(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [f"stl10sim bench --stage extract: {report['n']} images at {report['image_size']} px on {report['device']}, "
+             f"weights {report['weights']}",
+             f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['date']}", ""]
+    header = f"{'input path / precision':<30} {'batch':>5} {'img/s':>8} {'vs naive b64':>12} {'RSS MB':>8}"
+    lines += [header, "-" * len(header)]
+    for r in report["rows"]:
+        lines.append(f"{r['name']:<30} {r['batch_size']:>5} {r['images_per_second']:>8.1f} "
+                     f"{r['ratio_vs_naive_b64']:>11.2f}x {r['peak_rss_mb']:>8.0f}")
+    for precision, f in report["fidelity"].items():
+        lines.append(f"fidelity {precision} vs fp32: mean cosine {f['mean_cosine']:.5f}, top-K Jaccard "
+                     f"{f['mean_topk_jaccard']:.4f}, top-10 overlap {f['top10_overlap']:.4f}")
+    return "\n".join(lines)
+
+
 @main.command()
-@click.option("--n", "n", type=click.IntRange(min=100), default=1_000_000, show_default=True,
-              help="Synthetic feature vectors to index.")
+@click.option("--stage", type=click.Choice(["index", "extract"]), default="index", show_default=True,
+              help="index: signatures, forest and queries on synthetic vectors; extract: feature extraction speed.")
+@click.option("--n", "n", type=click.IntRange(min=16), default=None,
+              help="index: synthetic vectors (default 1,000,000); extract: images timed per row (default 256).")
 @click.option("-k", "k", type=click.IntRange(min=1, max=100), default=10, show_default=True)
 @click.option("--queries", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--baseline-n", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Sets on which datasketch's per-image MinHash.update loop is timed against the bulk encoder.")
 @click.option("--top-k", type=click.IntRange(1, 1280), default=100, show_default=True)
 @click.option("--num-perm", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--trees", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--trees", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--basis", type=click.Choice(["raw", "centered", "standardized"]), default="centered", show_default=True)
 @click.option("--budget", "budgets", type=click.IntRange(min=1), multiple=True,
-              help="Rerank candidate budgets to compare (repeat). Default: 50, 200, 800.")
+              help="Rerank candidate budgets to compare (repeat). Default: 100, 400, 1600.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH", help="extract stage only.")
+@click.option("--image-size", type=click.IntRange(min=32, max=1024), default=224, show_default=True,
+              help="extract stage only.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
+              help="extract stage only.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="extract stage only.")
+@cache_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.pass_context
-def bench(ctx: click.Context, n: int, k: int, queries: int, baseline_n: int, top_k: int, num_perm: int, trees: int,
-          basis: str, budgets: tuple[int, ...], seed: int, as_json: bool) -> None:
-    """Benchmark indexing and querying at scale on synthetic MobileNetV2-like features."""
+def bench(ctx: click.Context, stage: str, n: int | None, k: int, queries: int, baseline_n: int, top_k: int, num_perm: int, trees: int,
+          basis: str, budgets: tuple[int, ...], seed: int, weights: str, image_size: int, device: str,
+          data_dir: Path | None, cache_dir: Path | None, as_json: bool) -> None:
+    """Benchmark indexing and querying at scale (synthetic features), or feature extraction speed."""
+    step = lambda message: _info(ctx, f"bench: {message} ...")  # noqa: E731
+    if stage == "extract":
+        from .extract_bench import run_extract_bench
+        from .features import pick_device
+        from .paths import resolve_data_dir
+
+        result = run_extract_bench(resolve_data_dir(data_dir, cache_dir), weights=weights, n=n or 256,
+                                   image_size=image_size, device=pick_device(device), step=step)
+        click.echo(json.dumps(result) if as_json else format_extract_bench(result))
+        return
     from .bench import run_bench
     from .index import check_params
+
+    n = n or 1_000_000
 
     check_params(top_k, num_perm, trees, basis)
     if k >= n:
         raise InputError(f"-k ({k}) must be smaller than --n ({n})")
     report = run_bench(n, k, queries, top_k=top_k, num_perm=num_perm, trees=trees, basis=basis,
-                       budgets=tuple(sorted(budgets)) or (50, 200, 800), baseline_n=baseline_n, seed=seed,
-                       step=lambda message: _info(ctx, f"bench: {message} ..."))
+                       budgets=tuple(sorted(budgets)) or (100, 400, 1600), baseline_n=baseline_n, seed=seed, step=step)
     if as_json:
         _echo_json(report.to_dict())
     else:

@@ -7,8 +7,8 @@ after its SHA-256 matches the manifest this stage wrote.
 from __future__ import annotations
 
 import pickle
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,9 @@ import numpy as np
 from . import features as features_stage
 from .artifacts import (
     atomic_file,
+    iter_npy_rows,
+    commit_staged,
+    staging_dir,
     cache_lock,
     library_versions,
     load_npy,
@@ -32,6 +35,7 @@ from .paths import features_dir, index_dir
 from .signatures import SCHEME, SEED, SET_BASES, minhash_signatures, permuted_token_table, set_statistics, top_k_sets
 
 MAKE_CMD = "stl10sim index"
+CHUNK_ROWS = 65536
 
 
 def check_params(top_k: int, num_perm: int, trees: int, basis: str, dim: int = features_stage.DIM) -> None:
@@ -59,17 +63,50 @@ class _Sketch:
         return len(self.hashvalues)
 
 
-def build_forest(signatures: np.ndarray, trees: int, progress: bool = False) -> Any:
-    """A datasketch ``MinHashLSHForest`` with key ``i`` for signature row ``i``, indexed."""
-    from datasketch import MinHashLSHForest
-    from tqdm import tqdm
-
-    forest = MinHashLSHForest(num_perm=signatures.shape[1], l=trees)
-    rows = np.ascontiguousarray(signatures)
-    for key in tqdm(range(len(rows)), desc="forest", unit="img", disable=not progress, file=sys.stderr, mininterval=0.5):
-        forest.add(key, _Sketch(rows[key]))
-    forest.index()
+def _rebuild_forest(num_perm: int, trees: int, signatures: np.ndarray) -> "SignatureForest":
+    forest = SignatureForest(num_perm=num_perm, l=trees)
+    forest.fill(signatures)
     return forest
+
+
+def _forest_class() -> type:
+    from datasketch import MinHashLSHForest
+
+    return MinHashLSHForest
+
+
+class SignatureForest(_forest_class()):  # type: ignore[misc]
+    """A datasketch ``MinHashLSHForest`` filled in bulk from a signature matrix (key ``i`` = row ``i``).
+
+    ``fill`` builds exactly the structure that ``add`` + ``index`` build (a test compares them) without
+    a Python call per key, and pickling stores the signatures instead of millions of small bytes
+    objects, so the pickle is compact and loading rebuilds the forest quickly in bounded memory.
+    """
+
+    def fill(self, signatures: np.ndarray) -> None:
+        if signatures.ndim != 2 or signatures.shape[1] < self.k * self.l:
+            raise ValueError("signatures must be (n, num_perm) with num_perm >= k * l")
+        self._signatures = np.ascontiguousarray(signatures, dtype=np.uint32)
+        big_endian = self._signatures.astype(">u4")  # datasketch's _H: the values' bytes, byte-swapped
+        n, width = len(big_endian), 4 * self.k
+        per_tree = []
+        for (start, end), table in zip(self.hashranges, self.hashtables):
+            buf = np.ascontiguousarray(big_endian[:, start:end]).tobytes()
+            prefixes = [buf[j : j + width] for j in range(0, n * width, width)]
+            for key, prefix in enumerate(prefixes):
+                table[prefix].append(key)
+            per_tree.append(prefixes)
+        self.keys = dict(enumerate(map(list, zip(*per_tree)))) if per_tree else {}
+        self._minhash_scheme = SCHEME
+        self.index()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_forest, (self.k * self.l, self.l, self._signatures))
+
+
+def build_forest(signatures: np.ndarray, trees: int) -> SignatureForest:
+    """A datasketch ``MinHashLSHForest`` with key ``i`` for signature row ``i``, indexed."""
+    return _rebuild_forest(signatures.shape[1], trees, signatures)
 
 
 @dataclass(frozen=True)
@@ -98,11 +135,11 @@ def build_index(
     *,
     top_k: int = 100,
     num_perm: int = 128,
-    trees: int = 16,
+    trees: int = 8,
     basis: str = "centered",
     force: bool = False,
     wait: bool = True,
-    progress: bool = True,
+    step: Callable[[str], None] = lambda _: None,
     on_wait: Any = None,
 ) -> IndexResult:
     """Build (or reuse) the index for the features in ``cache_dir``."""
@@ -117,17 +154,26 @@ def build_index(
                   "token": "str(dim).encode()"}
         if not force and (manifest := _cached(folder, params, inputs)) is not None:
             return IndexResult(folder, manifest["n"], time.time() - started, True, manifest)
-        feats = load_npy(source, features_manifest, "features", make_cmd=features_stage.MAKE_CMD)
-        stats = set_statistics(feats)
-        sets = top_k_sets(feats, top_k, basis, stats)
-        sigs = minhash_signatures(sets, permuted_token_table(num_perm, SEED, feats.shape[1]))
-        forest = build_forest(sigs, trees, progress)
-        files = [folder / "topk.npy", folder / "signatures.npy", folder / "stats.npy", folder / "forest.pkl"]
-        write_npy(files[0], sets)
-        write_npy(files[1], sigs)
-        write_npy(files[2], stats)
-        with atomic_file(files[3]) as handle:
+        feats = load_npy(source, features_manifest, "features", make_cmd=features_stage.MAKE_CMD)  # verified
+        path, dim = source / "features.npy", feats.shape[1]
+        del feats
+        # two streaming passes over the features keep memory at one chunk, whatever N is
+        step("per-dimension statistics")
+        stats = set_statistics(iter_npy_rows(path, CHUNK_ROWS))
+        step(f"top-{top_k} sets")
+        sets = np.concatenate([top_k_sets(block, top_k, basis, stats) for block in iter_npy_rows(path, CHUNK_ROWS)])
+        step("MinHash signatures")
+        sigs = minhash_signatures(sets, permuted_token_table(num_perm, SEED, dim))
+        step(f"LSH forest ({trees} trees)")
+        forest = build_forest(sigs, trees)
+        step("writing artifacts")
+        staging = staging_dir(folder)
+        write_npy(staging / "topk.npy", sets)
+        write_npy(staging / "signatures.npy", sigs)
+        write_npy(staging / "stats.npy", stats)
+        with atomic_file(staging / "forest.pkl") as handle:
             pickle.dump(forest, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        files = commit_staged(folder, staging)
         manifest = write_manifest(
             folder, stage="index", params=params, files=files, inputs=inputs, n=len(sigs),
             started=started, versions=library_versions(),
@@ -157,7 +203,7 @@ class LoadedIndex:
 
 def index_in_memory(
     features: np.ndarray, labels: np.ndarray, class_names: list[str], *, top_k: int = 100, num_perm: int = 128,
-    trees: int = 16, basis: str = "centered", progress: bool = False,
+    trees: int = 8, basis: str = "centered",
 ) -> LoadedIndex:
     """Build an index without touching disk (for sweeps, benchmarks and tests)."""
     check_params(top_k, num_perm, trees, basis, features.shape[1])
@@ -167,7 +213,7 @@ def index_in_memory(
     sigs = minhash_signatures(sets, table)
     params = {"top_k": top_k, "num_perm": num_perm, "trees": trees, "basis": basis, "scheme": SCHEME, "seed": SEED}
     return LoadedIndex(params=params, features_params={}, class_names=class_names, features=features, labels=labels,
-                       topk=sets, signatures=sigs, stats=stats, forest=build_forest(sigs, trees, progress), table=table)
+                       topk=sets, signatures=sigs, stats=stats, forest=build_forest(sigs, trees), table=table)
 
 
 def load_index(cache_dir: Path) -> LoadedIndex:

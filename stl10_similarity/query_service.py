@@ -46,7 +46,7 @@ class Session:
 
             params = self.extract_manifest["params"]
             source = params.get("weights_source", "imagenet")
-            model = FeatureModel(source, params["image_size"], device)
+            model = FeatureModel(source, params["image_size"], device, params.get("precision", "fp32"))
             if model.weights_id != params["weights"]:
                 raise StaleArtifactError(
                     f"the weights at {source} changed since extraction: rerun `stl10sim extract --weights {source}`"

@@ -27,7 +27,7 @@ from .signatures import minhash_signatures, top_k_sets
 
 METHODS = ("forest", "rerank", "exact", "forest-query")
 DEFAULT_METHOD = "rerank"
-DEFAULT_CANDIDATES = 200
+DEFAULT_CANDIDATES = 400
 POOL_FACTOR = 10
 
 

@@ -10,7 +10,7 @@ bit-identical to datasketch, without a Python loop per image.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -45,16 +45,21 @@ def permuted_token_table(num_perm: int, seed: int = SEED, dim: int = 1280) -> np
         return (hashed[:, None] * a.astype(np.uint32)[None, :] + b.astype(np.uint32)[None, :]).astype(np.uint32)
 
 
-def set_statistics(features: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """Per-dimension mean and standard deviation ``(2, dim)`` float32, in bounded memory."""
-    total = np.zeros(features.shape[1], np.float64)
-    squares = np.zeros(features.shape[1], np.float64)
-    for lo in range(0, len(features), chunk):
-        block = np.asarray(features[lo : lo + chunk], dtype=np.float64)
-        total += block.sum(0)
-        squares += (block * block).sum(0)
-    mean = total / max(len(features), 1)
-    std = np.sqrt(np.maximum(squares / max(len(features), 1) - mean * mean, 0.0))
+def set_statistics(features: np.ndarray | Iterable[np.ndarray], chunk: int = 65536) -> np.ndarray:
+    """Per-dimension mean and standard deviation ``(2, dim)`` float32, from an array or an iterable of row chunks."""
+    chunks = (features[lo : lo + chunk] for lo in range(0, len(features), chunk)) if isinstance(features, np.ndarray) \
+        else features
+    total = squares = None
+    count = 0
+    for block in chunks:
+        block = np.asarray(block, dtype=np.float64)
+        total = block.sum(0) if total is None else total + block.sum(0)
+        squares = (block * block).sum(0) if squares is None else squares + (block * block).sum(0)
+        count += len(block)
+    if total is None or squares is None or count == 0:
+        raise ValueError("no features to compute statistics from")
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
     return np.stack([mean, np.maximum(std, 1e-6)]).astype(np.float32)
 
 

@@ -227,7 +227,7 @@ def _unpack(archive: Path, data_dir: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, OSError) and not isinstance(exc, tarfile.TarError) and exc.errno is not None:
             raise environment_failure(exc, str(data_dir)) from exc
-        raise DataError(f"{archive} is not a readable .tar.gz archive ({exc}); download it again") from exc
+        raise DataError(f"{archive} is not a readable .tar.gz archive ({exc.__class__.__name__}); download it again") from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -136,13 +136,13 @@ def _snapshot(folder: Path) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
 
 
-def _bad_weights(tmp: Path) -> list[str]:
+def _bad_weights(tmp: Path, cache: Path) -> list[str]:
     not_pth = tmp / "weights.pth"
     not_pth.write_text("not a checkpoint")
     return ["extract", "--weights", str(not_pth)]
 
 
-def _wrong_keys(tmp: Path) -> list[str]:
+def _wrong_keys(tmp: Path, cache: Path) -> list[str]:
     import torch
 
     path = tmp / "wrong.pth"
@@ -150,27 +150,101 @@ def _wrong_keys(tmp: Path) -> list[str]:
     return ["extract", "--weights", str(path)]
 
 
+def _write(path: Path, data: bytes | str) -> Path:
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def _data_file(name: str, mutate) -> object:
+    """Corrupt one STL-10 file in the cache's data dir, then ask for a fresh extraction."""
+    def make(tmp: Path, cache: Path) -> list[str]:
+        path = cache / "data" / "stl10_binary" / name
+        mutate(path)
+        return ["extract", *FAST, "--force"]
+    return make
+
+
+def _artifact(rel: str, mutate) -> object:
+    def make(tmp: Path, cache: Path) -> list[str]:
+        mutate(cache / rel)
+        return ["query", "--image-id", "1"]
+    return make
+
+
 BAD = {
-    "negative id": lambda t: ["query", "--image-id", "-1"],
-    "id past the end": lambda t: ["query", "--image-id", "100"],
-    "id not a number": lambda t: ["query", "--image-id", "three"],
-    "k below 1": lambda t: ["query", "--image-id", "1", "-k", "0"],
-    "top-k 0": lambda t: ["index", "--top-k", "0", "--force"],
-    "top-k 1281": lambda t: ["index", "--top-k", "1281", "--force"],
-    "num-perm not multiple of trees": lambda t: ["index", "--num-perm", "100", "--trees", "8", "--force"],
-    "num-perm below trees": lambda t: ["index", "--num-perm", "4", "--trees", "8", "--force"],
-    "unknown split": lambda t: ["extract", "--split", "validation"],
+    # query
+    "negative id": lambda t, c: ["query", "--image-id", "-1"],
+    "id past the end": lambda t, c: ["query", "--image-id", "100"],
+    "id not a number": lambda t, c: ["query", "--image-id", "three"],
+    "k below 1": lambda t, c: ["query", "--image-id", "1", "-k", "0"],
+    "k not a number": lambda t, c: ["query", "--image-id", "1", "-k", "x"],
+    "candidates 0": lambda t, c: ["query", "--image-id", "1", "--candidates", "0"],
+    "unknown method": lambda t, c: ["query", "--image-id", "1", "--method", "fastest"],
+    "no query given": lambda t, c: ["query"],
+    "image not an image": lambda t, c: ["query", "--image", str(_write(t / "x.png", "text"))],
+    "image empty file": lambda t, c: ["query", "--image", str(_write(t / "e.jpg", b""))],
+    "image missing": lambda t, c: ["query", "--image", str(t / "missing.jpg")],
+    "image is a folder": lambda t, c: ["query", "--image", str(t)],
+    "huge image": lambda t, c: ["query", "--image", str(_huge_png(t))],
+    # index
+    "top-k 0": lambda t, c: ["index", "--top-k", "0", "--force"],
+    "top-k 1281": lambda t, c: ["index", "--top-k", "1281", "--force"],
+    "num-perm not multiple of trees": lambda t, c: ["index", "--num-perm", "100", "--trees", "8", "--force"],
+    "num-perm below trees": lambda t, c: ["index", "--num-perm", "4", "--trees", "8", "--force"],
+    "unknown basis": lambda t, c: ["index", "--basis", "whitened"],
+    # extract
+    "unknown split": lambda t, c: ["extract", "--split", "validation"],
     "unreadable weights": _bad_weights,
     "weights with wrong keys": _wrong_keys,
-    "missing weights file": lambda t: ["extract", "--weights", str(t / "nope.pth")],
-    "no query given": lambda t: ["query"],
-    "image not an image": lambda t: (t.joinpath("x.png").write_text("text"), ["query", "--image", str(t / "x.png")])[1],
+    "missing weights file": lambda t, c: ["extract", "--weights", str(t / "nope.pth")],
+    "batch size 0": lambda t, c: ["extract", "--batch-size", "0"],
+    "limit 0": lambda t, c: ["extract", "--limit", "0"],
+    "image size 8": lambda t, c: ["extract", "--image-size", "8"],
+    "unknown device": lambda t, c: ["extract", "--device", "tpu"],
+    "fp16 on the cpu": lambda t, c: ["extract", *FAST, "--device", "cpu", "--precision", "fp16", "--force"],
+    "truncated image file": _data_file("train_X.bin", lambda p: p.write_bytes(p.read_bytes()[:-1])),
+    "empty image file": _data_file("test_X.bin", lambda p: p.write_bytes(b"")),
+    "labels of wrong length": _data_file("train_y.bin", lambda p: p.write_bytes(p.read_bytes()[:-3])),
+    "label value 0": _data_file("test_y.bin", lambda p: p.write_bytes(b"\x00" * p.stat().st_size)),
+    "label value 11": _data_file("test_y.bin", lambda p: p.write_bytes(b"\x0b" * p.stat().st_size)),
+    "class names missing": _data_file("class_names.txt", lambda p: p.unlink()),
+    "class names wrong count": _data_file("class_names.txt", lambda p: p.write_text("cat\ndog\n")),
+    # artifacts
+    "features of wrong shape": _artifact("features/features.npy", lambda p: np.save(p, np.zeros((100, 10), np.float32))),
+    "features of wrong dtype": _artifact("features/features.npy", lambda p: np.save(p, np.load(p).astype(np.float64))),
+    "features manifest not JSON": _artifact("features/manifest.json", lambda p: p.write_text("{not json")),
+    "index manifest not JSON": _artifact("index/manifest.json", lambda p: p.write_text("")),
+    "index manifest of another stage": _artifact("index/manifest.json",
+                                                 lambda p: p.write_text((p.parents[1] / "features/manifest.json").read_text())),
+    "forest pickle is garbage": _artifact("index/forest.pkl", lambda p: p.write_bytes(b"garbage")),
+    # download, evaluate, bench
+    "archive missing": lambda t, c: ["download", "--archive", str(t / "none.tar.gz")],
+    "archive not a tarball": lambda t, c: ["download", "--no-verify", "--archive", str(_write(t / "a.tar.gz", "x" * 600))],
+    "evaluate k 0": lambda t, c: ["evaluate", "-k", "0"],
+    "evaluate queries 0": lambda t, c: ["evaluate", "--queries", "0"],
+    "bench n too small": lambda t, c: ["bench", "--n", "5"],
+    "bench num-perm not multiple of trees": lambda t, c: ["bench", "--n", "200", "--num-perm", "100", "--trees", "8"],
 }
+
+
+def _huge_png(tmp: Path) -> Path:
+    """A small file that claims 200,000 x 200,000 pixels: a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 200_000, 200_000, 8, 2, 0, 0, 0)
+    path = tmp / "huge.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 100))
+                     + chunk(b"IEND", b""))
+    return path
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_exits_2_with_one_line(case, cache, tmp_path):
-    args = BAD[case](tmp_path)
+    args = BAD[case](tmp_path, cache)
     before = _snapshot(cache)
     result = CliRunner().invoke(main, [*args, "--cache-dir", str(cache)])
     assert result.exit_code == 2, (result.output, result.exception)

@@ -56,3 +56,27 @@ def test_centred_sets_use_collection_statistics():
     # raw: dimension 0 wins everywhere; centred: it is never above its own mean
     assert top_k_sets(x, 1).ravel().tolist() == [0, 0, 0]
     assert top_k_sets(x, 1, "centered", stats).ravel().tolist() == [1, 2, 1]
+
+
+def test_bulk_forest_equals_datasketch_add_and_index():
+    import pickle
+
+    from datasketch import MinHashLSHForest
+
+    from stl10_similarity.index import _Sketch, build_forest
+
+    rng = np.random.default_rng(3)
+    sigs = rng.integers(0, 2**32, (300, 64), dtype=np.uint32)
+    sigs[10] = sigs[11]  # identical signatures share a bucket
+    reference = MinHashLSHForest(num_perm=64, l=8)
+    for key, row in enumerate(sigs):
+        reference.add(key, _Sketch(row))
+    reference.index()
+    ours = build_forest(sigs, 8)
+    assert ours.keys == reference.keys
+    assert [dict(t) for t in ours.hashtables] == [dict(t) for t in reference.hashtables]
+    assert ours.sorted_hashtables == reference.sorted_hashtables
+    restored = pickle.loads(pickle.dumps(ours))
+    assert restored.keys == reference.keys and restored.sorted_hashtables == reference.sorted_hashtables
+    assert sorted(restored.query(_Sketch(sigs[10]), 2)) == [10, 11]
+    assert isinstance(restored, MinHashLSHForest)
