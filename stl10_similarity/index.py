@@ -87,11 +87,11 @@ class SignatureForest(_forest_class()):  # type: ignore[misc]
         if signatures.ndim != 2 or signatures.shape[1] < self.k * self.l:
             raise ValueError("signatures must be (n, num_perm) with num_perm >= k * l")
         self._signatures = np.ascontiguousarray(signatures, dtype=np.uint32)
-        big_endian = self._signatures.astype(">u4")  # datasketch's _H: the values' bytes, byte-swapped
-        n, width = len(big_endian), 4 * self.k
+        n, width = len(self._signatures), 4 * self.k
         per_tree = []
         for (start, end), table in zip(self.hashranges, self.hashtables):
-            buf = np.ascontiguousarray(big_endian[:, start:end]).tobytes()
+            # datasketch's _H: each band's values as bytes, byte-swapped (big-endian); one band at a time
+            buf = self._signatures[:, start:end].astype(">u4").tobytes()
             prefixes = [buf[j : j + width] for j in range(0, n * width, width)]
             for key, prefix in enumerate(prefixes):
                 table[prefix].append(key)
@@ -159,18 +159,19 @@ def build_index(
         del feats
         # two streaming passes over the features keep memory at one chunk, whatever N is
         step("per-dimension statistics")
-        stats = set_statistics(iter_npy_rows(path, CHUNK_ROWS))
+        stats = set_statistics(iter_npy_rows(path, CHUNK_ROWS // 4))
         step(f"top-{top_k} sets")
         sets = np.concatenate([top_k_sets(block, top_k, basis, stats) for block in iter_npy_rows(path, CHUNK_ROWS)])
         step("MinHash signatures")
         sigs = minhash_signatures(sets, permuted_token_table(num_perm, SEED, dim))
-        step(f"LSH forest ({trees} trees)")
-        forest = build_forest(sigs, trees)
-        step("writing artifacts")
         staging = staging_dir(folder)
         write_npy(staging / "topk.npy", sets)
         write_npy(staging / "signatures.npy", sigs)
         write_npy(staging / "stats.npy", stats)
+        del sets  # the forest is the big one: hold nothing else while it is built
+        step(f"LSH forest ({trees} trees)")
+        forest = build_forest(sigs, trees)
+        step("writing artifacts")
         with atomic_file(staging / "forest.pkl") as handle:
             pickle.dump(forest, handle, protocol=pickle.HIGHEST_PROTOCOL)
         files = commit_staged(folder, staging)

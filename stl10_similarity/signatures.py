@@ -45,7 +45,7 @@ def permuted_token_table(num_perm: int, seed: int = SEED, dim: int = 1280) -> np
         return (hashed[:, None] * a.astype(np.uint32)[None, :] + b.astype(np.uint32)[None, :]).astype(np.uint32)
 
 
-def set_statistics(features: np.ndarray | Iterable[np.ndarray], chunk: int = 65536) -> np.ndarray:
+def set_statistics(features: np.ndarray | Iterable[np.ndarray], chunk: int = 16384) -> np.ndarray:
     """Per-dimension mean and standard deviation ``(2, dim)`` float32, from an array or an iterable of row chunks."""
     chunks = (features[lo : lo + chunk] for lo in range(0, len(features), chunk)) if isinstance(features, np.ndarray) \
         else features
@@ -53,8 +53,8 @@ def set_statistics(features: np.ndarray | Iterable[np.ndarray], chunk: int = 655
     count = 0
     for block in chunks:
         block = np.asarray(block, dtype=np.float64)
-        total = block.sum(0) if total is None else total + block.sum(0)
-        squares = (block * block).sum(0) if squares is None else squares + (block * block).sum(0)
+        sums, sq = block.sum(0), np.einsum("ij,ij->j", block, block)
+        total, squares = (sums, sq) if total is None else (total + sums, squares + sq)
         count += len(block)
     if total is None or squares is None or count == 0:
         raise ValueError("no features to compute statistics from")

@@ -1,0 +1,82 @@
+"""Query invariants over random collections: never the query, never fewer than min(k, N-1), ranks sorted."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import invoke
+from stl10_similarity.index import index_in_memory
+from stl10_similarity.search import METHODS, Searcher
+
+_CACHE: dict[tuple[int, int], object] = {}
+
+
+def _index(n: int, seed: int):
+    if (n, seed) not in _CACHE:
+        rng = np.random.default_rng(seed)
+        x = np.abs(rng.normal(size=(n, 1280))).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        _CACHE[(n, seed)] = index_in_memory(x, (np.arange(n) % 10).astype(np.int16), [str(i) for i in range(10)],
+                                            top_k=30, num_perm=32, trees=4)
+    return _CACHE[(n, seed)]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.sampled_from([2, 3, 17, 120]), seed=st.integers(0, 2), k=st.integers(1, 130),
+       method=st.sampled_from(METHODS), candidates=st.integers(1, 50), query=st.integers(0, 10_000))
+def test_results_are_complete_sorted_and_exclude_the_query(n, seed, k, method, candidates, query):
+    searcher = Searcher(_index(n, seed), candidates)
+    qid = query % n
+    result = searcher.query(searcher.for_id(qid), k, method)
+    ids = [m.id for m in result.results]
+    assert qid not in ids
+    assert len(ids) == len(set(ids)) == min(k, n - 1)
+    assert [m.rank for m in result.results] == list(range(1, len(ids) + 1))
+    # each method's own ranking score never increases down the list
+    score = {"exact": "cosine", "rerank": "cosine"}.get(method, "jaccard_estimate")
+    values = [getattr(m, score) for m in result.results]
+    assert values == sorted(values, reverse=True)
+
+
+def test_exact_method_is_brute_force():
+    index = _index(120, 0)
+    searcher = Searcher(index, 10)
+    q = searcher.for_id(7)
+    found, examined = searcher.search_ids(q, 5, "exact")
+    scores = np.asarray(index.features) @ np.asarray(index.features[7])
+    scores[7] = -np.inf
+    assert found.tolist() == np.argsort(-scores)[:5].tolist() and examined == 120
+
+
+def test_external_feature_gets_the_collection_treatment():
+    index = _index(120, 1)
+    searcher = Searcher(index, 10)
+    inside = searcher.for_id(3)
+    outside = searcher.for_feature(np.asarray(index.features[3]))
+    assert np.array_equal(inside.topk, outside.topk) and np.array_equal(inside.signature, outside.signature)
+    assert searcher.search_ids(outside, 1, "exact")[0].tolist() == [3]
+
+
+def test_bench_smoke_json(tmp_path):
+    doc = json.loads(invoke("-q", "bench", "--n", "400", "--queries", "20", "--baseline-n", "50", "--json").stdout)
+    assert {"n", "k", "queries", "machine", "signatures", "methods"} <= set(doc)
+    assert doc["n"] == 400 and doc["signatures"]["baseline_n"] == 50 and doc["signatures"]["identical_to_datasketch"]
+    for key in ("seconds", "baseline_seconds", "speedup"):
+        assert doc["signatures"][key] > 0
+    names = [m["name"] for m in doc["methods"]]
+    assert names[0] == "exact (numpy)" and any(n.startswith("rerank") for n in names)
+    for m in doc["methods"]:
+        assert {"name", "build_seconds", "peak_rss_mb", "p50_ms", "p99_ms", "qps", "recall_at_k"} <= set(m)
+        assert 0.0 <= m["recall_at_k"] <= 1.0 and m["p50_ms"] <= m["p99_ms"]
+    assert doc["methods"][0]["recall_at_k"] == 1.0
+
+
+def test_extract_bench_smoke(built_cache):
+    result = invoke("-q", "bench", "--stage", "extract", "--n", "16", "--weights", "none", "--image-size", "64",
+                    "--device", "cpu", "--cache-dir", str(built_cache))
+    assert result.exit_code == 0
+    assert "naive PIL fp32" in result.stdout and "tensor fp32 channels-last" in result.stdout
