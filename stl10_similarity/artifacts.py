@@ -89,6 +89,21 @@ def write_npy(path: Path, array: np.ndarray) -> None:
         np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
 
 
+def write_npy_chunks(path: Path, shape: tuple[int, ...], dtype: Any, chunks: Any) -> None:
+    """Write a ``.npy`` file from row chunks without holding the whole array (atomically)."""
+    dtype = np.dtype(dtype)
+    written = 0
+    with atomic_file(path) as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                      "fortran_order": False, "shape": tuple(shape)})
+        for block in chunks:
+            block = np.ascontiguousarray(block, dtype=dtype)
+            handle.write(block.tobytes())
+            written += len(block)
+        if written != shape[0]:
+            raise ValueError(f"wrote {written} rows into {path}, expected {shape[0]}")
+
+
 def staging_dir(folder: Path) -> Path:
     """A fresh folder beside a stage's artifacts where its next version is written in full first."""
     staging = folder / ".staging"

@@ -55,6 +55,11 @@ cache_dir_option = click.option(
     help="Artifacts folder. Default: $STL10SIM_CACHE_DIR, else the platform's user cache dir.",
 )
 no_wait_option = click.option("--no-wait", is_flag=True, help="Fail at once if another command holds the cache dir.")
+candidates_option = click.option(
+    "--candidates", type=click.IntRange(min=1), default=400, show_default=True,
+    help="rerank: how many forest candidates (best by estimated Jaccard, from a pool of 10x as many) are "
+    "re-ranked by cosine; forest: the pool is 10x this.",
+)
 force_option = click.option("--force", is_flag=True, help="Rebuild even if a matching cached result exists.")
 
 
@@ -199,9 +204,7 @@ def _png_path(png: Path, result: Any, several: bool) -> Path:
 @click.option("--method", type=click.Choice(["forest", "rerank", "exact", "forest-query"]), default="rerank",
               show_default=True, help="forest: LSH forest by estimated Jaccard; rerank: its candidates by cosine; "
               "exact: brute-force cosine; forest-query: datasketch's own query().")
-@click.option("--candidates", type=click.IntRange(min=1), default=400, show_default=True,
-              help="rerank: how many forest candidates (best by estimated Jaccard, from a pool of 10x as many) "
-              "are re-ranked by cosine; forest: the pool is 10x this.")
+@candidates_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query on stdout (NDJSON for several).")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a result grid; with several queries, the query id is added to the name.")
@@ -274,9 +277,7 @@ def format_report(report: Any) -> str:
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--method", "methods", type=click.Choice(["forest", "rerank", "exact", "forest-query"]), multiple=True,
               help="Methods to compare (repeat). Default: forest, rerank, exact.")
-@click.option("--candidates", type=click.IntRange(min=1), default=400, show_default=True,
-              help="rerank: how many forest candidates (best by estimated Jaccard, from a pool of 10x as many) "
-              "are re-ranked by cosine; forest: the pool is 10x this.")
+@candidates_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Plot precision@k for k = 1..K per method.")

@@ -11,6 +11,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from .artifacts import (
     write_json,
     write_manifest,
     write_npy,
+    write_npy_chunks,
 )
 from .errors import EnvironmentFailure, InputError, IntegrityError, MissingArtifactError, WeightsError
 from .paths import features_dir
@@ -290,20 +292,21 @@ def extract(
         starts = range(0, collection.size, chunk)
         done = [s for s in starts if (partial / f"chunk_{s // chunk:06d}.npy").is_file()]
         bar = _progress(collection.size, progress, initial=sum(min(chunk, collection.size - s) for s in done))
-        for start in starts:
-            path = partial / f"chunk_{start // chunk:06d}.npy"
-            if path.is_file():
-                continue
-            stop = min(start + chunk, collection.size)
-            parts = []
-            for lo in range(start, stop, batch_size):
-                parts.append(model(collection.images(lo, min(lo + batch_size, stop))))
-                bar.update(len(parts[-1]))
-            write_npy(path, np.concatenate(parts))
+        todo = [s for s in starts if s not in done]
+        batches = [(lo, min(lo + batch_size, s + chunk, collection.size)) for s in todo
+                   for lo in range(s, min(s + chunk, collection.size), batch_size)]
+        parts: list[np.ndarray] = []
+        for (lo, hi), images in zip(batches, _prefetched(collection, batches)):
+            parts.append(model(images))
+            bar.update(len(parts[-1]))
+            if hi == collection.size or hi % chunk == 0:  # a chunk is complete: make it durable
+                write_npy(partial / f"chunk_{(hi - 1) // chunk:06d}.npy", np.concatenate(parts))
+                parts = []
         bar.close()
-        features = np.concatenate([np.load(partial / f"chunk_{s // chunk:06d}.npy") for s in starts])
         staging = staging_dir(folder)
-        write_npy(staging / "features.npy", features)
+        # stream the chunks into one file: memory stays at one chunk even for the 100,000 unlabelled images
+        write_npy_chunks(staging / "features.npy", (collection.size, DIM), np.float32,
+                         (np.load(partial / f"chunk_{s // chunk:06d}.npy") for s in starts))
         write_npy(staging / "labels.npy", collection.labels())
         write_npy(staging / "ids.npy", np.arange(collection.size, dtype=np.int64))
         files = commit_staged(folder, staging)
@@ -320,6 +323,19 @@ def extract(
         )
         shutil.rmtree(partial, ignore_errors=True)
         return ExtractResult(folder, collection.size, time.time() - started, False, len(done), manifest)
+
+
+def _prefetched(collection: stl10.Collection, batches: list[tuple[int, int]]) -> Iterator[np.ndarray]:
+    """Read batch i + 1 from disk on a helper thread while the model works on batch i."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(collection.images, *batches[0]) if batches else None
+        for i in range(len(batches)):
+            assert pending is not None
+            images = pending.result()
+            pending = pool.submit(collection.images, *batches[i + 1]) if i + 1 < len(batches) else None
+            yield images
 
 
 def _same_run(partial: Path, run: dict[str, Any]) -> bool:

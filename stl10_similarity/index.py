@@ -1,7 +1,8 @@
 """Stage 3: top-K sets, MinHash signatures and a datasketch MinHashLSHForest over them.
 
-The forest is pickled (datasketch has no other format); it is only ever unpickled
-after its SHA-256 matches the manifest this stage wrote.
+The forest is pickled (datasketch has no other format); it is only ever unpickled after its
+SHA-256 matches the manifest this stage wrote, and only for ``--method forest-query``: the other
+methods search the same trees through memory-mapped arrays (``tree_keys``/``tree_order``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .artifacts import (
 )
 from .errors import InputError, IntegrityError, MissingArtifactError, StaleArtifactError
 from .paths import features_dir, index_dir
+from .forest import build_forest, prefix_arrays
 from .signatures import SCHEME, SEED, SET_BASES, minhash_signatures, permuted_token_table, set_statistics, top_k_sets
 
 MAKE_CMD = "stl10sim index"
@@ -48,65 +50,6 @@ def check_params(top_k: int, num_perm: int, trees: int, basis: str, dim: int = f
         raise InputError(f"--num-perm ({num_perm}) must be a multiple of --trees ({trees})")
     if basis not in SET_BASES:
         raise InputError(f"unknown set basis {basis!r}: choose one of {', '.join(SET_BASES)}")
-
-
-class _Sketch:
-    """The part of a datasketch MinHash the forest reads: hash values and scheme."""
-
-    __slots__ = ("hashvalues",)
-    scheme = SCHEME
-
-    def __init__(self, hashvalues: np.ndarray) -> None:
-        self.hashvalues = hashvalues
-
-    def __len__(self) -> int:
-        return len(self.hashvalues)
-
-
-def _rebuild_forest(num_perm: int, trees: int, signatures: np.ndarray) -> "SignatureForest":
-    forest = SignatureForest(num_perm=num_perm, l=trees)
-    forest.fill(signatures)
-    return forest
-
-
-def _forest_class() -> type:
-    from datasketch import MinHashLSHForest
-
-    return MinHashLSHForest
-
-
-class SignatureForest(_forest_class()):  # type: ignore[misc]
-    """A datasketch ``MinHashLSHForest`` filled in bulk from a signature matrix (key ``i`` = row ``i``).
-
-    ``fill`` builds exactly the structure that ``add`` + ``index`` build (a test compares them) without
-    a Python call per key, and pickling stores the signatures instead of millions of small bytes
-    objects, so the pickle is compact and loading rebuilds the forest quickly in bounded memory.
-    """
-
-    def fill(self, signatures: np.ndarray) -> None:
-        if signatures.ndim != 2 or signatures.shape[1] < self.k * self.l:
-            raise ValueError("signatures must be (n, num_perm) with num_perm >= k * l")
-        self._signatures = np.ascontiguousarray(signatures, dtype=np.uint32)
-        n, width = len(self._signatures), 4 * self.k
-        per_tree = []
-        for (start, end), table in zip(self.hashranges, self.hashtables):
-            # datasketch's _H: each band's values as bytes, byte-swapped (big-endian); one band at a time
-            buf = self._signatures[:, start:end].astype(">u4").tobytes()
-            prefixes = [buf[j : j + width] for j in range(0, n * width, width)]
-            for key, prefix in enumerate(prefixes):
-                table[prefix].append(key)
-            per_tree.append(prefixes)
-        self.keys = dict(enumerate(map(list, zip(*per_tree)))) if per_tree else {}
-        self._minhash_scheme = SCHEME
-        self.index()
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_forest, (self.k * self.l, self.l, self._signatures))
-
-
-def build_forest(signatures: np.ndarray, trees: int) -> SignatureForest:
-    """A datasketch ``MinHashLSHForest`` with key ``i`` for signature row ``i``, indexed."""
-    return _rebuild_forest(signatures.shape[1], trees, signatures)
 
 
 @dataclass(frozen=True)
@@ -163,17 +106,24 @@ def build_index(
         step(f"top-{top_k} sets")
         sets = np.concatenate([top_k_sets(block, top_k, basis, stats) for block in iter_npy_rows(path, CHUNK_ROWS)])
         step("MinHash signatures")
-        sigs = minhash_signatures(sets, permuted_token_table(num_perm, SEED, dim))
+        table = permuted_token_table(num_perm, SEED, dim)
+        sigs = minhash_signatures(sets, table)
         staging = staging_dir(folder)
         write_npy(staging / "topk.npy", sets)
         write_npy(staging / "signatures.npy", sigs)
         write_npy(staging / "stats.npy", stats)
         del sets  # the forest is the big one: hold nothing else while it is built
+        write_npy(staging / "token_table.npy", table)
         step(f"LSH forest ({trees} trees)")
+        tree_keys, tree_order = prefix_arrays(sigs, trees)
+        write_npy(staging / "tree_keys.npy", tree_keys)
+        write_npy(staging / "tree_order.npy", tree_order)
+        del tree_keys, tree_order
         forest = build_forest(sigs, trees)
         step("writing artifacts")
         with atomic_file(staging / "forest.pkl") as handle:
             pickle.dump(forest, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        del forest
         files = commit_staged(folder, staging)
         manifest = write_manifest(
             folder, stage="index", params=params, files=files, inputs=inputs, n=len(sigs),
@@ -184,7 +134,11 @@ def build_index(
 
 @dataclass
 class LoadedIndex:
-    """Everything a query needs, verified against the manifests and memory-mapped."""
+    """Everything a query needs, verified against the manifests and memory-mapped.
+
+    ``forest`` (the datasketch object) is loaded on first use only; the other methods read the
+    trees from ``tree_keys`` / ``tree_order``.
+    """
 
     params: dict[str, Any]
     features_params: dict[str, Any]
@@ -194,17 +148,26 @@ class LoadedIndex:
     topk: np.ndarray
     signatures: np.ndarray
     stats: np.ndarray
-    forest: Any
     table: np.ndarray
+    tree_keys: np.ndarray
+    tree_order: np.ndarray
+    forest_loader: Callable[[], Any] | None = None
+    _forest: Any = None
 
     @property
     def n(self) -> int:
         return len(self.signatures)
 
+    @property
+    def forest(self) -> Any:
+        if self._forest is None and self.forest_loader is not None:
+            self._forest = self.forest_loader()
+        return self._forest
+
 
 def index_in_memory(
     features: np.ndarray, labels: np.ndarray, class_names: list[str], *, top_k: int = 100, num_perm: int = 128,
-    trees: int = 8, basis: str = "centered",
+    trees: int = 8, basis: str = "centered", forest: bool = True,
 ) -> LoadedIndex:
     """Build an index without touching disk (for sweeps, benchmarks and tests)."""
     check_params(top_k, num_perm, trees, basis, features.shape[1])
@@ -212,9 +175,11 @@ def index_in_memory(
     sets = top_k_sets(features, top_k, basis, stats)
     table = permuted_token_table(num_perm, SEED, features.shape[1])
     sigs = minhash_signatures(sets, table)
+    tree_keys, tree_order = prefix_arrays(sigs, trees)
     params = {"top_k": top_k, "num_perm": num_perm, "trees": trees, "basis": basis, "scheme": SCHEME, "seed": SEED}
     return LoadedIndex(params=params, features_params={}, class_names=class_names, features=features, labels=labels,
-                       topk=sets, signatures=sigs, stats=stats, forest=build_forest(sigs, trees), table=table)
+                       topk=sets, signatures=sigs, stats=stats, table=table, tree_keys=tree_keys,
+                       tree_order=tree_order, _forest=build_forest(sigs, trees) if forest else None)
 
 
 def load_index(cache_dir: Path) -> LoadedIndex:
@@ -231,26 +196,27 @@ def load_index(cache_dir: Path) -> LoadedIndex:
     if manifest.get("inputs", {}).get("features_manifest_sha256") != manifest_digest(source):
         raise StaleArtifactError("the index was built from other features than the ones extracted now: run `stl10sim index`")
     fmake = features_stage.MAKE_CMD
+
+    def artifact(name: str) -> np.ndarray:
+        return load_npy(folder, manifest, name, make_cmd=MAKE_CMD)
+
     feats = load_npy(source, features_manifest, "features", make_cmd=fmake)
     labels = load_npy(source, features_manifest, "labels", make_cmd=fmake)
-    topk = load_npy(folder, manifest, "topk", make_cmd=MAKE_CMD)
-    sigs = load_npy(folder, manifest, "signatures", make_cmd=MAKE_CMD)
-    stats = load_npy(folder, manifest, "stats", make_cmd=MAKE_CMD)
-    if not (len(feats) == len(labels) == len(topk) == len(sigs)):
+    index = LoadedIndex(
+        params=manifest["params"], features_params=features_manifest["params"],
+        class_names=list(features_manifest.get("class_names", [])), features=feats, labels=labels,
+        topk=artifact("topk"), signatures=artifact("signatures"), stats=artifact("stats"),
+        table=artifact("token_table"), tree_keys=artifact("tree_keys"), tree_order=artifact("tree_order"),
+    )
+    if not (len(feats) == len(labels) == len(index.topk) == index.n == index.tree_order.shape[1]):
         raise IntegrityError("features and index disagree on the number of images: run `stl10sim index --force`")
     forest_path = verified_path(folder, manifest, "forest", make_cmd=MAKE_CMD)  # hash checked before unpickling
-    with open(forest_path, "rb") as handle:
-        forest = pickle.load(handle)
-    params = manifest["params"]
-    return LoadedIndex(
-        params=params,
-        features_params=features_manifest["params"],
-        class_names=list(features_manifest.get("class_names", [])),
-        features=feats,
-        labels=labels,
-        topk=topk,
-        signatures=sigs,
-        stats=stats,
-        forest=forest,
-        table=permuted_token_table(params["num_perm"], params["seed"], feats.shape[1]),
-    )
+
+    def load_forest() -> Any:
+        from . import forest  # noqa: F401  (the pickle refers to forest._rebuild)
+
+        with open(forest_path, "rb") as handle:
+            return pickle.load(handle)
+
+    index.forest_loader = load_forest
+    return index

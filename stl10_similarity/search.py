@@ -15,14 +15,14 @@ returns the query itself.
 from __future__ import annotations
 
 import time
-from bisect import bisect_left, bisect_right
 from os.path import commonprefix
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .index import LoadedIndex, _Sketch
+from .forest import Sketch
+from .index import LoadedIndex
 from .signatures import minhash_signatures, top_k_sets
 
 METHODS = ("forest", "rerank", "exact", "forest-query")
@@ -94,11 +94,9 @@ class Searcher:
         self.candidates = candidates
         # how many forest keys to gather before picking the `candidates` best estimates
         self.pool = pool if pool is not None else POOL_FACTOR * candidates
-        forest = index.forest
-        self._depth = forest.k
-        self._ranges = forest.hashranges
-        self._tables = list(zip(forest.sorted_hashtables, forest.hashtables))
-        self._csr: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._trees = index.tree_keys.shape[0]
+        self._depth = index.signatures.shape[1] // self._trees
+        self._width = 4 * self._depth
 
     # ------------------------------------------------------------ query vectors
 
@@ -125,71 +123,58 @@ class Searcher:
     def _wanted(self, k: int, q: QueryVector) -> int:
         return min(k, self.index.n - (q.exclude is not None))
 
-    def _bucket_arrays(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per tree, the forest's buckets in sorted-key order as flat key ids plus offsets (CSR),
-        so that a range of sorted keys becomes one array slice instead of a Python loop."""
-        if self._csr is None:
-            csr = []
-            for keys, buckets in self._tables:
-                sizes = np.fromiter((len(buckets[h]) for h in keys), dtype=np.int64, count=len(keys))
-                flat = np.fromiter((key for h in keys for key in buckets[h]), dtype=np.int64, count=int(sizes.sum()))
-                csr.append((flat, np.concatenate([[0], np.cumsum(sizes)])))
-            self._csr = csr
-        return self._csr
-
-    @staticmethod
-    def _start_depth(keys: list[bytes], buckets: dict[bytes, list[int]], h: bytes, exclude: int | None) -> int:
+    def _start_depth(self, tree: int, h: bytes, exclude: int | None) -> int:
         """The deepest depth at which a tree holds any key other than the query itself."""
-        pos = bisect_left(keys, h)
-        if pos < len(keys) and keys[pos] == h and buckets[h] == [exclude]:
-            neighbours = (pos - 1, pos + 1)  # the query's own entry doesn't count
-        else:
-            neighbours = (pos - 1, pos)
-        common = max((len(commonprefix((h, keys[j]))) for j in neighbours if 0 <= j < len(keys)), default=0)
+        keys, order = self.index.tree_keys[tree], self.index.tree_order[tree]
+        lo = int(np.searchsorted(keys, h, "left"))
+        hi = int(np.searchsorted(keys, h, "right"))
+        if hi - lo > (exclude is not None and exclude in order[lo:hi]):
+            return self._depth  # another key has the whole band
+        common = 0
+        for j in (lo - 1, hi):  # the query's sorted neighbours share the longest prefixes
+            if 0 <= j < len(keys):
+                common = max(common, len(commonprefix((h, bytes(keys[j]).ljust(self._width, b"\0")))))
         return common // 4
 
     def forest_candidates(self, q: QueryVector, budget: int) -> np.ndarray:
         """Keys sharing the deepest prefixes with the query, from every tree, until ``budget`` are found.
 
-        Unlike ``MinHashLSHForest.query``, each depth is taken whole across all trees, so which
-        keys are kept doesn't depend on tree order; ordering is left to the caller. Each tree
-        starts at the deepest depth where anything matches (the longest common prefix with the
-        query's sorted neighbours), so empty depths cost nothing.
+        Unlike ``MinHashLSHForest.query``, each depth is taken whole across all trees, so which keys
+        are kept doesn't depend on tree order; ordering is left to the caller. Each tree starts at the
+        deepest depth where anything matches, so empty depths cost nothing.
         """
-        csr = self._bucket_arrays()
-        full = [bytes(q.signature[lo:hi].astype(">u4").data) for lo, hi in self._ranges]
-        pad = 4 * self._depth
-        starts = [self._start_depth(keys, buckets, h, q.exclude) for (keys, buckets), h in zip(self._tables, full)]
+        bands = q.signature.astype(">u4").tobytes()
+        full = [bands[t * self._width : (t + 1) * self._width] for t in range(self._trees)]
+        starts = [self._start_depth(t, h, q.exclude) for t, h in enumerate(full)]
         pieces: list[np.ndarray] = []
-        spans = [(0, 0)] * len(full)  # per tree, the sorted-key range already taken
+        spans = [(0, 0)] * self._trees  # per tree, the sorted range already taken
         taken = 0
         found = np.empty(0, dtype=np.int64)
         for depth in range(max(starts), 0, -1):
-            for t, ((keys, _), h, (flat, offsets)) in enumerate(zip(self._tables, full, csr)):
+            for t, h in enumerate(full):
                 if starts[t] < depth:
                     continue
-                low_key, high_key = h[: 4 * depth], h[: 4 * depth] + b"\xff" * (pad - 4 * depth)
+                keys, order = self.index.tree_keys[t], self.index.tree_order[t]
+                prefix = h[: 4 * depth]
+                lo = int(np.searchsorted(keys, prefix, "left"))
+                hi = int(np.searchsorted(keys, prefix + b"\xff" * (self._width - 4 * depth), "right"))
                 old_lo, old_hi = spans[t]
                 if old_lo == old_hi:
-                    lo = bisect_left(keys, low_key)
-                    hi = bisect_right(keys, high_key, lo)
-                    pieces.append(flat[offsets[lo] : offsets[hi]])
+                    pieces.append(order[lo:hi])
                 else:  # the shallower range contains the deeper one: take only what lies outside it
-                    lo = bisect_left(keys, low_key, 0, old_lo)
-                    hi = bisect_right(keys, high_key, old_hi)
-                    pieces += [flat[offsets[lo] : offsets[old_lo]], flat[offsets[old_hi] : offsets[hi]]]
-                taken += int(offsets[hi] - offsets[lo]) - int(offsets[old_hi] - offsets[old_lo])
+                    pieces += [order[lo:old_lo], order[old_hi:hi]]
+                taken += (hi - lo) - (old_hi - old_lo)
                 spans[t] = (lo, hi)
             if taken >= budget:  # cheap upper bound first; trees repeat keys, so count distinct ones
                 found = np.unique(np.concatenate(pieces))
                 if len(found) - (q.exclude is not None and q.exclude in found) >= budget:
                     break
         if pieces:
-            found = np.unique(np.concatenate(pieces))
+            found = np.unique(np.concatenate(pieces)).astype(np.int64)
         return found[found != q.exclude] if q.exclude is not None else found
 
     def datasketch_candidates(self, q: QueryVector, k: int) -> np.ndarray:
-        keys = self.index.forest.query(_Sketch(q.signature), k + (q.exclude is not None))
+        keys = self.index.forest.query(Sketch(q.signature), k + (q.exclude is not None))
         return np.array([key for key in keys if key != q.exclude], dtype=np.int64)
 
     # ------------------------------------------------------------ ranking

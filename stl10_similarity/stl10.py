@@ -199,6 +199,15 @@ class DownloadResult:
     counts: dict[str, int]
 
 
+def _temp_dir(data_dir: Path, prefix: str) -> Path:
+    """A private folder inside the data dir, so that the final move is a rename on one filesystem."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=data_dir))
+    except OSError as exc:
+        raise environment_failure(exc, str(data_dir)) from exc
+
+
 def _safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
     members = []
     for member in tar.getmembers():
@@ -212,11 +221,7 @@ def _safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
 
 def _unpack(archive: Path, data_dir: Path) -> Path:
     """Unpack ``stl10_binary/`` from the archive into a temporary folder inside ``data_dir``."""
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".stl10sim-unpack-", dir=data_dir))
-    except OSError as exc:
-        raise environment_failure(exc, str(data_dir)) from exc
+    staging = _temp_dir(data_dir, ".stl10sim-unpack-")
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = _safe_members(tar)
@@ -336,11 +341,7 @@ def _from_network(data_dir: Path, verify: bool, warn: Callable[[str], None]) -> 
     from torchvision.datasets.utils import download_url
 
     url = os.environ.get(URL_ENV, URL)
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".stl10sim-download-", dir=data_dir))
-    except OSError as exc:
-        raise environment_failure(exc, str(data_dir)) from exc
+    tmp = _temp_dir(data_dir, ".stl10sim-download-")
     try:
         try:
             download_url(url, str(tmp), ARCHIVE_NAME)

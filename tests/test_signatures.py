@@ -63,7 +63,8 @@ def test_bulk_forest_equals_datasketch_add_and_index():
 
     from datasketch import MinHashLSHForest
 
-    from stl10_similarity.index import _Sketch, build_forest
+    from stl10_similarity.forest import Sketch as _Sketch
+    from stl10_similarity.forest import build_forest, prefix_arrays
 
     rng = np.random.default_rng(3)
     sigs = rng.integers(0, 2**32, (300, 64), dtype=np.uint32)
@@ -80,3 +81,9 @@ def test_bulk_forest_equals_datasketch_add_and_index():
     assert restored.keys == reference.keys and restored.sorted_hashtables == reference.sorted_hashtables
     assert sorted(restored.query(_Sketch(sigs[10]), 2)) == [10, 11]
     assert isinstance(restored, MinHashLSHForest)
+    # the sorted arrays queries search hold datasketch's trees, key for key
+    keys, order = prefix_arrays(sigs, 8)
+    for t in range(8):
+        assert [bytes(k).ljust(32, b"\0") for k in keys[t]] == [h for h in reference.sorted_hashtables[t]
+                                                                 for _ in reference.hashtables[t][h]]
+        assert order[t].tolist() == [key for h in reference.sorted_hashtables[t] for key in reference.hashtables[t][h]]

@@ -1,0 +1,85 @@
+"""Feature extraction: the fast input path, every precision and device this machine has, offline weights."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import FAST, invoke
+from stl10_similarity import stl10
+from stl10_similarity.cli import main
+from stl10_similarity.features import FeatureModel, cpu_has_bf16, default_batch_size
+
+PRECISIONS = ["auto", "fp32"] + (["bf16"] if cpu_has_bf16() else [])
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("device", ["auto", "cpu"])
+def test_every_available_precision_and_device(tmp_path, archive, precision, device):
+    cache = str(tmp_path / "c")
+    invoke("-q", "download", "--archive", str(archive), "--no-verify", "--cache-dir", cache)
+    result = invoke("-q", "extract", "--weights", "none", "--image-size", "64", "--limit", "24", "--precision", precision,
+                    "--device", device, "--cache-dir", cache)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "c" / "features" / "manifest.json").read_text())
+    assert manifest["params"]["precision"] == ("fp32" if precision == "auto" else precision)
+    assert manifest["params"]["device"] == "cpu"
+    feats = np.load(tmp_path / "c" / "features" / "features.npy")
+    assert feats.shape == (24, 1280) and feats.dtype == np.float32
+    assert np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5) and (feats >= 0).all()
+
+
+@pytest.mark.parametrize("precision", [p for p in PRECISIONS if p == "bf16"])
+def test_reduced_precision_stays_close_to_fp32(tmp_path, precision):
+    from stl10_fixture import write_stl10
+
+    write_stl10(tmp_path)
+    images = stl10.open_collection(tmp_path, "train").images(0, 16)
+    a = FeatureModel("none", 64, "cpu", "fp32")(images)
+    b = FeatureModel("none", 64, "cpu", precision)(images)
+    assert float(np.mean(np.sum(a * b, axis=1))) > 0.99
+
+
+def test_batch_size_does_not_change_which_images_are_embedded(built_cache):
+    collection = stl10.open_collection(built_cache / "data", "train+test")
+    model = FeatureModel("none", 64, "cpu", "fp32")
+    one = np.concatenate([model(collection.images(i, i + 1)) for i in range(8)])
+    batch = model(collection.images(0, 8))
+    assert np.allclose(one, batch, atol=1e-5)
+
+
+def test_default_batch_sizes():
+    assert default_batch_size("fp32", "cpu") == 4 and default_batch_size("bf16", "cpu") == 8
+    assert default_batch_size("fp32", "cuda") == 64
+
+
+def test_imagenet_weights_offline_say_where_to_put_them(built_cache, monkeypatch, tmp_path):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    result = CliRunner().invoke(main, ["extract", "--weights", "imagenet", "--force", "--cache-dir", str(built_cache)])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "mobilenet_v2-7ebf99e0.pth" in lines[0] and "--weights PATH" in lines[0]
+    assert str(tmp_path.parent) in lines[0] or "checkpoints" in lines[0]
+
+
+def test_local_weights_file_is_used_and_recorded(tmp_path, archive):
+    import torch
+    from torchvision.models import mobilenet_v2
+
+    weights = tmp_path / "w.pth"
+    torch.manual_seed(5)
+    torch.save(mobilenet_v2().state_dict(), weights)
+    cache = str(tmp_path / "c")
+    invoke("-q", "download", "--archive", str(archive), "--no-verify", "--cache-dir", cache)
+    assert invoke("-q", "extract", "--weights", str(weights), "--image-size", "64", "--limit", "10",
+                  "--cache-dir", cache).exit_code == 0
+    params = json.loads((tmp_path / "c" / "features" / "manifest.json").read_text())["params"]
+    assert params["weights"].startswith("file:") and params["weights_source"] == str(weights)
