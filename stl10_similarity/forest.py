@@ -99,6 +99,22 @@ def _forest_class() -> type:
     return _CLASS
 
 
+class ForestPickle:
+    """Pickles exactly as the ``SignatureForest`` of these signatures would, without building it first.
+
+    Unpickling gives a real, indexed ``MinHashLSHForest``; ``stl10sim index`` never has to hold
+    millions of Python objects (about 3 GB at a million images) just to write it.
+    """
+
+    def __init__(self, signatures: np.ndarray, trees: int) -> None:
+        self.signatures = np.ascontiguousarray(signatures, dtype=np.uint32)
+        self.trees = trees
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        num_perm = (self.signatures.shape[1] // self.trees) * self.trees
+        return (_rebuild, (num_perm, self.trees, self.signatures))
+
+
 def build_forest(signatures: np.ndarray, trees: int) -> Any:
     """A datasketch ``MinHashLSHForest`` with key ``i`` for signature row ``i``, indexed."""
     return _rebuild(signatures.shape[1], trees, signatures)

@@ -33,11 +33,12 @@ from .artifacts import (
 )
 from .errors import InputError, IntegrityError, MissingArtifactError, StaleArtifactError
 from .paths import features_dir, index_dir
-from .forest import build_forest, prefix_arrays
+from .forest import ForestPickle, build_forest, prefix_arrays
 from .signatures import SCHEME, SEED, SET_BASES, minhash_signatures, permuted_token_table, set_statistics, top_k_sets
 
 MAKE_CMD = "stl10sim index"
 CHUNK_ROWS = 65536
+ARTIFACTS = {"topk", "signatures", "stats", "token_table", "tree_keys", "tree_order", "forest"}
 
 
 def check_params(top_k: int, num_perm: int, trees: int, basis: str, dim: int = features_stage.DIM) -> None:
@@ -64,8 +65,8 @@ class IndexResult:
 def _cached(folder: Path, params: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any] | None:
     try:
         manifest = read_manifest(folder, stage="index", make_cmd=MAKE_CMD)
-        if manifest["params"] != params or manifest["inputs"] != inputs:
-            return None
+        if manifest["params"] != params or manifest["inputs"] != inputs or set(manifest["artifacts"]) != ARTIFACTS:
+            return None  # other parameters, other features, or an index from an older version
         for name in manifest["artifacts"]:
             verified_path(folder, manifest, name, make_cmd=MAKE_CMD)
     except (MissingArtifactError, IntegrityError, KeyError, TypeError):
@@ -119,11 +120,8 @@ def build_index(
         write_npy(staging / "tree_keys.npy", tree_keys)
         write_npy(staging / "tree_order.npy", tree_order)
         del tree_keys, tree_order
-        forest = build_forest(sigs, trees)
-        step("writing artifacts")
         with atomic_file(staging / "forest.pkl") as handle:
-            pickle.dump(forest, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        del forest
+            pickle.dump(ForestPickle(sigs, trees), handle, protocol=pickle.HIGHEST_PROTOCOL)
         files = commit_staged(folder, staging)
         manifest = write_manifest(
             folder, stage="index", params=params, files=files, inputs=inputs, n=len(sigs),

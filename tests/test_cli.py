@@ -94,6 +94,15 @@ def test_cached_rerun_does_no_work(cache):
     assert [p.stat().st_mtime_ns for p in manifests] == before
 
 
+def test_index_from_an_older_layout_is_rebuilt(cache):
+    manifest = cache / "index" / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    del doc["artifacts"]["tree_keys"]
+    manifest.write_text(json.dumps(doc))
+    assert "built in" in invoke("index", "--cache-dir", str(cache)).stdout
+    assert invoke("query", "--image-id", "1", "--cache-dir", str(cache)).exit_code == 0
+
+
 def test_changed_extract_makes_index_stale(cache):
     assert invoke("-q", "extract", *FAST, "--limit", "50", "--cache-dir", str(cache)).exit_code == 0
     result = CliRunner().invoke(main, ["query", "--image-id", "1", "--cache-dir", str(cache)])

@@ -87,3 +87,19 @@ def test_bulk_forest_equals_datasketch_add_and_index():
         assert [bytes(k).ljust(32, b"\0") for k in keys[t]] == [h for h in reference.sorted_hashtables[t]
                                                                  for _ in reference.hashtables[t][h]]
         assert order[t].tolist() == [key for h in reference.sorted_hashtables[t] for key in reference.hashtables[t][h]]
+
+
+def test_index_pickle_is_a_datasketch_forest_of_the_signatures(built_cache):
+    import pickle
+
+    from datasketch import MinHashLSHForest
+
+    from stl10_similarity.forest import Sketch
+
+    forest = pickle.loads((built_cache / "index" / "forest.pkl").read_bytes())
+    sigs = np.load(built_cache / "index" / "signatures.npy")
+    order = np.load(built_cache / "index" / "tree_order.npy")
+    assert isinstance(forest, MinHashLSHForest) and len(forest.keys) == len(sigs)
+    for t in range(forest.l):
+        assert order[t].tolist() == [k for h in forest.sorted_hashtables[t] for k in forest.hashtables[t][h]]
+    assert 5 in forest.query(Sketch(sigs[5]), 3)
