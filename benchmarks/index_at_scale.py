@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
 import subprocess
@@ -63,10 +62,17 @@ def main() -> None:
     write_features(cache, args.n)
     data_seconds = time.perf_counter() - t0
 
+    # the child reports its own peak RSS: RUSAGE_CHILDREN would also count the moment after fork, when the
+    # child still shares this process's pages
+    peak_file = cache / "index-peak-rss-kb"
+    child = ("import atexit, resource, sys\n"
+             f"atexit.register(lambda: open({str(peak_file)!r}, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
+             "from stl10_similarity.cli import main\n"
+             f"main(['-q', 'index', '--force', '--cache-dir', {str(cache)!r}], prog_name='stl10sim')\n")
     t0 = time.perf_counter()
-    subprocess.run([*cli, "-q", "index", "--force", "--cache-dir", str(cache)], check=True)
+    subprocess.run([sys.executable, "-c", child], check=True, stdout=subprocess.DEVNULL)
     index_seconds = time.perf_counter() - t0
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    peak_mb = int(peak_file.read_text()) / 1024
 
     walls = []
     for _ in range(args.query_runs):

@@ -17,7 +17,7 @@ from .search import QueryResult
 
 PANEL_W, PANEL_H, DPI = 2.4, 3.0, 100  # inches per panel: 96 px images drawn at 2.5x
 MAX_COLUMNS = 6
-AGREE, DISAGREE, QUERY = "#1a9850", "#d73027", "#2b2b2b"
+AGREE, DISAGREE, QUERY, UNKNOWN = "#1a9850", "#d73027", "#2b2b2b", "#7f7f7f"
 
 
 def grid_size(k: int) -> tuple[int, int]:
@@ -55,7 +55,10 @@ def render_grid(result: QueryResult, query_image: np.ndarray, match_images: np.n
     qtitle = f"query {q.id}" if q.id is not None else f"query {Path(q.image or '').name}"
     panels = [(query_image, f"{qtitle}\n{q.label or ''}", QUERY)]
     for match, image in zip(result.results, match_images):
-        color = AGREE if q.class_index is not None and match.class_index == q.class_index else DISAGREE
+        if q.class_index is None or q.class_index < 0:  # an image file or unlabelled: no class to agree with
+            color = UNKNOWN
+        else:
+            color = AGREE if match.class_index == q.class_index else DISAGREE
         title = f"#{match.rank} id {match.id}\n{match.label}\nJ {match.jaccard:.2f}  cos {match.cosine:.2f}"
         panels.append((image, title, color))
     for slot in range(rows * cols):
@@ -71,7 +74,9 @@ def render_grid(result: QueryResult, query_image: np.ndarray, match_images: np.n
             spine.set_edgecolor(color)
             spine.set_linewidth(5)
         ax.set_xlabel(title, fontsize=9, color=QUERY if color == QUERY else color)
-    fig.subplots_adjust(left=0.02, right=0.98, top=0.98, bottom=0.12 if rows == 1 else 0.06, wspace=0.08, hspace=0.45)
+    height = rows * PANEL_H  # margins in inches, so that three caption lines fit under every row
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.08 / height, bottom=0.62 / height, wspace=0.08,
+                        hspace=0.62 / (PANEL_H - 0.62))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
     write_bytes(Path(path), buffer.getvalue())

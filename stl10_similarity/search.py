@@ -15,7 +15,6 @@ returns the query itself.
 from __future__ import annotations
 
 import time
-from os.path import commonprefix
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -123,48 +122,51 @@ class Searcher:
     def _wanted(self, k: int, q: QueryVector) -> int:
         return min(k, self.index.n - (q.exclude is not None))
 
-    def _start_depth(self, tree: int, h: bytes, exclude: int | None) -> int:
-        """The deepest depth at which a tree holds any key other than the query itself."""
-        keys, order = self.index.tree_keys[tree], self.index.tree_order[tree]
-        lo = int(np.searchsorted(keys, h, "left"))
-        hi = int(np.searchsorted(keys, h, "right"))
-        if hi - lo > (exclude is not None and exclude in order[lo:hi]):
-            return self._depth  # another key has the whole band
-        common = 0
-        for j in (lo - 1, hi):  # the query's sorted neighbours share the longest prefixes
-            if 0 <= j < len(keys):
-                common = max(common, len(commonprefix((h, bytes(keys[j]).ljust(self._width, b"\0")))))
-        return common // 4
+    def _ranges(self, q: QueryVector) -> np.ndarray:
+        """Per tree and depth, the range of sorted keys sharing the query's prefix: ``(trees, depth + 1, 2)``.
+
+        One ``searchsorted`` per tree finds all depths at once; row ``d`` is depth ``d`` (row 0 unused).
+        """
+        bands = q.signature.astype(">u4").tobytes()
+        depths = range(1, self._depth + 1)
+        out = np.zeros((self._trees, self._depth + 1, 2), dtype=np.int64)
+        for t in range(self._trees):
+            h = bands[t * self._width : (t + 1) * self._width]
+            lows = [h[: 4 * d] for d in depths]
+            highs = [h[: 4 * d] + b"\xff" * (self._width - 4 * d) for d in depths]
+            keys = self.index.tree_keys[t]
+            out[t, 1:, 0] = np.searchsorted(keys, np.array(lows, dtype=keys.dtype), "left")
+            out[t, 1:, 1] = np.searchsorted(keys, np.array(highs, dtype=keys.dtype), "right")
+        return out
 
     def forest_candidates(self, q: QueryVector, budget: int) -> np.ndarray:
         """Keys sharing the deepest prefixes with the query, from every tree, until ``budget`` are found.
 
         Unlike ``MinHashLSHForest.query``, each depth is taken whole across all trees, so which keys
-        are kept doesn't depend on tree order; ordering is left to the caller. Each tree starts at the
-        deepest depth where anything matches, so empty depths cost nothing.
+        are kept doesn't depend on tree order; ordering is left to the caller. Depths where a tree
+        holds nothing but the query itself are skipped without work.
         """
-        bands = q.signature.astype(">u4").tobytes()
-        full = [bands[t * self._width : (t + 1) * self._width] for t in range(self._trees)]
-        starts = [self._start_depth(t, h, q.exclude) for t, h in enumerate(full)]
+        ranges = self._ranges(q)
+        own = 1 if q.exclude is not None else 0  # an indexed query matches its own band at every depth
+        sizes = ranges[:, :, 1] - ranges[:, :, 0] - own
+        sizes[:, 0] = 0
+        active = sizes > 0
+        if not active.any():
+            return np.empty(0, dtype=np.int64)
+        top = int(np.flatnonzero(active.any(axis=0)).max())
         pieces: list[np.ndarray] = []
-        spans = [(0, 0)] * self._trees  # per tree, the sorted range already taken
         taken = 0
         found = np.empty(0, dtype=np.int64)
-        for depth in range(max(starts), 0, -1):
-            for t, h in enumerate(full):
-                if starts[t] < depth:
-                    continue
-                keys, order = self.index.tree_keys[t], self.index.tree_order[t]
-                prefix = h[: 4 * depth]
-                lo = int(np.searchsorted(keys, prefix, "left"))
-                hi = int(np.searchsorted(keys, prefix + b"\xff" * (self._width - 4 * depth), "right"))
-                old_lo, old_hi = spans[t]
-                if old_lo == old_hi:
-                    pieces.append(order[lo:hi])
-                else:  # the shallower range contains the deeper one: take only what lies outside it
+        for depth in range(top, 0, -1):
+            for t in np.flatnonzero(active[:, depth]):
+                order = self.index.tree_order[t]
+                lo, hi = ranges[t, depth]
+                if depth < top and active[t, depth + 1]:  # the deeper range was taken: add what lies outside it
+                    old_lo, old_hi = ranges[t, depth + 1]
                     pieces += [order[lo:old_lo], order[old_hi:hi]]
-                taken += (hi - lo) - (old_hi - old_lo)
-                spans[t] = (lo, hi)
+                else:
+                    pieces.append(order[lo:hi])
+            taken += int(sizes[:, depth].sum())
             if taken >= budget:  # cheap upper bound first; trees repeat keys, so count distinct ones
                 found = np.unique(np.concatenate(pieces))
                 if len(found) - (q.exclude is not None and q.exclude in found) >= budget:
