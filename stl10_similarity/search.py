@@ -28,6 +28,7 @@ METHODS = ("forest", "rerank", "exact", "forest-query")
 DEFAULT_METHOD = "rerank"
 DEFAULT_CANDIDATES = 400
 POOL_FACTOR = 10
+OVERSHOOT = 2  # a depth may bring up to this many times the pool before it is trimmed
 
 
 @dataclass(frozen=True)
@@ -142,9 +143,10 @@ class Searcher:
     def forest_candidates(self, q: QueryVector, budget: int) -> np.ndarray:
         """Keys sharing the deepest prefixes with the query, from every tree, until ``budget`` are found.
 
-        Unlike ``MinHashLSHForest.query``, each depth is taken whole across all trees, so which keys
-        are kept doesn't depend on tree order; ordering is left to the caller. Depths where a tree
-        holds nothing but the query itself are skipped without work.
+        Unlike ``MinHashLSHForest.query``, each depth is taken across all trees, so which keys are kept
+        doesn't depend on tree order; ordering is left to the caller. Depths where a tree holds nothing
+        but the query itself are skipped without work. When the last depth brings more than
+        ``OVERSHOOT`` times the budget, its new keys are kept by how many trees they matched in.
         """
         ranges = self._ranges(q)
         own = 1 if q.exclude is not None else 0  # an indexed query matches its own band at every depth
@@ -154,26 +156,25 @@ class Searcher:
         if not active.any():
             return np.empty(0, dtype=np.int64)
         top = int(np.flatnonzero(active.any(axis=0)).max())
-        pieces: list[np.ndarray] = []
-        taken = 0
-        found = np.empty(0, dtype=np.int64)
+        kept = np.empty(0, dtype=np.int64)  # keys from the depths fully taken so far
         for depth in range(top, 0, -1):
+            pieces = [kept]
             for t in np.flatnonzero(active[:, depth]):
-                order = self.index.tree_order[t]
                 lo, hi = ranges[t, depth]
-                if depth < top and active[t, depth + 1]:  # the deeper range was taken: add what lies outside it
-                    old_lo, old_hi = ranges[t, depth + 1]
-                    pieces += [order[lo:old_lo], order[old_hi:hi]]
-                else:
-                    pieces.append(order[lo:hi])
-            taken += int(sizes[:, depth].sum())
-            if taken >= budget:  # cheap upper bound first; trees repeat keys, so count distinct ones
-                found = np.unique(np.concatenate(pieces))
-                if len(found) - (q.exclude is not None and q.exclude in found) >= budget:
-                    break
-        if pieces:
-            found = np.unique(np.concatenate(pieces)).astype(np.int64)
-        return found[found != q.exclude] if q.exclude is not None else found
+                pieces.append(self.index.tree_order[t][lo:hi])
+            keys, votes = np.unique(np.concatenate(pieces), return_counts=True)
+            keys, votes = keys[keys != q.exclude], votes[keys != q.exclude]
+            if len(keys) < budget and depth > 1:
+                kept = keys.astype(np.int64)
+                continue
+            if len(keys) > OVERSHOOT * budget:
+                # this depth adds far more than the budget (shallow prefixes are shared widely): keep the
+                # keys found in the most trees (deeper keys appear in every tree where they matched deeper)
+                fresh = ~np.isin(keys, kept, assume_unique=True)
+                order = np.lexsort((keys[fresh], -votes[fresh]))
+                keys = np.concatenate([kept, keys[fresh][order[: max(budget - len(kept), 0)]]])
+            return np.sort(keys).astype(np.int64)
+        return kept
 
     def datasketch_candidates(self, q: QueryVector, k: int) -> np.ndarray:
         keys = self.index.forest.query(Sketch(q.signature), k + (q.exclude is not None))

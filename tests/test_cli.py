@@ -118,6 +118,7 @@ def test_query_does_not_import_torch(built_cache):
         f"try: main(['query', '--image-id', '3', '--json', '--cache-dir', {str(built_cache)!r}])\n"
         "except SystemExit as e: assert e.code in (0, None), e.code\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'datasketch' not in sys.modules and 'matplotlib' not in sys.modules, 'slow imports'\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
