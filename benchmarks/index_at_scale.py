@@ -62,11 +62,12 @@ def main() -> None:
     write_features(cache, args.n)
     data_seconds = time.perf_counter() - t0
 
-    # the child reports its own peak RSS: RUSAGE_CHILDREN would also count the moment after fork, when the
-    # child still shares this process's pages
+    # the child reports its own peak RSS (VmHWM of its address space): getrusage's ru_maxrss would also count
+    # the moment after fork, when the child still shared this (large) process's pages, since it survives exec
     peak_file = cache / "index-peak-rss-kb"
-    child = ("import atexit, resource, sys\n"
-             f"atexit.register(lambda: open({str(peak_file)!r}, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
+    hwm = "[l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]"
+    child = ("import atexit\n"
+             f"atexit.register(lambda: open({str(peak_file)!r}, 'w').write({hwm}))\n"
              "from stl10_similarity.cli import main\n"
              f"main(['-q', 'index', '--force', '--cache-dir', {str(cache)!r}], prog_name='stl10sim')\n")
     t0 = time.perf_counter()
