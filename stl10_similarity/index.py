@@ -211,8 +211,6 @@ def load_index(cache_dir: Path) -> LoadedIndex:
     forest_path = verified_path(folder, manifest, "forest", make_cmd=MAKE_CMD)  # hash checked before unpickling
 
     def load_forest() -> Any:
-        from . import forest  # noqa: F401  (the pickle refers to forest._rebuild)
-
         with open(forest_path, "rb") as handle:
             return pickle.load(handle)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import FAST, invoke
+from conftest import invoke
 from stl10_similarity import stl10
 from stl10_similarity.cli import main
 from stl10_similarity.features import FeatureModel, cpu_has_bf16, default_batch_size

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import FAST, invoke
+from conftest import invoke
 from stl10_similarity import artifacts
 from stl10_similarity.cli import main
 

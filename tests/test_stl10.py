@@ -7,7 +7,6 @@ import http.server
 import shutil
 import tarfile
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
