@@ -139,10 +139,6 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def library_versions(*names: str) -> dict[str, str]:
     """Versions of the libraries that shaped an artifact (only those already imported)."""
     from importlib import metadata

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .forest import build_forest, prefix_arrays
-from .index import LoadedIndex
+from .index import LoadedIndex, index_params
 from .search import Searcher
 from .signatures import SEED, datasketch_signature, minhash_signatures, permuted_token_table, set_statistics, top_k_sets
 from .synthetic import synthetic_features
@@ -211,7 +211,7 @@ def run_bench(
     tree_keys, tree_order = prefix_arrays(sigs, trees)  # the sorted trees queries search (index artifacts)
     prepare_seconds = time.perf_counter() - t0
     forest_info["tree_arrays_seconds"] = round(prepare_seconds, 3)
-    index = LoadedIndex(params={"top_k": top_k, "num_perm": num_perm, "trees": trees, "basis": basis},
+    index = LoadedIndex(params=index_params(top_k, num_perm, trees, basis),
                         features_params={}, class_names=[], features=feats, labels=clusters.astype(np.int16),
                         topk=sets, signatures=sigs, stats=stats, table=table, tree_keys=tree_keys,
                         tree_order=tree_order, _forest=forest)
@@ -233,7 +233,7 @@ def run_bench(
     for method, budget_list in (("forest", budgets[:1]), ("rerank", budgets)):
         for budget in budget_list:
             step(f"{method} (candidates {budget}): {len(query_ids)} queries")
-            searcher.candidates, searcher.pool = budget, 10 * budget
+            searcher.candidates = budget
             examined: list[int] = []
 
             def run(q: int) -> np.ndarray:
@@ -242,7 +242,7 @@ def run_bench(
                 return ids
 
             times, found = _time_queries(run, query_ids)
-            name = f"{method} (candidates {budget})" if method == "rerank" else f"{method} (pool {10 * budget})"
+            name = f"{method} (candidates {budget})" if method == "rerank" else f"{method} (pool {searcher.pool})"
             methods.append(_method(name, build, forest_info["peak_rss_mb"], times, found, truth,
                                    float(np.mean(examined))))
     if use_faiss:

@@ -16,6 +16,11 @@ import click
 from .errors import InputError, Stl10SimError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+# The library's choices, spelled out so that `stl10sim --help` needn't import numpy (a test keeps them equal).
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+METHODS = ("forest", "rerank", "exact", "forest-query")
+BASES = ("raw", "centered", "standardized")
 
 
 class Stl10SimGroup(click.Group):
@@ -106,12 +111,12 @@ def download(ctx: click.Context, data_dir: Path | None, archive: Path | None, no
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images of the split.")
 @click.option("--batch-size", type=click.IntRange(min=1, max=4096), default=None,
               help="Images per forward pass. Default: 4 (fp32) or 8 (bf16) on a CPU, 64 on a GPU.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
               help="ImageNet weights (downloaded once), a seeded random init, or a local state dict.")
 @click.option("--image-size", type=click.IntRange(min=32, max=1024), default=224, show_default=True,
               help="Model input size; 96 px images are upsampled to it.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Network precision; auto keeps fp32 (see README: reduced precision changed answers).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Images per resumable chunk: a killed run loses at most one chunk.")
@@ -148,7 +153,7 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
               help="Size of each image's set: its K most activated feature dimensions.")
 @click.option("--num-perm", type=click.IntRange(min=1), default=128, show_default=True, help="MinHash permutations.")
 @click.option("--trees", type=click.IntRange(min=1), default=8, show_default=True, help="Prefix trees in the forest.")
-@click.option("--basis", type=click.Choice(["raw", "centered", "standardized"]), default="centered", show_default=True,
+@click.option("--basis", type=click.Choice(BASES), default="centered", show_default=True,
               help="Form sets from raw features, or centred / standardised per dimension.")
 @cache_dir_option
 @force_option
@@ -201,14 +206,14 @@ def _png_path(png: Path, result: Any, several: bool) -> Path:
 @click.option("--image", "images", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
               help="An image file not in the collection (JPEG, PNG, WebP, ...); repeat for several.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Results per query.")
-@click.option("--method", type=click.Choice(["forest", "rerank", "exact", "forest-query"]), default="rerank",
+@click.option("--method", type=click.Choice(METHODS), default="rerank",
               show_default=True, help="forest: LSH forest by estimated Jaccard; rerank: its candidates by cosine; "
               "exact: brute-force cosine; forest-query: datasketch's own query().")
 @candidates_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query on stdout (NDJSON for several).")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a result grid; with several queries, the query id is added to the name.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Device for embedding --image files.")
 @cache_dir_option
 @click.pass_context
@@ -275,7 +280,7 @@ def format_report(report: Any) -> str:
 @click.option("--queries", type=QueryCount(), default="all", show_default=True,
               help="How many collection images to use as queries (a seeded sample), or all.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--method", "methods", type=click.Choice(["forest", "rerank", "exact", "forest-query"]), multiple=True,
+@click.option("--method", "methods", type=click.Choice(METHODS), multiple=True,
               help="Methods to compare (repeat). Default: forest, rerank, exact.")
 @candidates_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
@@ -377,14 +382,14 @@ def format_extract_bench(report: dict[str, Any]) -> str:
 @click.option("--top-k", type=click.IntRange(1, 1280), default=100, show_default=True)
 @click.option("--num-perm", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--trees", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--basis", type=click.Choice(["raw", "centered", "standardized"]), default="centered", show_default=True)
+@click.option("--basis", type=click.Choice(BASES), default="centered", show_default=True)
 @click.option("--budget", "budgets", type=click.IntRange(min=1), multiple=True,
               help="Rerank candidate budgets to compare (repeat). Default: 100, 400, 1600.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH", help="extract stage only.")
 @click.option("--image-size", type=click.IntRange(min=32, max=1024), default=224, show_default=True,
               help="extract stage only.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="extract stage only.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="extract stage only.")
 @cache_dir_option

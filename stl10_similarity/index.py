@@ -53,6 +53,12 @@ def check_params(top_k: int, num_perm: int, trees: int, basis: str, dim: int = f
         raise InputError(f"unknown set basis {basis!r}: choose one of {', '.join(SET_BASES)}")
 
 
+def index_params(top_k: int, num_perm: int, trees: int, basis: str) -> dict[str, Any]:
+    """What decides the index's content: recorded in its manifest and in every query's params."""
+    return {"top_k": top_k, "num_perm": num_perm, "trees": trees, "basis": basis, "scheme": SCHEME, "seed": SEED,
+            "token": "str(dim).encode()"}
+
+
 @dataclass(frozen=True)
 class IndexResult:
     folder: Path
@@ -94,8 +100,7 @@ def build_index(
     with cache_lock(cache_dir, wait=wait, on_wait=on_wait):
         features_manifest = features_stage.load_manifest(cache_dir)
         inputs = {"features_manifest_sha256": manifest_digest(source)}
-        params = {"top_k": top_k, "num_perm": num_perm, "trees": trees, "basis": basis, "scheme": SCHEME, "seed": SEED,
-                  "token": "str(dim).encode()"}
+        params = index_params(top_k, num_perm, trees, basis)
         if not force and (manifest := _cached(folder, params, inputs)) is not None:
             return IndexResult(folder, manifest["n"], time.time() - started, True, manifest)
         feats = load_npy(source, features_manifest, "features", make_cmd=features_stage.MAKE_CMD)  # verified
@@ -165,7 +170,7 @@ class LoadedIndex:
 
 def index_in_memory(
     features: np.ndarray, labels: np.ndarray, class_names: list[str], *, top_k: int = 100, num_perm: int = 128,
-    trees: int = 8, basis: str = "centered", forest: bool = True,
+    trees: int = 8, basis: str = "centered",
 ) -> LoadedIndex:
     """Build an index without touching disk (for sweeps, benchmarks and tests)."""
     check_params(top_k, num_perm, trees, basis, features.shape[1])
@@ -174,10 +179,10 @@ def index_in_memory(
     table = permuted_token_table(num_perm, SEED, features.shape[1])
     sigs = minhash_signatures(sets, table)
     tree_keys, tree_order = prefix_arrays(sigs, trees)
-    params = {"top_k": top_k, "num_perm": num_perm, "trees": trees, "basis": basis, "scheme": SCHEME, "seed": SEED}
-    return LoadedIndex(params=params, features_params={}, class_names=class_names, features=features, labels=labels,
-                       topk=sets, signatures=sigs, stats=stats, table=table, tree_keys=tree_keys,
-                       tree_order=tree_order, _forest=build_forest(sigs, trees) if forest else None)
+    return LoadedIndex(params=index_params(top_k, num_perm, trees, basis), features_params={}, class_names=class_names,
+                       features=features, labels=labels, topk=sets, signatures=sigs, stats=stats, table=table,
+                       tree_keys=tree_keys, tree_order=tree_order,
+                       forest_loader=lambda: build_forest(sigs, trees))  # only forest-query needs the object
 
 
 def load_index(cache_dir: Path) -> LoadedIndex:

@@ -87,16 +87,19 @@ class QueryVector:
 class Searcher:
     """Queries over a :class:`LoadedIndex`; one instance serves many queries."""
 
-    def __init__(self, index: LoadedIndex, candidates: int = DEFAULT_CANDIDATES, pool: int | None = None) -> None:
+    def __init__(self, index: LoadedIndex, candidates: int = DEFAULT_CANDIDATES) -> None:
         if candidates < 1:
             raise ValueError("candidates must be at least 1")
         self.index = index
         self.candidates = candidates
-        # how many forest keys to gather before picking the `candidates` best estimates
-        self.pool = pool if pool is not None else POOL_FACTOR * candidates
         self._trees = index.tree_keys.shape[0]
         self._depth = index.signatures.shape[1] // self._trees
         self._width = 4 * self._depth
+
+    @property
+    def pool(self) -> int:
+        """How many forest keys to gather before picking the ``candidates`` best estimates."""
+        return POOL_FACTOR * self.candidates
 
     # ------------------------------------------------------------ query vectors
 

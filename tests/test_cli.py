@@ -131,6 +131,13 @@ def test_module_entry_point(built_cache):
     assert json.loads(proc.stdout)["query"]["id"] == 2
 
 
+def test_cli_choices_are_the_librarys():
+    from stl10_similarity import cli, features, search, signatures
+
+    assert cli.METHODS == search.METHODS and cli.BASES == signatures.SET_BASES
+    assert cli.DEVICES == features.DEVICES and cli.PRECISIONS == features.PRECISIONS
+
+
 def test_every_command_has_help_and_is_in_readme():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for name, command in main.commands.items():
