@@ -274,8 +274,9 @@ def extract(
     collection = stl10.open_collection(data_dir, split, limit)
     if collection.size == 0:
         raise InputError(f"split {split!r} has no images in {data_dir}")
-    precision = resolve_precision(precision, pick_device(device))
-    batch_size = batch_size or default_batch_size(precision, pick_device(device))
+    device = pick_device(device)
+    precision = resolve_precision(precision, device)
+    batch_size = batch_size or default_batch_size(precision, device)
     params = identity_params(split, limit, weights, image_size, precision)
     folder = features_dir(cache_dir)
     with cache_lock(cache_dir, wait=wait, on_wait=on_wait):
