@@ -110,14 +110,16 @@ def download(ctx: click.Context, data_dir: Path | None, archive: Path | None, no
               show_default=True, help="Which images form the collection (train then test, then unlabeled).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images of the split.")
 @click.option("--batch-size", type=click.IntRange(min=1, max=4096), default=None,
-              help="Images per forward pass. Default: 4 (fp32) or 8 (bf16) on a CPU, 64 on a GPU.")
+              help="Images per forward pass. Default on a CPU: 4 (fp32) or 8 (bf16) at 224 px, more for "
+                   "smaller inputs (32/64 at 96 px); 64 on a GPU.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
               help="ImageNet weights (downloaded once), a seeded random init, or a local state dict.")
 @click.option("--image-size", type=click.IntRange(min=32, max=1024), default=224, show_default=True,
               help="Model input size; 96 px images are upsampled to it.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="Network precision; auto keeps fp32 (see README: reduced precision changed answers).")
+              help="Network precision; auto: bf16 on a CPU with native bfloat16 (AVX512-BF16 or AMX), "
+                   "fp32 elsewhere (README: Fidelity).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Images per resumable chunk: a killed run loses at most one chunk.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -87,12 +87,15 @@ def run_extract_bench(data_dir: Path, *, weights: str = "imagenet", n: int = 256
         rows.append(("naive PIL fp32", batch, ips, rss))
     outputs: dict[str, np.ndarray] = {}
     precisions = ["fp32"] + (["bf16"] if device == "cpu" and cpu_has_bf16() or device == "cuda" else [])
+    step("tensor path fp32, BatchNorm not folded, batch 4")
+    ips, rss, _ = _throughput(FeatureModel(weights, image_size, device, "fp32", fold_norms=False), images, 4)
+    rows.append(("tensor fp32, BN kept", 4, ips, rss))
     for precision in precisions:
         model = FeatureModel(weights, image_size, device, precision)
         for batch in (4, 8, 16, 32, 64):
             step(f"tensor path {precision}, batch {batch}")
             ips, rss, out = _throughput(model, images, batch)
-            rows.append((f"tensor {precision} channels-last", batch, ips, rss))
+            rows.append((f"tensor {precision}, BN folded", batch, ips, rss))
             outputs.setdefault(precision, out)
     base = next(ips for name, batch, ips, _ in rows if name == "naive PIL fp32" and batch == 64)
     table = [ExtractRow(name, batch, round(ips, 1), round(ips / base, 2), rss) for name, batch, ips, rss in rows]

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from conftest import invoke
 from stl10_similarity import stl10
 from stl10_similarity.cli import main
-from stl10_similarity.features import FeatureModel, cpu_has_bf16, default_batch_size
+from stl10_similarity.features import FeatureModel, cpu_has_bf16, default_batch_size, resolve_precision
 
 PRECISIONS = ["auto", "fp32"] + (["bf16"] if cpu_has_bf16() else [])
 
@@ -27,7 +27,7 @@ def test_every_available_precision_and_device(tmp_path, archive, precision, devi
                     "--device", device, "--cache-dir", cache)
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "c" / "features" / "manifest.json").read_text())
-    assert manifest["params"]["precision"] == ("fp32" if precision == "auto" else precision)
+    assert manifest["params"]["precision"] == (("bf16" if cpu_has_bf16() else "fp32") if precision == "auto" else precision)
     assert manifest["params"]["device"] == "cpu"
     feats = np.load(tmp_path / "c" / "features" / "features.npy")
     assert feats.shape == (24, 1280) and feats.dtype == np.float32
@@ -55,7 +55,43 @@ def test_batch_size_does_not_change_which_images_are_embedded(built_cache):
 
 def test_default_batch_sizes():
     assert default_batch_size("fp32", "cpu") == 4 and default_batch_size("bf16", "cpu") == 8
+    assert default_batch_size("fp32", "cpu", 96) == 32 and default_batch_size("bf16", "cpu", 96) == 64
+    assert default_batch_size("fp32", "cpu", 1024) == 1 and default_batch_size("bf16", "cpu", 32) == 64
     assert default_batch_size("fp32", "cuda") == 64
+
+
+def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
+    from stl10_similarity import features
+
+    monkeypatch.setattr(features, "cpu_has_bf16", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    assert resolve_precision("auto", "cuda") == "fp32" and resolve_precision("auto", "mps") == "fp32"
+    monkeypatch.setattr(features, "cpu_has_bf16", lambda: False)
+    assert resolve_precision("auto", "cpu") == "fp32"
+
+
+def test_folding_batch_norms_keeps_the_features():
+    """With non-trivial BatchNorm statistics, the folded network computes the same features."""
+    import torch
+
+    from stl10_similarity.features import build_model, fold_batch_norms
+
+    model = build_model("none")
+    generator = torch.Generator().manual_seed(3)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
+    x = torch.rand(2, 3, 64, 64, generator=generator)
+    with torch.inference_mode():
+        before = model.features(x)
+        folded = fold_batch_norms(model)
+        after = folded.features(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert torch.allclose(before, after, rtol=1e-4, atol=1e-5)
 
 
 def test_imagenet_weights_offline_say_where_to_put_them(built_cache, monkeypatch, tmp_path):

@@ -79,4 +79,5 @@ def test_extract_bench_smoke(built_cache):
     result = invoke("-q", "bench", "--stage", "extract", "--n", "16", "--weights", "none", "--image-size", "64",
                     "--device", "cpu", "--cache-dir", str(built_cache))
     assert result.exit_code == 0
-    assert "naive PIL fp32" in result.stdout and "tensor fp32 channels-last" in result.stdout
+    for row in ("naive PIL fp32", "tensor fp32, BN kept", "tensor fp32, BN folded"):
+        assert row in result.stdout
