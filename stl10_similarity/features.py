@@ -184,6 +184,19 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
+def query_precision(stored: str, device: str) -> str:
+    """The precision to embed a query image in: the collection's where this machine runs it natively, else fp32.
+
+    A cache extracted in bf16 stays searchable from a CPU without bfloat16: fp32 features differ from bf16 ones
+    by less than bf16 rounding (cosine 0.999, README), so the query still lands among the right images.
+    """
+    device = pick_device(device)
+    try:
+        return resolve_precision(stored, device)
+    except InputError:
+        return "fp32"
+
+
 def default_batch_size(precision: str, device: str, image_size: int = 224) -> int:
     """Measured on a 2-core AVX-512 CPU (README): small batches stay in cache; GPUs want large ones.
 

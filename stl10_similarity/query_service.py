@@ -42,11 +42,12 @@ class Session:
     def model(self, device: str) -> Any:
         """The feature model exactly as the collection was extracted (weights, input size)."""
         if self._model is None:
-            from .features import FeatureModel
+            from .features import FeatureModel, query_precision
 
             params = self.extract_manifest["params"]
             source = params.get("weights_source", "imagenet")
-            model = FeatureModel(source, params["image_size"], device, params.get("precision", "fp32"))
+            precision = query_precision(params.get("precision", "fp32"), device)
+            model = FeatureModel(source, params["image_size"], device, precision)
             if model.weights_id != params["weights"]:
                 raise StaleArtifactError(
                     f"the weights at {source} changed since extraction: rerun `stl10sim extract --weights {source}`"

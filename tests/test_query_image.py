@@ -94,3 +94,23 @@ def test_load_rgb_handles_modes(tmp_path):
     deep.save(tmp_path / "d.png")
     arr = load_rgb(tmp_path / "d.png")
     assert arr.shape == (3, 2, 3) and arr.dtype == np.uint8 and arr.max() == 255
+
+
+def test_bf16_collection_is_searchable_from_a_cpu_without_bf16(tmp_path, archive, monkeypatch):
+    """A cache made on a bf16 machine and copied to one without: image queries fall back to fp32, not an error."""
+    from stl10_similarity import features
+
+    cache = str(tmp_path / "c")
+    monkeypatch.setattr(features, "cpu_has_bf16", lambda: True)
+    invoke("-q", "download", "--archive", str(archive), "--no-verify", "--cache-dir", cache)
+    assert invoke("-q", "extract", "--weights", "none", "--image-size", "64", "--limit", "40", "--precision", "bf16",
+                  "--cache-dir", cache).exit_code == 0
+    assert invoke("-q", "index", "--cache-dir", cache).exit_code == 0
+    monkeypatch.setattr(features, "cpu_has_bf16", lambda: False)
+    collection = stl10.open_collection(tmp_path / "c" / "data", "train+test", 40)
+    path = tmp_path / "img9.png"
+    Image.fromarray(collection.images(9, 10)[0].transpose(1, 2, 0)).save(path)
+    result = invoke("query", "--image", str(path), "-k", "1", "--method", "exact", "--json", "--cache-dir", cache)
+    assert result.exit_code == 0, result.output
+    best = json.loads(result.stdout)["results"][0]
+    assert best["id"] == 9 and best["cosine"] > 0.99
