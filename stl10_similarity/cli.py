@@ -144,7 +144,9 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
         click.echo(f"features for {result.n} images already in {result.folder} (cached; --force rebuilds)")
     else:
         resumed = f", resumed after {result.resumed_chunks} chunks" if result.resumed_chunks else ""
-        click.echo(f"features for {result.n} images in {result.folder} ({result.seconds:.1f} s{resumed})")
+        p = result.manifest["params"]
+        click.echo(f"features for {result.n} images in {result.folder} ({result.seconds:.1f} s{resumed}; "
+                   f"{p['device']}, {p['precision']}, batch {p['batch_size']})")
 
 
 # ---------------------------------------------------------------- index
