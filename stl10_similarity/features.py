@@ -117,19 +117,18 @@ def build_model(weights: str) -> Any:
 def fold_batch_norms(module: Any) -> Any:
     """Fold every eval-mode BatchNorm into the convolution before it, in place.
 
-    Same function up to float rounding, and it removes a full pass over every activation:
-    on a 2-core CPU this alone nearly doubled channels-last throughput (README).
+    Same function up to float rounding, and one pass over every activation fewer: 1.2x to 1.9x the
+    channels-last throughput on a 2-core CPU (README).
     """
     import torch
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    names = list(module._modules)
-    for conv_name, norm_name in zip(names, names[1:]):
-        conv, norm = module._modules[conv_name], module._modules[norm_name]
+    children = list(module.named_children())
+    for (conv_name, conv), (norm_name, norm) in zip(children, children[1:]):
         if isinstance(conv, torch.nn.Conv2d) and isinstance(norm, torch.nn.BatchNorm2d):
-            module._modules[conv_name] = fuse_conv_bn_eval(conv, norm)
-            module._modules[norm_name] = torch.nn.Identity()
-    for child in module.children():
+            setattr(module, conv_name, fuse_conv_bn_eval(conv, norm))
+            setattr(module, norm_name, torch.nn.Identity())
+    for _, child in module.named_children():
         fold_batch_norms(child)
     return module
 
