@@ -24,6 +24,7 @@ from typing import IO, Any
 import numpy as np
 
 from .errors import EnvironmentFailure, IntegrityError, MissingArtifactError
+from .progress import SILENT, Progress
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -259,13 +260,13 @@ def iter_npy_rows(path: Path, rows: int) -> Iterator[np.ndarray]:
 
 
 @contextlib.contextmanager
-def cache_lock(cache_dir: Path, *, wait: bool = True, on_wait: Any = None) -> Iterator[None]:
+def cache_lock(cache_dir: Path, *, wait: bool = True, progress: Progress = SILENT) -> Iterator[None]:
     """Hold the cache dir's lock so that two writers never interleave.
 
     Args:
         cache_dir: the cache dir to lock.
         wait: block until the lock is free; otherwise fail at once.
-        on_wait: called once (with the lock path) if we have to wait.
+        progress: told once if we have to wait.
     """
     import filelock
 
@@ -280,10 +281,10 @@ def cache_lock(cache_dir: Path, *, wait: bool = True, on_wait: Any = None) -> It
     except filelock.Timeout:
         if not wait:
             raise EnvironmentFailure(
-                f"another stl10sim command is using {cache_dir}; wait for it or drop --no-wait"
+                f"another stl10sim command is using {cache_dir}; wait for it, or drop {{wait=False}}",
+                options=("wait=False",),
             ) from None
-        if on_wait is not None:
-            on_wait(lock_path)
+        progress.note(f"waiting for another stl10sim command to release {lock_path} ...")
         lock.acquire()
     except OSError as exc:
         raise environment_failure(exc, str(lock_path)) from exc

@@ -20,7 +20,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from .forest import build_forest, prefix_arrays
-from .index import LoadedIndex, index_params
+from .index import LoadedIndex
+from .index import index_params as recorded_params
+from .params import BenchParams, IndexParams
+from .progress import SILENT, Progress
 from .search import Searcher
 from .signatures import SEED, datasketch_signature, minhash_signatures, permuted_token_table, set_statistics, top_k_sets
 from .synthetic import synthetic_features
@@ -150,11 +153,14 @@ def exact_knn(features: np.ndarray, query_ids: np.ndarray, k: int, batch: int = 
 
 
 def run_bench(
-    n: int = 1_000_000, k: int = 10, queries: int = 1000, *, top_k: int = 100, num_perm: int = 128, trees: int = 8,
-    basis: str = "centered", budgets: tuple[int, ...] = (100, 400, 1600), baseline_n: int = 100_000, seed: int = 0,
-    use_faiss: bool = True, step: Callable[[str], None] = lambda _: None,
+    bench: BenchParams = BenchParams(), index_params: IndexParams = IndexParams(), *, use_faiss: bool = True,
+    progress: Progress = SILENT,
 ) -> BenchReport:
-    """Build every method on ``n`` synthetic vectors and measure it (see module docstring)."""
+    """Build every method on ``bench.size`` synthetic vectors and measure it (see module docstring)."""
+    n, k, queries, seed, baseline_n = bench.size, bench.k, bench.queries, bench.seed, bench.baseline_n
+    budgets = tuple(sorted(bench.budgets))
+    top_k, num_perm, trees, basis = index_params.top_k, index_params.num_perm, index_params.trees, index_params.basis
+    step = lambda what: progress.note(f"bench: {what} ...")  # noqa: E731
     rng = np.random.default_rng(seed)
     step(f"generating {n:,} synthetic features")
     t0 = time.perf_counter()
@@ -211,7 +217,7 @@ def run_bench(
     tree_keys, tree_order = prefix_arrays(sigs, trees)  # the sorted trees queries search (index artifacts)
     prepare_seconds = time.perf_counter() - t0
     forest_info["tree_arrays_seconds"] = round(prepare_seconds, 3)
-    index = LoadedIndex(params=index_params(top_k, num_perm, trees, basis),
+    index = LoadedIndex(params=recorded_params(index_params),
                         features_params={}, class_names=[], features=feats, labels=clusters.astype(np.int16),
                         topk=sets, signatures=sigs, stats=stats, table=table, tree_keys=tree_keys,
                         tree_order=tree_order, _forest=forest)

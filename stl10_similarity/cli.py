@@ -1,26 +1,30 @@
 """The ``stl10sim`` command line: parse, call the library, format, map errors to exit codes.
 
-Nothing else lives here. stdout carries results only; progress and warnings go to stderr.
+Nothing else lives here. stdout carries results only; progress and notes go to stderr. Every
+option's default, choices and range come from ``params.py``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .errors import InputError, Stl10SimError
+from . import params as P
+from .errors import Stl10SimError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-# The library's choices, spelled out so that `stl10sim --help` needn't import numpy (a test keeps them equal).
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-METHODS = ("forest", "rerank", "exact", "forest-query")
-BASES = ("raw", "centered", "standardized")
+# library parameter names (as error messages write them) -> the flag a CLI user types
+FLAGS = {"verify=False": "--no-verify", "wait=False": "--no-wait", "force=True": "--force",
+         "archive=PATH": "--archive PATH", "weights=PATH": "--weights PATH", "methods": "--method",
+         "budgets": "--budget", "k": "-k"}
+
+
+def flag(name: str) -> str:
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 class Stl10SimGroup(click.Group):
@@ -33,20 +37,32 @@ class Stl10SimGroup(click.Group):
         except Stl10SimError as exc:
             if debug:
                 raise
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {exc.render(flag)}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted: finished chunks are kept; rerun the same command to resume.", err=True)
             ctx.exit(130)
 
 
-def _info(ctx: click.Context, message: str) -> None:
-    if not ctx.find_root().params.get("quiet"):
-        click.echo(message, err=True)
+class ConsoleProgress:
+    """The library's progress protocol on stderr: tqdm bars and note lines, silenced by ``-q``."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            click.echo(message, err=True)
+
+    def bar(self, total: int, desc: str, unit: str = "it", initial: int = 0) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, disable=self.quiet,
+                    leave=False)
 
 
-def _waiting(ctx: click.Context) -> Any:
-    return lambda lock: _info(ctx, f"waiting for another stl10sim command to release {lock} ...")
+def _progress(ctx: click.Context) -> ConsoleProgress:
+    return ConsoleProgress(bool(ctx.find_root().params.get("quiet")))
 
 
 def _echo_json(obj: Any) -> None:
@@ -55,17 +71,38 @@ def _echo_json(obj: Any) -> None:
     click.echo(json.dumps(json_ready(obj), separators=(", ", ": ")))
 
 
+def param_option(cls: type, name: str, *decls: str, **kwargs: Any) -> Any:
+    """A click option whose default, choices and range are the parameter class's own."""
+    default, meta = P.spec(cls, name)
+    if meta.get("choices"):
+        kwargs.setdefault("type", click.Choice(meta["choices"]))
+    elif meta.get("low") is not None or meta.get("high") is not None:
+        kwargs.setdefault("type", click.IntRange(meta.get("low"), meta.get("high")))
+    kwargs.setdefault("default", default)
+    kwargs.setdefault("show_default", kwargs["default"] is not None)
+    return click.option(*(decls or (flag(name),)), **kwargs)
+
+
 cache_dir_option = click.option(
     "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Artifacts folder. Default: $STL10SIM_CACHE_DIR, else the platform's user cache dir.",
 )
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Where stl10_binary/ is. Default: $STL10SIM_DATA_DIR, else data/ under the cache dir.",
+)
 no_wait_option = click.option("--no-wait", is_flag=True, help="Fail at once if another command holds the cache dir.")
-candidates_option = click.option(
-    "--candidates", type=click.IntRange(min=1), default=400, show_default=True,
-    help="rerank: how many forest candidates (best by estimated Jaccard, from a pool of 10x as many) are "
-    "re-ranked by cosine; forest: the pool is 10x this.",
+candidates_option = param_option(
+    P.SearchParams, "candidates",
+    help=f"rerank: how many forest candidates (best by estimated Jaccard, from a pool of {P.POOL_FACTOR}x as many) "
+    f"are re-ranked by cosine; forest: the pool is {P.POOL_FACTOR}x this.",
 )
 force_option = click.option("--force", is_flag=True, help="Rebuild even if a matching cached result exists.")
+device_option = param_option(P.ExtractParams, "device", help="auto: a CUDA GPU, else Apple's MPS, else the CPU.")
+weights_option = click.option("--weights", default=P.ExtractParams.weights, show_default=True,
+                              metavar="imagenet|none|PATH",
+                              help="ImageNet weights (downloaded once), a seeded random init, or a local state dict.")
+image_size_option = param_option(P.ExtractParams, "image_size", help="Model input size; 96 px images are upsampled to it.")
 
 
 @click.group(cls=Stl10SimGroup, context_settings=CONTEXT)
@@ -83,8 +120,7 @@ def main(quiet: bool, debug: bool) -> None:
 
 
 @main.command()
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where stl10_binary/ goes. Default: $STL10SIM_DATA_DIR, else data/ under the cache dir.")
+@data_dir_option
 @click.option("--archive", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Unpack this stl10_binary.tar.gz instead of downloading.")
 @click.option("--no-verify", is_flag=True, help="Accept data that doesn't match the official MD5s (warns).")
@@ -96,7 +132,7 @@ def download(ctx: click.Context, data_dir: Path | None, archive: Path | None, no
     from .paths import resolve_data_dir
 
     target = resolve_data_dir(data_dir, cache_dir)
-    result = stl10.download(target, archive=archive, verify=not no_verify, warn=lambda m: click.echo(m, err=True))
+    result = stl10.download(target, archive=archive, verify=not no_verify, progress=_progress(ctx))
     counts = ", ".join(f"{part} {n}" for part, n in result.counts.items())
     state = "verified" if result.verified else "NOT verified (--no-verify)"
     click.echo(f"STL-10 in {result.root} ({result.source}; {state}): {counts}")
@@ -106,40 +142,36 @@ def download(ctx: click.Context, data_dir: Path | None, archive: Path | None, no
 
 
 @main.command()
-@click.option("--split", type=click.Choice(["train", "test", "train+test", "unlabeled", "all"]), default="train+test",
-              show_default=True, help="Which images form the collection (train then test, then unlabeled).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images of the split.")
-@click.option("--batch-size", type=click.IntRange(min=1, max=4096), default=None,
+@param_option(P.ExtractParams, "split", help="Which images form the collection (train then test, then unlabeled).")
+@param_option(P.ExtractParams, "limit", help="Only the first N images of the split.")
+@param_option(P.ExtractParams, "batch_size",
               help="Images per forward pass. Default on a CPU: 4 (fp32) or 8 (bf16) at 224 px, more for "
                    "smaller inputs (32/64 at 96 px); 64 on a GPU.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
-              help="ImageNet weights (downloaded once), a seeded random init, or a local state dict.")
-@click.option("--image-size", type=click.IntRange(min=32, max=1024), default=224, show_default=True,
-              help="Model input size; 96 px images are upsampled to it.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+@device_option
+@weights_option
+@image_size_option
+@param_option(P.ExtractParams, "precision",
               help="Network precision; auto: bf16 on a CPU with native bfloat16 (AVX512-BF16 or AMX), "
-                   "fp32 elsewhere (README: Fidelity).")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=2048, show_default=True,
-              help="Images per resumable chunk: a killed run loses at most one chunk.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where stl10_binary/ is. Default: $STL10SIM_DATA_DIR, else data/ under the cache dir.")
+                   "fp32 elsewhere (docs/performance.md).")
+@param_option(P.ExtractParams, "chunk_size", help="Images per resumable chunk: a killed run loses at most one chunk.")
+@data_dir_option
 @cache_dir_option
 @force_option
 @no_wait_option
 @click.pass_context
 def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int | None, device: str, weights: str,
-            image_size: int, precision: str, chunk_size: int, data_dir: Path | None, cache_dir: Path | None, force: bool, no_wait: bool) -> None:
+            image_size: int, precision: str, chunk_size: int, data_dir: Path | None, cache_dir: Path | None,
+            force: bool, no_wait: bool) -> None:
     """Compute 1280-D MobileNetV2 features for the collection (resumable, cached)."""
-    from .features import extract as run_extract
+    from . import stl10
+    from .extract import extract as run_extract
     from .paths import resolve_cache_dir, resolve_data_dir
 
-    cache = resolve_cache_dir(cache_dir)
-    result = run_extract(
-        resolve_data_dir(data_dir, cache_dir), cache, split=split, limit=limit, batch_size=batch_size, device=device,
-        weights=weights, image_size=image_size, chunk_size=chunk_size, precision=precision, force=force, wait=not no_wait,
-        progress=not ctx.find_root().params.get("quiet"), on_wait=_waiting(ctx),
-    )
+    params = P.ExtractParams(split=split, limit=limit, batch_size=batch_size, device=device, weights=weights,
+                             image_size=image_size, precision=precision, chunk_size=chunk_size)
+    source = stl10.open_source(resolve_data_dir(data_dir, cache_dir), split, limit)
+    result = run_extract(source, resolve_cache_dir(cache_dir), params, force=force, wait=not no_wait,
+                         progress=_progress(ctx))
     if result.cached:
         click.echo(f"features for {result.n} images already in {result.folder} (cached; --force rebuilds)")
     else:
@@ -153,12 +185,10 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
 
 
 @main.command()
-@click.option("--top-k", type=click.IntRange(1, 1280), default=100, show_default=True,
-              help="Size of each image's set: its K most activated feature dimensions.")
-@click.option("--num-perm", type=click.IntRange(min=1), default=128, show_default=True, help="MinHash permutations.")
-@click.option("--trees", type=click.IntRange(min=1), default=8, show_default=True, help="Prefix trees in the forest.")
-@click.option("--basis", type=click.Choice(BASES), default="centered", show_default=True,
-              help="Form sets from raw features, or centred / standardised per dimension.")
+@param_option(P.IndexParams, "top_k", help="Size of each image's set: its K most activated feature dimensions.")
+@param_option(P.IndexParams, "num_perm", help="MinHash permutations.")
+@param_option(P.IndexParams, "trees", help="Prefix trees in the forest.")
+@param_option(P.IndexParams, "basis", help="Form sets from raw features, or centred / standardised per dimension.")
 @cache_dir_option
 @force_option
 @no_wait_option
@@ -169,10 +199,8 @@ def index(ctx: click.Context, top_k: int, num_perm: int, trees: int, basis: str,
     from .index import build_index
     from .paths import resolve_cache_dir
 
-    result = build_index(
-        resolve_cache_dir(cache_dir), top_k=top_k, num_perm=num_perm, trees=trees, basis=basis, force=force,
-        wait=not no_wait, step=lambda message: _info(ctx, f"index: {message} ..."), on_wait=_waiting(ctx),
-    )
+    params = P.IndexParams(top_k=top_k, num_perm=num_perm, trees=trees, basis=basis)
+    result = build_index(resolve_cache_dir(cache_dir), params, force=force, wait=not no_wait, progress=_progress(ctx))
     state = "already built (cached; --force rebuilds)" if result.cached else f"built in {result.seconds:.1f} s"
     click.echo(f"index of {result.n} images in {result.folder}: {state}")
 
@@ -209,42 +237,39 @@ def _png_path(png: Path, result: Any, several: bool) -> Path:
               help="Id of a collection image (0-based); repeat for several queries.")
 @click.option("--image", "images", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
               help="An image file not in the collection (JPEG, PNG, WebP, ...); repeat for several.")
-@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Results per query.")
-@click.option("--method", type=click.Choice(METHODS), default="rerank",
-              show_default=True, help="forest: LSH forest by estimated Jaccard; rerank: its candidates by cosine; "
-              "exact: brute-force cosine; forest-query: datasketch's own query().")
+@param_option(P.SearchParams, "k", "-k", "k", help="Results per query.")
+@param_option(P.SearchParams, "method", help="forest: LSH forest by estimated Jaccard; rerank: its candidates by "
+              "cosine; exact: brute-force cosine; forest-query: datasketch's own query().")
 @candidates_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query on stdout (NDJSON for several).")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a result grid; with several queries, the query id is added to the name.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="Device for embedding --image files.")
+@param_option(P.ExtractParams, "device", help="Device for embedding --image files.")
 @cache_dir_option
 @click.pass_context
 def query(ctx: click.Context, image_ids: tuple[int, ...], images: tuple[Path, ...], k: int, method: str,
           candidates: int, as_json: bool, png: Path | None, device: str, cache_dir: Path | None) -> None:
     """Find the k images most similar to each query image."""
-    from . import query_service
     from .paths import resolve_cache_dir
+    from .session import Session
 
     if not image_ids and not images:
         raise click.UsageError("give at least one --image-id N or --image PATH")
-    started = time.perf_counter()
-    session = query_service.open_session(resolve_cache_dir(cache_dir), candidates=candidates)
-    vectors = session.vectors(list(image_ids), list(images), device=device)
-    loaded_ms = (time.perf_counter() - started) * 1e3
-    several = len(vectors) > 1
-    for vector in vectors:
-        result = session.searcher.query(vector, k, method)
-        result.timing_ms["load"] = round(loaded_ms, 3)
+    session = Session.open(resolve_cache_dir(cache_dir), progress=_progress(ctx))
+    for image_id in image_ids:  # every query is checked before anything is written
+        session.check_id(image_id)
+    asked = [{"image_id": i} for i in image_ids] + [{"image": path} for path in images]
+    results = [session.query(**q, k=k, method=method, candidates=candidates, device=device) for q in asked]
+    several = len(results) > 1
+    for result in results:
         if png is not None:
-            session.draw(result, vector, _png_path(png, result, several))
+            session.grid(result, _png_path(png, result, several))
         if as_json:
             _echo_json(result.to_dict())
         else:
             click.echo(format_text(result))
     if png is not None and not as_json and not several:
-        _info(ctx, f"grid written to {png}")
+        _progress(ctx).note(f"grid written to {png}")
 
 
 # ---------------------------------------------------------------- evaluate
@@ -281,11 +306,11 @@ def format_report(report: Any) -> str:
 
 
 @main.command()
-@click.option("--queries", type=QueryCount(), default="all", show_default=True,
+@param_option(P.EvaluateParams, "queries", type=QueryCount(), default="all", show_default=True,
               help="How many collection images to use as queries (a seeded sample), or all.")
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--method", "methods", type=click.Choice(METHODS), multiple=True,
-              help="Methods to compare (repeat). Default: forest, rerank, exact.")
+@param_option(P.EvaluateParams, "k", "-k", "k")
+@click.option("--method", "methods", type=click.Choice(P.METHODS), multiple=True,
+              help=f"Methods to compare (repeat). Default: {', '.join(P.EvaluateParams.methods)}.")
 @candidates_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -296,38 +321,18 @@ def evaluate(ctx: click.Context, queries: int | None, k: int, methods: tuple[str
              png: Path | None, cache_dir: Path | None) -> None:
     """Measure retrieval quality and speed of several methods side by side."""
     from . import evaluate as ev
-    from .index import load_index
     from .paths import resolve_cache_dir
-    from .search import Searcher
+    from .session import Session
 
-    searcher = Searcher(load_index(resolve_cache_dir(cache_dir)), candidates)
-    ids = ev.choose_queries(searcher.index.n, queries)
-    report = ev.evaluate(searcher, ids, k, methods or ("forest", "rerank", "exact"),
-                         progress=_progress_callback(ctx, len(ids)))
+    params = P.EvaluateParams(queries=queries, k=k, methods=methods or P.EvaluateParams.methods, candidates=candidates)
+    session = Session.open(resolve_cache_dir(cache_dir), progress=_progress(ctx))
+    report = ev.evaluate(session, params, progress=_progress(ctx))
     if png is not None:
         ev.plot_precision(report, png)
     if as_json:
         _echo_json(report.to_dict())
     else:
         click.echo(format_report(report))
-
-
-def _progress_callback(ctx: click.Context, total: int) -> Any:
-    if ctx.find_root().params.get("quiet"):
-        return None
-    from tqdm import tqdm
-
-    bars: dict[str, Any] = {}
-
-    def update(method: str, done: int, _total: int) -> None:
-        bar = bars.get(method)
-        if bar is None:
-            bar = bars[method] = tqdm(total=total, desc=method, unit="q", file=sys.stderr, leave=False)
-        bar.update(1)
-        if done == total:
-            bar.close()
-
-    return update
 
 
 # ---------------------------------------------------------------- bench
@@ -375,54 +380,51 @@ def format_extract_bench(report: dict[str, Any]) -> str:
 
 
 @main.command()
-@click.option("--stage", type=click.Choice(["index", "extract"]), default="index", show_default=True,
+@param_option(P.BenchParams, "stage",
               help="index: signatures, forest and queries on synthetic vectors; extract: feature extraction speed.")
-@click.option("--n", "n", type=click.IntRange(min=16), default=None,
-              help="index: synthetic vectors (default 1,000,000); extract: images timed per row (default 256).")
-@click.option("-k", "k", type=click.IntRange(min=1, max=100), default=10, show_default=True)
-@click.option("--queries", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--baseline-n", type=click.IntRange(min=1), default=100_000, show_default=True,
+@param_option(P.BenchParams, "n", "--n", "n",
+              help=f"index: synthetic vectors (default {P.INDEX_BENCH_N:,}); extract: images timed per row "
+                   f"(default {P.EXTRACT_BENCH_N}).")
+@param_option(P.BenchParams, "k", "-k", "k")
+@param_option(P.BenchParams, "queries")
+@param_option(P.BenchParams, "baseline_n",
               help="Sets on which datasketch's per-image MinHash.update loop is timed against the bulk encoder.")
-@click.option("--top-k", type=click.IntRange(1, 1280), default=100, show_default=True)
-@click.option("--num-perm", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--trees", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--basis", type=click.Choice(BASES), default="centered", show_default=True)
+@param_option(P.IndexParams, "top_k")
+@param_option(P.IndexParams, "num_perm")
+@param_option(P.IndexParams, "trees")
+@param_option(P.IndexParams, "basis")
 @click.option("--budget", "budgets", type=click.IntRange(min=1), multiple=True,
-              help="Rerank candidate budgets to compare (repeat). Default: 100, 400, 1600.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH", help="extract stage only.")
-@click.option("--image-size", type=click.IntRange(min=32, max=1024), default=224, show_default=True,
+              help=f"Rerank candidate budgets to compare (repeat). Default: "
+                   f"{', '.join(map(str, P.BenchParams.budgets))}.")
+@param_option(P.BenchParams, "seed", type=int)
+@click.option("--weights", default=P.ExtractParams.weights, show_default=True, metavar="imagenet|none|PATH",
               help="extract stage only.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="extract stage only.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="extract stage only.")
+@param_option(P.ExtractParams, "image_size", help="extract stage only.")
+@param_option(P.ExtractParams, "device", help="extract stage only.")
+@data_dir_option
 @cache_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.pass_context
-def bench(ctx: click.Context, stage: str, n: int | None, k: int, queries: int, baseline_n: int, top_k: int, num_perm: int, trees: int,
-          basis: str, budgets: tuple[int, ...], seed: int, weights: str, image_size: int, device: str,
-          data_dir: Path | None, cache_dir: Path | None, as_json: bool) -> None:
+def bench(ctx: click.Context, stage: str, n: int | None, k: int, queries: int, baseline_n: int, top_k: int,
+          num_perm: int, trees: int, basis: str, budgets: tuple[int, ...], seed: int, weights: str, image_size: int,
+          device: str, data_dir: Path | None, cache_dir: Path | None, as_json: bool) -> None:
     """Benchmark indexing and querying at scale (synthetic features), or feature extraction speed."""
-    step = lambda message: _info(ctx, f"bench: {message} ...")  # noqa: E731
+    params = P.BenchParams(stage=stage, n=n, k=k, queries=queries, baseline_n=baseline_n,
+                           budgets=budgets or P.BenchParams.budgets, seed=seed)
     if stage == "extract":
+        from . import stl10
         from .extract_bench import run_extract_bench
-        from .features import pick_device
         from .paths import resolve_data_dir
 
-        result = run_extract_bench(resolve_data_dir(data_dir, cache_dir), weights=weights, n=n or 256,
-                                   image_size=image_size, device=pick_device(device), step=step)
+        source = stl10.open_source(resolve_data_dir(data_dir, cache_dir), "train+test")
+        extract_params = P.ExtractParams(weights=weights, image_size=image_size, device=device)
+        result = run_extract_bench(source, extract_params, n=params.size, progress=_progress(ctx))
         click.echo(json.dumps(result) if as_json else format_extract_bench(result))
         return
     from .bench import run_bench
-    from .index import check_params
 
-    n = n or 1_000_000
-
-    check_params(top_k, num_perm, trees, basis)
-    if k >= n:
-        raise InputError(f"-k ({k}) must be smaller than --n ({n})")
-    report = run_bench(n, k, queries, top_k=top_k, num_perm=num_perm, trees=trees, basis=basis,
-                       budgets=tuple(sorted(budgets)) or (100, 400, 1600), baseline_n=baseline_n, seed=seed, step=step)
+    index_params = P.IndexParams(top_k=top_k, num_perm=num_perm, trees=trees, basis=basis)
+    report = run_bench(params, index_params, progress=_progress(ctx))
     if as_json:
         _echo_json(report.to_dict())
     else:
@@ -433,4 +435,4 @@ def run() -> None:  # console-script entry point
     main(prog_name="stl10sim")
 
 
-__all__ = ["main", "run", "InputError"]
+__all__ = ["main", "run"]

@@ -1,10 +1,14 @@
-"""Domain errors. Each message names what was wrong and what to do about it.
+"""Domain errors. Each message names what was wrong and what to do about it, in the library's terms.
 
 The CLI maps :class:`InputError` (and subclasses) to exit code 2 and every other
-:class:`Stl10SimError` to exit code 1.
+:class:`Stl10SimError` to exit code 1. A message that refers to a parameter writes it as ``{name}``
+(listed in ``options``): Python callers read the parameter's name (``image_id``, ``verify=False``),
+the CLI reads its flag (``--image-id``, ``--no-verify``), from one message.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 
 class Stl10SimError(Exception):
@@ -12,11 +16,34 @@ class Stl10SimError(Exception):
 
     exit_code = 1
 
+    def __init__(self, message: str, *, options: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.template = message
+        self.options = options
+
+    def render(self, spell: Callable[[str], str] = lambda name: name) -> str:
+        """The message with each ``{option}`` spelled by ``spell`` (the CLI passes its flag names)."""
+        text = self.template
+        for name in self.options:
+            text = text.replace("{" + name + "}", spell(name))
+        return text
+
+    def __str__(self) -> str:
+        return self.render()
+
 
 class InputError(Stl10SimError):
     """Bad usage or bad input: a value, a file, or a missing earlier stage (exit code 2)."""
 
     exit_code = 2
+
+
+class ParameterError(InputError):
+    """A parameter's value is out of range or not one of its choices."""
+
+    def __init__(self, param: str, message: str, *, options: tuple[str, ...] = ()) -> None:
+        super().__init__("{" + param + "} " + message, options=(param, *options))
+        self.param = param
 
 
 class MissingArtifactError(InputError):
@@ -32,7 +59,7 @@ class IntegrityError(InputError):
 
 
 class DataError(InputError):
-    """The STL-10 files are missing, malformed or fail their checksums."""
+    """The source's files are missing, malformed or fail their checksums."""
 
 
 class WeightsError(InputError):

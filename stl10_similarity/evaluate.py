@@ -8,13 +8,15 @@ ties at the k-th score as hits, since any of the tied items is an equally correc
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .search import METHODS, Searcher
+from .errors import InputError
+from .params import EvaluateParams
+from .progress import SILENT, Progress
+from .session import Session
 
 # ---------------------------------------------------------------- metrics (pure)
 
@@ -120,46 +122,44 @@ def choose_queries(n: int, queries: int | None, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=queries, replace=False))
 
 
-def evaluate(
-    searcher: Searcher, query_ids: np.ndarray, k: int = 10, methods: tuple[str, ...] = ("forest", "rerank", "exact"),
-    progress: Any = None,
-) -> EvaluationReport:
-    """Run every method on every query and score them side by side.
+def evaluate(session: Session, params: EvaluateParams = EvaluateParams(), progress: Progress = SILENT,
+             query_ids: np.ndarray | None = None) -> EvaluationReport:
+    """Run every method on every query through :meth:`Session.query` and score them side by side.
 
     Args:
-        searcher: a searcher over a loaded index.
-        query_ids: ids of the collection images used as queries.
-        k: results per query.
-        methods: names from ``search.METHODS``.
-        progress: optional callable(method_name, done, total).
+        session: an opened collection.
+        params: methods, k, candidate budget and how many queries (a seeded sample).
+        progress: one bar per method.
+        query_ids: the queries, overriding ``params.queries`` and ``params.seed``.
     """
-    index = searcher.index
-    for method in methods:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}")
+    index = session.index
     n = index.n
-    k = min(k, n - 1)
+    if n < 2:
+        raise InputError(f"evaluating needs at least 2 images; the collection has {n}")
+    if query_ids is None:
+        query_ids = choose_queries(n, params.queries, params.seed)
+    k = min(params.k, n - 1)
     labels = np.asarray(index.labels)
     q_labels = labels[query_ids]
-    class_counts = np.bincount(labels[labels >= 0], minlength=len(index.class_names) or 10)
+    class_counts = np.bincount(labels[labels >= 0], minlength=len(index.class_names))
     kth_cos, kth_jac = _exact_thresholds(index, query_ids, k)
 
     reports = []
-    for method in methods:
+    for method in params.methods:
         ids = np.empty((len(query_ids), k), dtype=np.int64)
         times = np.empty(len(query_ids))
         examined = np.empty(len(query_ids))
+        bar = progress.bar(len(query_ids), method, unit="q")
         for row, qid in enumerate(query_ids):
-            vector = searcher.for_id(int(qid))
-            t0 = time.perf_counter()
-            found, examined[row] = searcher.search_ids(vector, k, method)
-            times[row] = time.perf_counter() - t0
-            ids[row] = found
-            if progress is not None:
-                progress(method, row + 1, len(query_ids))
+            result = session.query(int(qid), k=k, method=method, candidates=params.candidates)
+            times[row] = result.timing_ms["search"] / 1e3
+            examined[row] = result.candidates
+            ids[row] = [m.id for m in result.results]
+            bar.update(1)
+        bar.close()
         reports.append(_score(method, index, query_ids, ids, labels, q_labels, class_counts, kth_cos, kth_jac,
                               times, examined))
-    return EvaluationReport(n=n, queries=len(query_ids), k=k, candidates=searcher.candidates,
+    return EvaluationReport(n=n, queries=len(query_ids), k=k, candidates=params.candidates,
                             params=dict(index.params), methods=reports)
 
 
@@ -211,8 +211,8 @@ def _score(method: str, index: Any, query_ids: np.ndarray, ids: np.ndarray, labe
     )
 
 
-def plot_precision(report: EvaluationReport, path: Any) -> Any:
-    """Precision@j for j = 1..k per method, as a PNG written atomically."""
+def plot_precision(report: EvaluationReport, path: Any = None) -> bytes:
+    """Precision@j for j = 1..k per method, as PNG bytes (also written atomically to ``path`` if given)."""
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -233,5 +233,6 @@ def plot_precision(report: EvaluationReport, path: Any) -> Any:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    write_bytes(path, buffer.getvalue())
-    return path
+    if path is not None:
+        write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()

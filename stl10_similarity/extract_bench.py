@@ -10,14 +10,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import stl10
 from .bench import machine, peak_rss_growth
-from .features import FeatureModel, build_model, build_preprocess, cpu_has_bf16, normalise
+from .model import FeatureModel, build_model, build_preprocess, cpu_has_bf16, normalise, pick_device
+from .params import EXTRACT_BENCH_N, ExtractParams
+from .progress import SILENT, Progress
+from .sources import Source
 from .signatures import set_statistics, top_k_sets
 
 
@@ -75,10 +76,12 @@ def fidelity(reference: np.ndarray, other: np.ndarray, top_k: int = 100, k: int 
     return {"mean_cosine": round(cosine, 5), "mean_topk_jaccard": round(jaccard, 4), "top10_overlap": round(overlap, 4)}
 
 
-def run_extract_bench(data_dir: Path, *, weights: str = "imagenet", n: int = 256, image_size: int = 224,
-                      device: str = "cpu", step: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    collection = stl10.open_collection(data_dir, "train+test")
-    images = collection.images(0, min(n, collection.size))
+def run_extract_bench(source: Source, params: ExtractParams = ExtractParams(), *, n: int = EXTRACT_BENCH_N,
+                      progress: Progress = SILENT) -> dict[str, Any]:
+    """Images/s of the naive input path and ours on the first ``n`` images of ``source``, side by side."""
+    weights, image_size, device = params.weights, params.image_size, pick_device(params.device)
+    step = lambda what: progress.note(f"bench: {what} ...")  # noqa: E731
+    images = source.images(0, min(n, source.size))
     rows: list[tuple[str, int, float, float]] = []
     naive = _naive(weights, image_size, device)
     for batch in (1, 64):

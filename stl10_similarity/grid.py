@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .artifacts import write_bytes
 from .search import QueryResult
 
 PANEL_W, PANEL_H, DPI = 2.4, 3.0, 100  # inches per panel: 96 px images drawn at 2.5x
@@ -31,17 +31,16 @@ def _hwc(image: np.ndarray) -> np.ndarray:
     return np.transpose(image, (1, 2, 0)) if image.ndim == 3 and image.shape[0] == 3 else image
 
 
-def render_grid(result: QueryResult, query_image: np.ndarray, match_images: np.ndarray, path: Path) -> Path:
-    """Draw the grid and write it atomically to ``path``.
+def render_grid(result: QueryResult, query_image: np.ndarray, match_images: Sequence[np.ndarray]) -> bytes:
+    """Draw the grid as PNG bytes.
 
     Args:
         result: the query and its matches.
         query_image: uint8 ``(3, H, W)`` or ``(H, W, 3)``.
-        match_images: uint8 images of the matches, in rank order.
-        path: where the PNG goes.
+        match_images: uint8 images of the matches, in rank order (any size each).
 
     Returns:
-        ``path``.
+        The encoded PNG.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -79,5 +78,4 @@ def render_grid(result: QueryResult, query_image: np.ndarray, match_images: np.n
                         hspace=0.62 / (PANEL_H - 0.62))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
-    write_bytes(Path(path), buffer.getvalue())
-    return Path(path)
+    return buffer.getvalue()

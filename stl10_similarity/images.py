@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,11 +18,24 @@ def load_rgb(path: Path) -> np.ndarray:
     Raises:
         InputError: the file is unreadable, not an image, or absurdly large.
     """
+    return _decode(path, str(path))
+
+
+def decode_rgb(data: bytes, name: str = "the image") -> np.ndarray:
+    """Encoded image bytes (an upload, say) as uint8 ``(3, H, W)``; errors name the image ``name``."""
+    import io
+
+    if not data:
+        raise InputError(f"{name} is empty")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(handle: Any, path: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
-        with Image.open(path) as img:
+        with Image.open(handle) as img:
             img.load()
             rgb = _to_rgb(img)
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:

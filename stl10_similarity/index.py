@@ -10,13 +10,13 @@ from __future__ import annotations
 import pickle
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import features as features_stage
+from . import extract as features_stage
 from .artifacts import (
     atomic_file,
     iter_npy_rows,
@@ -34,29 +34,18 @@ from .artifacts import (
 from .errors import InputError, IntegrityError, MissingArtifactError, StaleArtifactError
 from .paths import features_dir, index_dir
 from .forest import ForestPickle, build_forest, prefix_arrays
-from .signatures import SCHEME, SEED, SET_BASES, minhash_signatures, permuted_token_table, set_statistics, top_k_sets
+from .params import IndexParams
+from .progress import SILENT, Progress
+from .signatures import SCHEME, SEED, minhash_signatures, permuted_token_table, set_statistics, top_k_sets
 
 MAKE_CMD = "stl10sim index"
 CHUNK_ROWS = 65536
 ARTIFACTS = {"topk", "signatures", "stats", "token_table", "tree_keys", "tree_order", "forest"}
 
 
-def check_params(top_k: int, num_perm: int, trees: int, basis: str, dim: int = features_stage.DIM) -> None:
-    """Refuse parameter combinations the forest cannot use, with the reason."""
-    if not 1 <= top_k <= dim:
-        raise InputError(f"--top-k must be between 1 and {dim}, got {top_k}")
-    if trees < 1 or num_perm < trees:
-        raise InputError(f"--num-perm ({num_perm}) must be at least --trees ({trees}), and --trees at least 1")
-    if num_perm % trees:
-        raise InputError(f"--num-perm ({num_perm}) must be a multiple of --trees ({trees})")
-    if basis not in SET_BASES:
-        raise InputError(f"unknown set basis {basis!r}: choose one of {', '.join(SET_BASES)}")
-
-
-def index_params(top_k: int, num_perm: int, trees: int, basis: str) -> dict[str, Any]:
+def index_params(params: IndexParams) -> dict[str, Any]:
     """What decides the index's content: recorded in its manifest and in every query's params."""
-    return {"top_k": top_k, "num_perm": num_perm, "trees": trees, "basis": basis, "scheme": SCHEME, "seed": SEED,
-            "token": "str(dim).encode()"}
+    return {**asdict(params), "scheme": SCHEME, "seed": SEED, "token": "str(dim).encode()"}
 
 
 @dataclass(frozen=True)
@@ -80,39 +69,79 @@ def _cached(folder: Path, params: dict[str, Any], inputs: dict[str, str]) -> dic
     return manifest
 
 
+def index_state(cache_dir: Path, params: IndexParams | None = None) -> str:
+    """``current`` (built from today's features, with ``params`` when given), ``stale``, ``missing``, or
+    ``corrupt`` (an unreadable manifest: reported, never silently rebuilt)."""
+    folder = index_dir(cache_dir)
+    try:
+        manifest = read_manifest(folder, stage="index", make_cmd=MAKE_CMD)
+    except IntegrityError:
+        return "corrupt"
+    except MissingArtifactError:
+        return "missing"
+    try:
+        same_features = manifest["inputs"]["features_manifest_sha256"] == manifest_digest(features_dir(cache_dir))
+    except (KeyError, TypeError, OSError):
+        return "stale"
+    wanted = index_params(params) if params is not None else {**manifest.get("params", {})}
+    if not same_features or manifest.get("params") != wanted or set(manifest["artifacts"]) != ARTIFACTS:
+        return "stale"
+    return "current"
+
+
+def last_params(cache_dir: Path) -> IndexParams:
+    """The parameters the index was last built with (defaults if there is none, or it is unreadable)."""
+    try:
+        recorded = read_manifest(index_dir(cache_dir), stage="index", make_cmd=MAKE_CMD)["params"]
+        return IndexParams(**{f.name: recorded[f.name] for f in fields(IndexParams)})
+    except (MissingArtifactError, IntegrityError, KeyError, TypeError, InputError):
+        return IndexParams()
+
+
+def ensure_index(cache_dir: Path, *, progress: Progress = SILENT) -> IndexResult | None:
+    """Build the index first when it is missing (default parameters) or stale (the parameters it was last
+    built with), saying so in one note; ``None`` when it is current."""
+    state = index_state(cache_dir)
+    if state in ("current", "corrupt"):
+        return None  # a corrupt manifest is reported by load_index, naming the command that fixes it
+    features_stage.load_manifest(cache_dir)  # no features: say `stl10sim extract`, not "building the index"
+    params = last_params(cache_dir)
+    what = "no index yet" if state == "missing" else "the index is out of date"
+    progress.note(f"{what}: building it (top_k {params.top_k}, num_perm {params.num_perm}, trees {params.trees}, "
+                  f"basis {params.basis}) ...")
+    return build_index(cache_dir, params)
+
+
 def build_index(
     cache_dir: Path,
+    params: IndexParams = IndexParams(),
     *,
-    top_k: int = 100,
-    num_perm: int = 128,
-    trees: int = 8,
-    basis: str = "centered",
     force: bool = False,
     wait: bool = True,
-    step: Callable[[str], None] = lambda _: None,
-    on_wait: Any = None,
+    progress: Progress = SILENT,
 ) -> IndexResult:
     """Build (or reuse) the index for the features in ``cache_dir``."""
     started = time.time()
-    check_params(top_k, num_perm, trees, basis)
+    top_k, trees, basis = params.top_k, params.trees, params.basis
     source = features_dir(cache_dir)
     folder = index_dir(cache_dir)
-    with cache_lock(cache_dir, wait=wait, on_wait=on_wait):
+    with cache_lock(cache_dir, wait=wait, progress=progress):
         features_manifest = features_stage.load_manifest(cache_dir)
         inputs = {"features_manifest_sha256": manifest_digest(source)}
-        params = index_params(top_k, num_perm, trees, basis)
-        if not force and (manifest := _cached(folder, params, inputs)) is not None:
+        recorded = index_params(params)
+        if not force and (manifest := _cached(folder, recorded, inputs)) is not None:
             return IndexResult(folder, manifest["n"], time.time() - started, True, manifest)
         feats = load_npy(source, features_manifest, "features", make_cmd=features_stage.MAKE_CMD)  # verified
         path, dim = source / "features.npy", feats.shape[1]
         del feats
         # two streaming passes over the features keep memory at one chunk, whatever N is
+        step = lambda what: progress.note(f"index: {what} ...")  # noqa: E731
         step("per-dimension statistics")
         stats = set_statistics(iter_npy_rows(path, CHUNK_ROWS // 4))
         step(f"top-{top_k} sets")
         sets = np.concatenate([top_k_sets(block, top_k, basis, stats) for block in iter_npy_rows(path, CHUNK_ROWS)])
         step("MinHash signatures")
-        table = permuted_token_table(num_perm, SEED, dim)
+        table = permuted_token_table(params.num_perm, SEED, dim)
         sigs = minhash_signatures(sets, table)
         staging = staging_dir(folder)
         write_npy(staging / "topk.npy", sets)
@@ -129,7 +158,7 @@ def build_index(
             pickle.dump(ForestPickle(sigs, trees), handle, protocol=pickle.HIGHEST_PROTOCOL)
         files = commit_staged(folder, staging)
         manifest = write_manifest(
-            folder, stage="index", params=params, files=files, inputs=inputs, n=len(sigs),
+            folder, stage="index", params=recorded, files=files, inputs=inputs, n=len(sigs),
             started=started, versions=library_versions(),
         )
         return IndexResult(folder, len(sigs), time.time() - started, False, manifest)
@@ -169,17 +198,16 @@ class LoadedIndex:
 
 
 def index_in_memory(
-    features: np.ndarray, labels: np.ndarray, class_names: list[str], *, top_k: int = 100, num_perm: int = 128,
-    trees: int = 8, basis: str = "centered",
+    features: np.ndarray, labels: np.ndarray, class_names: list[str], params: IndexParams = IndexParams(),
 ) -> LoadedIndex:
     """Build an index without touching disk (for sweeps, benchmarks and tests)."""
-    check_params(top_k, num_perm, trees, basis, features.shape[1])
+    trees = params.trees
     stats = set_statistics(features)
-    sets = top_k_sets(features, top_k, basis, stats)
-    table = permuted_token_table(num_perm, SEED, features.shape[1])
+    sets = top_k_sets(features, params.top_k, params.basis, stats)
+    table = permuted_token_table(params.num_perm, SEED, features.shape[1])
     sigs = minhash_signatures(sets, table)
     tree_keys, tree_order = prefix_arrays(sigs, trees)
-    return LoadedIndex(params=index_params(top_k, num_perm, trees, basis), features_params={}, class_names=class_names,
+    return LoadedIndex(params=index_params(params), features_params={}, class_names=class_names,
                        features=features, labels=labels, topk=sets, signatures=sigs, stats=stats, table=table,
                        tree_keys=tree_keys, tree_order=tree_order,
                        forest_loader=lambda: build_forest(sigs, trees))  # only forest-query needs the object

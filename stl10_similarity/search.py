@@ -22,12 +22,9 @@ import numpy as np
 
 from .forest import Sketch
 from .index import LoadedIndex
+from .params import POOL_FACTOR, SearchParams
 from .signatures import minhash_signatures, top_k_sets
 
-METHODS = ("forest", "rerank", "exact", "forest-query")
-DEFAULT_METHOD = "rerank"
-DEFAULT_CANDIDATES = 400
-POOL_FACTOR = 10
 OVERSHOOT = 2  # a depth may bring up to this many times the pool before it is trimmed
 
 
@@ -61,6 +58,8 @@ class QueryResult:
     params: dict[str, Any]
     timing_ms: dict[str, float]
     candidates: int = 0
+    # the query's pixels when it was an image of the user's (for grids); never serialised
+    query_image: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         query = {k: v for k, v in asdict(self.query).items() if k != "image" or v is not None}
@@ -87,9 +86,8 @@ class QueryVector:
 class Searcher:
     """Queries over a :class:`LoadedIndex`; one instance serves many queries."""
 
-    def __init__(self, index: LoadedIndex, candidates: int = DEFAULT_CANDIDATES) -> None:
-        if candidates < 1:
-            raise ValueError("candidates must be at least 1")
+    def __init__(self, index: LoadedIndex, candidates: int = SearchParams.candidates) -> None:
+        SearchParams(candidates=candidates)  # validates
         self.index = index
         self.candidates = candidates
         self._trees = index.tree_keys.shape[0]
@@ -219,7 +217,8 @@ class Searcher:
         elif method in ("forest", "rerank"):
             ids = self.forest_candidates(q, max(self.pool, self.candidates, wanted))
         else:
-            raise ValueError(f"unknown method {method!r}")
+            SearchParams(method=method)  # raises: not a method
+            raise AssertionError(method)
         ids = self._widen(q, ids, wanted)
         estimate = self.estimated_jaccard(q, ids)
         if method != "rerank":
@@ -228,7 +227,7 @@ class Searcher:
         keep = self._top(ids, estimate, max(self.candidates, wanted))
         return self._top(keep, self.cosine(q, keep), wanted), len(ids)
 
-    def query(self, q: QueryVector, k: int, method: str = DEFAULT_METHOD) -> QueryResult:
+    def query(self, q: QueryVector, k: int, method: str = SearchParams.method) -> QueryResult:
         t0 = time.perf_counter()
         ids, examined = self.search_ids(q, k, method)
         t1 = time.perf_counter()
@@ -244,14 +243,21 @@ class Searcher:
             candidates=examined,
         )
 
+    def intersections(self, q: QueryVector, ids: np.ndarray) -> np.ndarray:
+        """Size of each image's set intersected with the query's, for many ids at once."""
+        member = np.zeros(self.index.features.shape[1], dtype=bool)
+        member[q.topk] = True
+        return member[np.asarray(self.index.topk[ids], dtype=np.intp)].sum(axis=1) if len(ids) else np.zeros(0, int)
+
     def describe(self, q: QueryVector, ids: np.ndarray) -> list[Match]:
         """Every score a user sees for each result, in rank order."""
         est = self.estimated_jaccard(q, ids)
         cos = self.cosine(q, ids)
+        inters = self.intersections(q, ids)
         k = len(q.topk)
         out = []
-        for rank, (i, e, c) in enumerate(zip(ids, est, cos), start=1):
-            inter = len(np.intersect1d(q.topk, self.index.topk[i], assume_unique=True))
+        for rank, (i, e, c, inter) in enumerate(zip(ids, est, cos, inters), start=1):
+            inter = int(inter)
             union = 2 * k - inter
             ci = int(self.index.labels[i])
             out.append(Match(rank=rank, id=int(i), label=self.label_name(ci), class_index=ci,

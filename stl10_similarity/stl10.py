@@ -13,14 +13,15 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .artifacts import environment_failure, write_json
-from .errors import DataError, EnvironmentFailure, InputError
+from .params import SPLITS
+from .progress import SILENT, Progress
+from .errors import DataError, EnvironmentFailure, InputError, ParameterError
 
 URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
 URL_ENV = "STL10SIM_URL"  # lets tests (and mirrors) serve the archive from elsewhere
@@ -39,13 +40,12 @@ RECORD = ".stl10sim-verified.json"
 SIZE = 96
 IMAGE_BYTES = 3 * SIZE * SIZE
 PARTS = ("train", "test", "unlabeled")
-SPLITS: dict[str, tuple[str, ...]] = {
-    "train": ("train",),
-    "test": ("test",),
-    "train+test": ("train", "test"),
-    "unlabeled": ("unlabeled",),
-    "all": ("train", "test", "unlabeled"),
-}
+
+
+def parts_of(split: str) -> tuple[str, ...]:
+    """The files a split reads, in id order: ``train+test`` is train then test; ``all`` adds unlabeled."""
+    return PARTS if split == "all" else tuple(split.split("+"))
+
 REQUIRED = ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", CLASS_NAMES_FILE)
 DOWNLOAD_HINT = "run `stl10sim download` (or `stl10sim download --archive PATH` offline)"
 
@@ -130,19 +130,27 @@ def read_images(root: Path, part: str, start: int, stop: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Collection:
-    """The images of a split in a stable order; an image's id is its position here."""
+class Stl10Source:
+    """The images of a split in a stable order (train, then test, then unlabeled); an image's id is its position."""
 
     root: Path
     split: str
     parts: tuple[str, ...]
     counts: tuple[int, ...]
     limit: int | None = None
+    kind = "stl10"
 
     @property
     def size(self) -> int:
         total = sum(self.counts)
         return total if self.limit is None else min(total, self.limit)
+
+    @property
+    def class_names(self) -> list[str]:
+        return read_class_names(self.root)
+
+    def keys(self) -> list[str]:
+        return [f"{part}/{i}" for part, count in zip(self.parts, self.counts) for i in range(count)][: self.size]
 
     def labels(self) -> np.ndarray:
         labels = np.concatenate([read_labels(self.root, p, c) for p, c in zip(self.parts, self.counts)])
@@ -161,18 +169,35 @@ class Collection:
             return np.empty((0, 3, SIZE, SIZE), dtype=np.uint8)
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
+    def identity(self) -> dict[str, object]:
+        return {"split": self.split, "limit": self.limit}
 
-def open_collection(data_dir: Path, split: str, limit: int | None = None) -> Collection:
+    def describe(self) -> dict[str, object]:
+        data_dir = self.root.parent
+        return {"kind": self.kind, "data_dir": str(data_dir), "split": self.split, "limit": self.limit,
+                "parts": dict(zip(self.parts, self.counts)),
+                "verified_md5": bool((verification_record(data_dir) or {}).get("verified_md5"))}
+
+
+def open_source(data_dir: Path, split: str, limit: int | None = None) -> Stl10Source:
     """Open a split of the data dir, checking layout and label values up front."""
     if split not in SPLITS:
-        raise InputError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+        raise ParameterError("split", f"{split!r} is not one of {', '.join(SPLITS)}")
     root = data_dir / FOLDER
-    parts = SPLITS[split]
+    parts = parts_of(split)
     counts = check_layout(root, parts)
     read_class_names(root)
-    collection = Collection(root, split, parts, tuple(counts[p] for p in parts), limit)
-    collection.labels()  # refuses bad label values before any work is done
-    return collection
+    source = Stl10Source(root, split, parts, tuple(counts[p] for p in parts), limit)
+    source.labels()  # refuses bad label values before any work is done
+    return source
+
+
+def reopen(record: dict) -> Stl10Source:
+    """The source a features manifest recorded, checked to still hold the same images."""
+    source = open_source(Path(record["data_dir"]), record["split"], record.get("limit"))
+    if "parts" in record and dict(zip(source.parts, source.counts)) != record["parts"]:
+        raise DataError(f"the STL-10 files in {record['data_dir']} changed since extraction: rerun `stl10sim extract`")
+    return source
 
 
 def verification_record(data_dir: Path) -> dict | None:
@@ -253,15 +278,15 @@ def _install(staging: Path, data_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _check_file_md5s(root: Path, verify: bool, warn: Callable[[str], None]) -> bool:
+def _check_file_md5s(root: Path, verify: bool, progress: Progress) -> bool:
     mismatched = [name for name, md5 in FILE_MD5.items() if (root / name).is_file() and md5_file(root / name) != md5]
     missing = [name for name in FILE_MD5 if not (root / name).is_file()]
     if not mismatched and not missing:
         return True
     what = ", ".join(mismatched + [f"{m} (missing)" for m in missing])
     if verify:
-        raise DataError(f"STL-10 files in {root} do not match the official checksums: {what}; pass --no-verify to accept them")
-    warn(f"warning: not the official STL-10 files ({what}); using them because of --no-verify")
+        raise DataError(f"STL-10 files in {root} do not match the official checksums: {what}; accept them with {{verify=False}}", options=("verify=False",))
+    progress.note(f"warning: not the official STL-10 files ({what}); using them unverified as asked")
     return False
 
 
@@ -275,7 +300,7 @@ def download(
     *,
     archive: Path | None = None,
     verify: bool = True,
-    warn: Callable[[str], None] = lambda _: None,
+    progress: Progress = SILENT,
 ) -> DownloadResult:
     """Make ``data_dir/stl10_binary`` hold STL-10, verified once.
 
@@ -293,29 +318,29 @@ def download(
             return DownloadResult(root, record["verified_md5"], "cached", check_layout(root, _present_parts(root)))
         if root.is_dir() and all((root / f).is_file() for f in REQUIRED):
             counts = check_layout(root, _present_parts(root))
-            verified = _check_file_md5s(root, verify, warn)
+            verified = _check_file_md5s(root, verify, progress)
             _record(root, verified)
             return DownloadResult(root, verified, "existing files", counts)
         local = data_dir / ARCHIVE_NAME
         if local.is_file():
             archive = local
     if archive is not None:
-        return _from_archive(Path(archive), data_dir, verify, warn, "archive")
-    return _from_network(data_dir, verify, warn)
+        return _from_archive(Path(archive), data_dir, verify, progress, "archive")
+    return _from_network(data_dir, verify, progress)
 
 
 def _present_parts(root: Path) -> tuple[str, ...]:
     return tuple(p for p in PARTS if (root / f"{p}_X.bin").is_file())
 
 
-def _from_archive(archive: Path, data_dir: Path, verify: bool, warn: Callable[[str], None], source: str) -> DownloadResult:
+def _from_archive(archive: Path, data_dir: Path, verify: bool, progress: Progress, source: str) -> DownloadResult:
     if not archive.is_file():
         raise InputError(f"archive {archive} does not exist")
     archive_ok = md5_file(archive) == ARCHIVE_MD5
     if not archive_ok and verify:
         raise DataError(
             f"{archive} does not match the official STL-10 checksum (md5 {ARCHIVE_MD5}); "
-            "nothing was unpacked; pass --no-verify to accept it anyway"
+            "nothing was unpacked; accept it anyway with {verify=False}", options=("verify=False",)
         )
     staging = _unpack(archive, data_dir)
     try:
@@ -325,7 +350,7 @@ def _from_archive(archive: Path, data_dir: Path, verify: bool, warn: Callable[[s
             raise DataError(f"{archive} lacks {', '.join(missing)}; it is not an STL-10 archive")
         counts = check_layout(unpacked, _present_parts(unpacked))
         if not archive_ok:
-            warn(f"warning: {archive} is not the official STL-10 archive; using it because of --no-verify")
+            progress.note(f"warning: {archive} is not the official STL-10 archive; using it unverified as asked")
         verified = archive_ok
         _record(unpacked, verified)
         _install(staging, data_dir)
@@ -335,7 +360,7 @@ def _from_archive(archive: Path, data_dir: Path, verify: bool, warn: Callable[[s
     return DownloadResult(data_dir / FOLDER, verified, source, counts)
 
 
-def _from_network(data_dir: Path, verify: bool, warn: Callable[[str], None]) -> DownloadResult:
+def _from_network(data_dir: Path, verify: bool, progress: Progress) -> DownloadResult:
     import urllib.error
 
     from torchvision.datasets.utils import download_url
@@ -349,8 +374,8 @@ def _from_network(data_dir: Path, verify: bool, warn: Callable[[str], None]) -> 
             reason = getattr(exc, "reason", None) or exc
             raise EnvironmentFailure(
                 f"cannot download STL-10 from {url} ({reason}): offline, put {ARCHIVE_NAME} "
-                f"in {data_dir} and rerun, or pass --archive PATH"
+                f"in {data_dir} and rerun, or pass {{archive=PATH}}", options=("archive=PATH",)
             ) from exc
-        return _from_archive(tmp / ARCHIVE_NAME, data_dir, verify, warn, "network")
+        return _from_archive(tmp / ARCHIVE_NAME, data_dir, verify, progress, "network")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ def test_end_to_end_from_archive(tmp_path, archive):
     assert invoke("-q", "download", "--archive", str(archive), "--no-verify", "--cache-dir", cache).exit_code == 0
     extract = invoke("-q", "extract", *FAST, "--cache-dir", cache)
     assert extract.exit_code == 0 and "features for 100 images" in extract.output
-    from stl10_similarity.features import cpu_has_bf16
+    from stl10_similarity.model import cpu_has_bf16
 
     assert f"cpu, {'bf16' if cpu_has_bf16() else 'fp32'}, batch 16)" in extract.output  # what auto picked
     assert invoke("-q", "index", "--cache-dir", cache).exit_code == 0
@@ -105,13 +106,17 @@ def test_index_from_an_older_layout_is_rebuilt(cache):
     assert invoke("query", "--image-id", "1", "--cache-dir", str(cache)).exit_code == 0
 
 
-def test_changed_extract_makes_index_stale(cache):
+def test_query_rebuilds_a_stale_index_with_its_last_parameters(cache):
+    assert invoke("-q", "index", "--top-k", "50", "--force", "--cache-dir", str(cache)).exit_code == 0
     assert invoke("-q", "extract", *FAST, "--limit", "50", "--cache-dir", str(cache)).exit_code == 0
-    result = CliRunner().invoke(main, ["query", "--image-id", "1", "--cache-dir", str(cache)])
-    assert result.exit_code == 2
-    assert "run `stl10sim index`" in result.stderr
-    assert invoke("-q", "index", "--cache-dir", str(cache)).exit_code == 0
-    assert invoke("query", "--image-id", "1", "--cache-dir", str(cache)).exit_code == 0
+    result = CliRunner().invoke(main, ["query", "--image-id", "1", "--json", "--cache-dir", str(cache)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip().splitlines() == [
+        "the index is out of date: building it (top_k 50, num_perm 128, trees 8, basis centered) ..."]
+    doc = json.loads(result.stdout)
+    assert doc["params"]["top_k"] == 50 and doc["params"]["n"] == 50
+    again = CliRunner().invoke(main, ["query", "--image-id", "1", "--json", "--cache-dir", str(cache)])
+    assert again.stderr == "" and json.loads(again.stdout)["results"] == doc["results"]
 
 
 def test_query_does_not_import_torch(built_cache):
@@ -134,11 +139,19 @@ def test_module_entry_point(built_cache):
     assert json.loads(proc.stdout)["query"]["id"] == 2
 
 
-def test_cli_choices_are_the_librarys():
-    from stl10_similarity import cli, features, search, signatures
+def test_cli_defaults_and_choices_are_the_parameter_classes():
+    """One place for each default: the CLI's options show what params.py says."""
+    from dataclasses import fields
 
-    assert cli.METHODS == search.METHODS and cli.BASES == signatures.SET_BASES
-    assert cli.DEVICES == features.DEVICES and cli.PRECISIONS == features.PRECISIONS
+    from stl10_similarity import params as P
+
+    for command, cls in (("extract", P.ExtractParams), ("index", P.IndexParams), ("query", P.SearchParams)):
+        options = {o.name: o for o in main.commands[command].params}
+        for f in fields(cls):
+            if f.name in options:
+                assert options[f.name].default == f.default, (command, f.name)
+                if f.metadata.get("choices"):
+                    assert tuple(options[f.name].type.choices) == f.metadata["choices"], (command, f.name)
 
 
 def test_every_command_has_help_and_is_in_readme():
@@ -287,9 +300,15 @@ def test_extract_without_data_says_download(tmp_path):
     assert "stl10sim download" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_query_before_index_names_index(tmp_path, archive):
+def test_query_and_evaluate_build_a_missing_index_first(tmp_path, archive):
     cache = str(tmp_path / "c")
     invoke("-q", "download", "--archive", str(archive), "--no-verify", "--cache-dir", cache)
     invoke("-q", "extract", *FAST, "--cache-dir", cache)
-    result = CliRunner().invoke(main, ["query", "--image-id", "1", "--cache-dir", cache])
-    assert result.exit_code == 2 and "run `stl10sim index` first" in result.stderr
+    result = CliRunner().invoke(main, ["query", "--image-id", "1", "--json", "--cache-dir", cache])
+    assert result.exit_code == 0
+    assert result.stderr.startswith("no index yet: building it (top_k 100, num_perm 128, trees 8, basis centered)")
+    assert json.loads(result.stdout)["query"]["id"] == 1
+    shutil.rmtree(tmp_path / "c" / "index")
+    result = CliRunner().invoke(main, ["-q", "evaluate", "--queries", "5", "--json", "--cache-dir", cache])
+    assert result.exit_code == 0 and result.stderr == ""
+    assert json.loads(result.stdout)["queries"] == 5

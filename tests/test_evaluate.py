@@ -10,7 +10,8 @@ import pytest
 from conftest import invoke
 from stl10_similarity import evaluate as ev
 from stl10_similarity.index import index_in_memory
-from stl10_similarity.search import Searcher
+from stl10_similarity.params import EvaluateParams, IndexParams
+from stl10_similarity.session import Session
 
 
 def test_precision_at_k_by_hand():
@@ -54,8 +55,9 @@ def clustered(n_per: int = 40, classes: int = 5, dim: int = 1280, seed: int = 0)
 
 def test_separated_clusters_are_retrieved_perfectly():
     x, labels = clustered()
-    idx = index_in_memory(x, labels, [f"c{i}" for i in range(5)], top_k=50, num_perm=64, trees=8)
-    report = ev.evaluate(Searcher(idx, 50), np.arange(len(x)), k=10, methods=("forest", "rerank", "exact"))
+    idx = index_in_memory(x, labels, [f"c{i}" for i in range(5)], IndexParams(top_k=50, num_perm=64, trees=8))
+    report = ev.evaluate(Session(idx, {}), EvaluateParams(k=10, candidates=50, methods=("forest", "rerank", "exact")),
+                         query_ids=np.arange(len(x)))
     exact = report.methods[2]
     assert exact.precision_at_k == 1.0 and exact.map_at_k == 1.0 and exact.knn_accuracy == 1.0
     assert exact.recall_vs_cosine == 1.0

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from conftest import invoke
 from stl10_similarity import stl10
 from stl10_similarity.cli import main
-from stl10_similarity.features import FeatureModel, cpu_has_bf16, default_batch_size, resolve_precision
+from stl10_similarity.model import FeatureModel, cpu_has_bf16, default_batch_size, resolve_precision
 
 PRECISIONS = ["auto", "fp32"] + (["bf16"] if cpu_has_bf16() else [])
 
@@ -39,14 +39,14 @@ def test_reduced_precision_stays_close_to_fp32(tmp_path, precision):
     from stl10_fixture import write_stl10
 
     write_stl10(tmp_path)
-    images = stl10.open_collection(tmp_path, "train").images(0, 16)
+    images = stl10.open_source(tmp_path, "train").images(0, 16)
     a = FeatureModel("none", 64, "cpu", "fp32")(images)
     b = FeatureModel("none", 64, "cpu", precision)(images)
     assert float(np.mean(np.sum(a * b, axis=1))) > 0.99
 
 
 def test_batch_size_does_not_change_which_images_are_embedded(built_cache):
-    collection = stl10.open_collection(built_cache / "data", "train+test")
+    collection = stl10.open_source(built_cache / "data", "train+test")
     model = FeatureModel("none", 64, "cpu", "fp32")
     one = np.concatenate([model(collection.images(i, i + 1)) for i in range(8)])
     batch = model(collection.images(0, 8))
@@ -61,7 +61,7 @@ def test_default_batch_sizes():
 
 
 def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
-    from stl10_similarity import features
+    from stl10_similarity import model as features
 
     monkeypatch.setattr(features, "cpu_has_bf16", lambda: True)
     assert resolve_precision("auto", "cpu") == "bf16"
@@ -74,7 +74,7 @@ def test_folding_batch_norms_keeps_the_features():
     """With non-trivial BatchNorm statistics, the folded network computes the same features."""
     import torch
 
-    from stl10_similarity.features import build_model, fold_batch_norms
+    from stl10_similarity.model import build_model, fold_batch_norms
 
     model = build_model("none")
     generator = torch.Generator().manual_seed(3)

@@ -43,7 +43,7 @@ def test_any_image_file_is_searched(built_cache, tmp_path, name, make):
 
 def test_collection_image_saved_as_file_finds_itself(built_cache, tmp_path):
     """The same preprocessing as extraction: an exported collection image's best match is that image."""
-    collection = stl10.open_collection(built_cache / "data", "train+test")
+    collection = stl10.open_source(built_cache / "data", "train+test")
     path = tmp_path / "img17.png"
     Image.fromarray(collection.images(17, 18)[0].transpose(1, 2, 0)).save(path)
     doc = json.loads(invoke("query", "--image", str(path), "-k", "1", "--method", "exact", "--json",
@@ -98,7 +98,7 @@ def test_load_rgb_handles_modes(tmp_path):
 
 def test_bf16_collection_is_searchable_from_a_cpu_without_bf16(tmp_path, archive, monkeypatch):
     """A cache made on a bf16 machine and copied to one without: image queries fall back to fp32, not an error."""
-    from stl10_similarity import features
+    from stl10_similarity import model as features
 
     cache = str(tmp_path / "c")
     monkeypatch.setattr(features, "cpu_has_bf16", lambda: True)
@@ -107,7 +107,7 @@ def test_bf16_collection_is_searchable_from_a_cpu_without_bf16(tmp_path, archive
                   "--cache-dir", cache).exit_code == 0
     assert invoke("-q", "index", "--cache-dir", cache).exit_code == 0
     monkeypatch.setattr(features, "cpu_has_bf16", lambda: False)
-    collection = stl10.open_collection(tmp_path / "c" / "data", "train+test", 40)
+    collection = stl10.open_source(tmp_path / "c" / "data", "train+test", 40)
     path = tmp_path / "img9.png"
     Image.fromarray(collection.images(9, 10)[0].transpose(1, 2, 0)).save(path)
     result = invoke("query", "--image", str(path), "-k", "1", "--method", "exact", "--json", "--cache-dir", cache)

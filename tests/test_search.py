@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from conftest import invoke
 from stl10_similarity.index import index_in_memory
-from stl10_similarity.search import METHODS, Searcher
+from stl10_similarity.params import METHODS, IndexParams
+from stl10_similarity.search import Searcher
 
 _CACHE: dict[tuple[int, int], object] = {}
 
@@ -21,7 +22,7 @@ def _index(n: int, seed: int):
         x = np.abs(rng.normal(size=(n, 1280))).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         _CACHE[(n, seed)] = index_in_memory(x, (np.arange(n) % 10).astype(np.int16), [str(i) for i in range(10)],
-                                            top_k=30, num_perm=32, trees=4)
+                                            IndexParams(top_k=30, num_perm=32, trees=4))
     return _CACHE[(n, seed)]
 
 

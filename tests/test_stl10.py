@@ -29,27 +29,27 @@ def test_reader_gives_torchvision_pixels(tmp_path):
 
     for split in ("train", "test"):
         reference = Unverified(str(tmp_path), split=split)
-        collection = stl10.open_collection(tmp_path, split)
+        collection = stl10.open_source(tmp_path, split)
         assert np.array_equal(collection.images(0, collection.size), reference.data)
         assert np.array_equal(collection.labels(), reference.labels)
 
 
 def test_collection_spans_parts_in_order(tmp_path):
     write_stl10(tmp_path, n_train=3, n_test=4, n_unlabeled=2)
-    both = stl10.open_collection(tmp_path, "all")
-    train = stl10.open_collection(tmp_path, "train")
-    test = stl10.open_collection(tmp_path, "test")
+    both = stl10.open_source(tmp_path, "all")
+    train = stl10.open_source(tmp_path, "train")
+    test = stl10.open_source(tmp_path, "test")
     assert both.size == 9
     assert np.array_equal(both.images(2, 5), np.concatenate([train.images(2, 3), test.images(0, 2)]))
     assert list(both.labels()) == [0, 1, 2, 0, 1, 2, 3, -1, -1]
-    assert stl10.open_collection(tmp_path, "train+test", limit=5).labels().shape == (5,)
+    assert stl10.open_source(tmp_path, "train+test", limit=5).labels().shape == (5,)
 
 
 def test_bad_label_values_are_refused(tmp_path):
     write_stl10(tmp_path)
     (tmp_path / "stl10_binary" / "train_y.bin").write_bytes(bytes([0] * 40))
     with pytest.raises(stl10.DataError, match="labels are 1..10"):
-        stl10.open_collection(tmp_path, "train")
+        stl10.open_source(tmp_path, "train")
 
 
 def test_truncated_image_file_is_refused(tmp_path):
@@ -57,7 +57,7 @@ def test_truncated_image_file_is_refused(tmp_path):
     path = tmp_path / "stl10_binary" / "test_X.bin"
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(stl10.DataError, match="not a whole number"):
-        stl10.open_collection(tmp_path, "test")
+        stl10.open_source(tmp_path, "test")
 
 
 def test_archive_not_matching_checksum_is_refused_and_nothing_unpacked(tmp_path, archive):
@@ -72,7 +72,7 @@ def test_no_verify_warns_and_records(tmp_path, archive):
     data = tmp_path / "data"
     result = invoke("download", "--archive", str(archive), "--no-verify", "--data-dir", str(data))
     assert result.exit_code == 0
-    assert "warning" in result.stderr and "--no-verify" in result.stderr
+    assert "warning" in result.stderr and "not the official" in result.stderr
     assert (data / "stl10_binary" / "train_X.bin").is_file()
     record = stl10.verification_record(data)
     assert record is not None and record["verified_md5"] is False
@@ -122,7 +122,7 @@ def test_download_over_http(tmp_path, archive, monkeypatch):
         assert refused.exit_code == 2 and not (data / "stl10_binary").exists()
         result = invoke("download", "--no-verify", "--data-dir", str(data))
         assert result.exit_code == 0 and "network" in result.stdout
-        assert stl10.open_collection(data, "train+test").size == 100
+        assert stl10.open_source(data, "train+test").size == 100
     finally:
         server.shutdown()
 

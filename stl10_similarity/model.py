@@ -1,46 +1,23 @@
-"""Stage 2: MobileNetV2 features for a collection, chunked, resumable and cached.
+"""The feature model: MobileNetV2 weights, device, precision and batch policy.
 
-Each chunk of features is written atomically as soon as it is computed, so a
-killed run resumes from its last complete chunk; chunk boundaries fall on batch
-boundaries, so a resumed run gives bit-identical features to an uninterrupted one.
+uint8 images in, L2-normalised 1280-D features out. The extract stage (``extract.py``) and
+``query --image`` both embed through :class:`FeatureModel`.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
-import sys
-import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import stl10
-from .artifacts import (
-    cache_lock,
-    commit_staged,
-    staging_dir,
-    library_versions,
-    load_npy,
-    read_manifest,
-    sha256_file,
-    write_json,
-    write_manifest,
-    write_npy,
-    write_npy_chunks,
-)
-from .errors import EnvironmentFailure, InputError, IntegrityError, MissingArtifactError, WeightsError
-from .paths import features_dir
+from .artifacts import sha256_file
+from .errors import EnvironmentFailure, ParameterError, WeightsError
 
-DIM = 1280
-MAKE_CMD = "stl10sim extract"
-CHUNK_IMAGES = 2048
 SEED = 0
 IMAGENET = "IMAGENET1K_V2"
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 # ---------------------------------------------------------------- model
@@ -54,7 +31,8 @@ def weights_identity(weights: str) -> str:
         return f"none:seed={SEED}"
     path = Path(weights)
     if not path.is_file():
-        raise WeightsError(f"weights file {weights} does not exist: pass imagenet, none or a readable .pth file")
+        raise WeightsError(f"weights file {weights} does not exist: give {{weights}} imagenet, none or a readable .pth file",
+                           options=("weights",))
     try:
         return f"file:{sha256_file(path)}"
     except OSError as exc:
@@ -79,7 +57,7 @@ def _load_state_dict(weights: str) -> dict[str, Any] | None:
             reason = getattr(exc, "reason", None) or exc
             raise EnvironmentFailure(
                 f"cannot download the ImageNet weights ({reason}): put {spec.url.rsplit('/', 1)[-1]} "
-                f"in {folder}, or pass --weights PATH"
+                f"in {folder}, or pass {{weights=PATH}}", options=("weights=PATH",)
             ) from exc
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says it all
@@ -118,7 +96,7 @@ def fold_batch_norms(module: Any) -> Any:
     """Fold every eval-mode BatchNorm into the convolution before it, in place.
 
     Same function up to float rounding, and one pass over every activation fewer: 1.2x to 1.9x the
-    channels-last throughput on a 2-core CPU (README).
+    channels-last throughput on a 2-core CPU (docs/performance.md).
     """
     import torch
     from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -149,13 +127,10 @@ def pick_device(device: str) -> str:
         mps = getattr(torch.backends, "mps", None)
         return "mps" if mps is not None and mps.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA GPU is available here; use --device auto or cpu")
+        raise ParameterError("device", "cuda: no CUDA GPU is available here; use auto or cpu")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise InputError("--device mps: Apple's MPS is not available here; use --device auto or cpu")
+        raise ParameterError("device", "mps: Apple's MPS is not available here; use auto or cpu")
     return device
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def cpu_has_bf16() -> bool:
@@ -171,15 +146,15 @@ def cpu_has_bf16() -> bool:
 def resolve_precision(precision: str, device: str) -> str:
     """``auto`` is bf16 on a CPU with native bfloat16, fp32 elsewhere.
 
-    bf16 passed our fidelity bar on a CPU (cosine >= 0.995 and top-10 overlap >= 0.9 against fp32, README)
+    bf16 passed our fidelity bar on a CPU (cosine >= 0.995 and top-10 overlap >= 0.9 against fp32, docs/performance.md)
     and was faster there; reduced precision on GPUs has not been measured, so ``auto`` keeps fp32 on them.
     """
     if precision == "auto":
         return "bf16" if device == "cpu" and cpu_has_bf16() else "fp32"
     if precision == "fp16" and device == "cpu":
-        raise InputError("--precision fp16 needs a GPU; on the CPU use bf16 or fp32")
+        raise ParameterError("precision", "fp16 needs a GPU; on the CPU use bf16 or fp32")
     if precision == "bf16" and device == "cpu" and not cpu_has_bf16():
-        raise InputError("--precision bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX); use fp32")
+        raise ParameterError("precision", "bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX); use fp32")
     return precision
 
 
@@ -187,17 +162,17 @@ def query_precision(stored: str, device: str) -> str:
     """The precision to embed a query image in: the collection's where this machine runs it natively, else fp32.
 
     A cache extracted in bf16 stays searchable from a CPU without bfloat16: fp32 features differ from bf16 ones
-    by less than bf16 rounding (cosine 0.999, README), so the query still lands among the right images.
+    by less than bf16 rounding (cosine 0.999, docs/performance.md), so the query still lands among the right images.
     """
     device = pick_device(device)
     try:
         return resolve_precision(stored, device)
-    except InputError:
+    except ParameterError:
         return "fp32"
 
 
 def default_batch_size(precision: str, device: str, image_size: int = 224) -> int:
-    """Measured on a 2-core AVX-512 CPU (README): small batches stay in cache; GPUs want large ones.
+    """Measured on a 2-core AVX-512 CPU (docs/performance.md): small batches stay in cache; GPUs want large ones.
 
     At 224 px fp32 peaked at batch 4 and bf16 at 8; smaller inputs take proportionally more images
     per batch (rounded up to a power of two: 32 and 64 at 96 px, which is also what peaked there).
@@ -252,140 +227,3 @@ def normalise(features: np.ndarray) -> np.ndarray:
     return (features / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-# ---------------------------------------------------------------- stage
-
-
-@dataclass(frozen=True)
-class ExtractResult:
-    folder: Path
-    n: int
-    seconds: float
-    cached: bool
-    resumed_chunks: int
-    manifest: dict[str, Any]
-
-
-def identity_params(split: str, limit: int | None, weights: str, image_size: int, precision: str = "fp32") -> dict[str, Any]:
-    """The parameters that decide what the features are (and so when the index is stale)."""
-    return {
-        "model": FeatureModel.name,
-        "split": split,
-        "limit": limit,
-        "weights": weights_identity(weights),
-        "image_size": image_size,
-        "precision": precision,
-        "dim": DIM,
-        "normalised": "l2",
-    }
-
-
-def load_manifest(cache_dir: Path) -> dict[str, Any]:
-    return read_manifest(features_dir(cache_dir), stage="extract", make_cmd=MAKE_CMD)
-
-
-def _cached(folder: Path, params: dict[str, Any]) -> dict[str, Any] | None:
-    try:
-        manifest = read_manifest(folder, stage="extract", make_cmd=MAKE_CMD)
-    except (MissingArtifactError, IntegrityError):
-        return None
-    if {k: manifest["params"].get(k) for k in params} != params:
-        return None
-    try:
-        for name in manifest["artifacts"]:
-            load_npy(folder, manifest, name, make_cmd=MAKE_CMD)
-    except IntegrityError:
-        return None
-    return manifest
-
-
-def extract(
-    data_dir: Path,
-    cache_dir: Path,
-    *,
-    split: str = "train+test",
-    limit: int | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    weights: str = "imagenet",
-    image_size: int = 224,
-    chunk_size: int = CHUNK_IMAGES,
-    precision: str = "auto",
-    force: bool = False,
-    wait: bool = True,
-    progress: bool = True,
-    on_wait: Any = None,
-) -> ExtractResult:
-    """Extract features for ``split`` into ``cache_dir/features``, resuming or reusing earlier work."""
-    started = time.time()
-    collection = stl10.open_collection(data_dir, split, limit)
-    if collection.size == 0:
-        raise InputError(f"split {split!r} has no images in {data_dir}")
-    device = pick_device(device)
-    precision = resolve_precision(precision, device)
-    batch_size = batch_size or default_batch_size(precision, device, image_size)
-    params = identity_params(split, limit, weights, image_size, precision)
-    folder = features_dir(cache_dir)
-    with cache_lock(cache_dir, wait=wait, on_wait=on_wait):
-        if not force and (manifest := _cached(folder, params)) is not None:
-            return ExtractResult(folder, manifest["n"], time.time() - started, True, 0, manifest)
-        model = FeatureModel(weights, image_size, device, precision)
-        chunk = max(1, chunk_size // batch_size) * batch_size  # whole batches: resumed runs stay bit-identical
-        partial = folder / "partial"
-        run = {**params, "n": collection.size, "batch_size": batch_size, "chunk": chunk, "device": model.device}
-        if force or not _same_run(partial, run):
-            shutil.rmtree(partial, ignore_errors=True)
-        write_json(partial / "run.json", run)
-        starts = range(0, collection.size, chunk)
-        done = [s for s in starts if (partial / f"chunk_{s // chunk:06d}.npy").is_file()]
-        bar = _progress(collection.size, progress, initial=sum(min(chunk, collection.size - s) for s in done))
-        todo = [s for s in starts if s not in done]
-        batches = [(lo, min(lo + batch_size, s + chunk, collection.size)) for s in todo
-                   for lo in range(s, min(s + chunk, collection.size), batch_size)]
-        parts: list[np.ndarray] = []
-        for lo, hi in batches:  # a prefetch thread for the reads measured no gain (README)
-            parts.append(model(collection.images(lo, hi)))
-            bar.update(len(parts[-1]))
-            if hi == collection.size or hi % chunk == 0:  # a chunk is complete: make it durable
-                write_npy(partial / f"chunk_{(hi - 1) // chunk:06d}.npy", np.concatenate(parts))
-                parts = []
-        bar.close()
-        staging = staging_dir(folder)
-        # stream the chunks into one file: memory stays at one chunk even for the 100,000 unlabelled images
-        write_npy_chunks(staging / "features.npy", (collection.size, DIM), np.float32,
-                         (np.load(partial / f"chunk_{s // chunk:06d}.npy") for s in starts))
-        write_npy(staging / "labels.npy", collection.labels())
-        write_npy(staging / "ids.npy", np.arange(collection.size, dtype=np.int64))
-        files = commit_staged(folder, staging)
-        manifest = write_manifest(
-            folder,
-            stage="extract",
-            params={**params, "weights_source": _weights_source(weights), "batch_size": batch_size, "device": model.device},
-            files=files,
-            inputs={"data_dir": str(data_dir), "verified_md5": bool((stl10.verification_record(data_dir) or {}).get("verified_md5"))},
-            n=collection.size,
-            started=started,
-            versions=library_versions("torch", "torchvision"),
-            extra={"class_names": stl10.read_class_names(collection.root), "parts": dict(zip(collection.parts, collection.counts))},
-        )
-        shutil.rmtree(partial, ignore_errors=True)
-        return ExtractResult(folder, collection.size, time.time() - started, False, len(done), manifest)
-
-
-def _same_run(partial: Path, run: dict[str, Any]) -> bool:
-    import json
-
-    try:
-        return json.loads((partial / "run.json").read_text()) == run
-    except (OSError, ValueError):
-        return False
-
-
-def _progress(total: int, enabled: bool, initial: int = 0) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="img", desc="extract", disable=not enabled, file=sys.stderr)
-
-
-def _weights_source(weights: str) -> str:
-    """How to load the same weights again (for ``query --image``): a keyword or an absolute path."""
-    return weights if weights in ("imagenet", "none") else str(Path(weights).resolve())

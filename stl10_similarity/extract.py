@@ -1,0 +1,172 @@
+"""Stage 2: MobileNetV2 features for a source's images, chunked, resumable and cached.
+
+Each chunk of features is written atomically as soon as it is computed, so a
+killed run resumes from its last complete chunk; chunk boundaries fall on batch
+boundaries, so a resumed run gives bit-identical features to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifacts import (
+    cache_lock,
+    commit_staged,
+    library_versions,
+    load_npy,
+    read_manifest,
+    staging_dir,
+    write_json,
+    write_manifest,
+    write_npy,
+    write_npy_chunks,
+)
+from .errors import DataError, IntegrityError, MissingArtifactError
+from .model import FeatureModel, default_batch_size, pick_device, resolve_precision, weights_identity
+from .params import DIM, ExtractParams
+from .paths import features_dir
+from .progress import SILENT, Progress
+from .sources import Source
+
+MAKE_CMD = "stl10sim extract"
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    folder: Path
+    n: int
+    seconds: float
+    cached: bool
+    resumed_chunks: int
+    manifest: dict[str, Any]
+
+
+def identity_params(source: Source, weights: str, image_size: int, precision: str) -> dict[str, Any]:
+    """The parameters that decide what the features are (and so when the index is stale)."""
+    return {
+        "model": FeatureModel.name,
+        **source.identity(),
+        "weights": weights_identity(weights),
+        "image_size": image_size,
+        "precision": precision,
+        "dim": DIM,
+        "normalised": "l2",
+    }
+
+
+def load_manifest(cache_dir: Path) -> dict[str, Any]:
+    return read_manifest(features_dir(cache_dir), stage="extract", make_cmd=MAKE_CMD)
+
+
+def source_record(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The source a features manifest was made from (manifests before sources existed named only the data dir)."""
+    inputs = manifest.get("inputs", {})
+    if "source" in inputs:
+        return inputs["source"]
+    params = manifest["params"]
+    return {"kind": "stl10", "data_dir": inputs["data_dir"], "split": params["split"], "limit": params["limit"],
+            "parts": manifest.get("parts")}
+
+
+def _cached(folder: Path, params: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        manifest = read_manifest(folder, stage="extract", make_cmd=MAKE_CMD)
+    except (MissingArtifactError, IntegrityError):
+        return None
+    if {k: manifest["params"].get(k) for k in params} != params:
+        return None
+    try:
+        for name in manifest["artifacts"]:
+            load_npy(folder, manifest, name, make_cmd=MAKE_CMD)
+    except IntegrityError:
+        return None
+    return manifest
+
+
+def extract(
+    source: Source,
+    cache_dir: Path,
+    params: ExtractParams = ExtractParams(),
+    *,
+    force: bool = False,
+    wait: bool = True,
+    progress: Progress = SILENT,
+) -> ExtractResult:
+    """Extract features for ``source`` into ``cache_dir/features``, resuming or reusing earlier work.
+
+    ``params.split`` and ``params.limit`` choose the source (the caller opened it); the rest shape the model.
+    """
+    started = time.time()
+    if source.size == 0:
+        raise DataError(f"the source has no images: {source.describe()}")
+    device = pick_device(params.device)
+    precision = resolve_precision(params.precision, device)
+    batch_size = params.batch_size or default_batch_size(precision, device, params.image_size)
+    identity = identity_params(source, params.weights, params.image_size, precision)
+    folder = features_dir(cache_dir)
+    with cache_lock(cache_dir, wait=wait, progress=progress):
+        if not force and (manifest := _cached(folder, identity)) is not None:
+            return ExtractResult(folder, manifest["n"], time.time() - started, True, 0, manifest)
+        model = FeatureModel(params.weights, params.image_size, device, precision)
+        chunk = max(1, params.chunk_size // batch_size) * batch_size  # whole batches: resumed runs stay bit-identical
+        partial = folder / "partial"
+        run = {**identity, "n": source.size, "batch_size": batch_size, "chunk": chunk, "device": model.device}
+        if force or not _same_run(partial, run):
+            shutil.rmtree(partial, ignore_errors=True)
+        write_json(partial / "run.json", run)
+        starts = range(0, source.size, chunk)
+        done = [s for s in starts if (partial / f"chunk_{s // chunk:06d}.npy").is_file()]
+        bar = progress.bar(source.size, "extract", unit="img",
+                           initial=sum(min(chunk, source.size - s) for s in done))
+        todo = [s for s in starts if s not in done]
+        batches = [(lo, min(lo + batch_size, s + chunk, source.size)) for s in todo
+                   for lo in range(s, min(s + chunk, source.size), batch_size)]
+        parts: list[np.ndarray] = []
+        for lo, hi in batches:  # a prefetch thread for the reads measured no gain on 2 cores (docs/decisions.md)
+            parts.append(model(source.images(lo, hi)))
+            bar.update(len(parts[-1]))
+            if hi == source.size or hi % chunk == 0:  # a chunk is complete: make it durable
+                write_npy(partial / f"chunk_{(hi - 1) // chunk:06d}.npy", np.concatenate(parts))
+                parts = []
+        bar.close()
+        staging = staging_dir(folder)
+        # stream the chunks into one file: memory stays at one chunk even for the 100,000 unlabelled images
+        write_npy_chunks(staging / "features.npy", (source.size, DIM), np.float32,
+                         (np.load(partial / f"chunk_{s // chunk:06d}.npy") for s in starts))
+        write_npy(staging / "labels.npy", source.labels())
+        write_npy(staging / "ids.npy", np.arange(source.size, dtype=np.int64))
+        files = commit_staged(folder, staging)
+        record = source.describe()
+        manifest = write_manifest(
+            folder,
+            stage="extract",
+            params={**identity, "weights_source": _weights_source(params.weights), "batch_size": batch_size,
+                    "device": model.device},
+            files=files,
+            inputs={"source": record},
+            n=source.size,
+            started=started,
+            versions=library_versions("torch", "torchvision"),
+            extra={"class_names": source.class_names},
+        )
+        shutil.rmtree(partial, ignore_errors=True)
+        return ExtractResult(folder, source.size, time.time() - started, False, len(done), manifest)
+
+
+def _same_run(partial: Path, run: dict[str, Any]) -> bool:
+    try:
+        return json.loads((partial / "run.json").read_text()) == run
+    except (OSError, ValueError):
+        return False
+
+
+def _weights_source(weights: str) -> str:
+    """How to load the same weights again (for ``query --image``): a keyword or an absolute path."""
+    return weights if weights in ("imagenet", "none") else str(Path(weights).resolve())

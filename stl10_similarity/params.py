@@ -1,0 +1,150 @@
+"""Every parameter a user can set, defined once: typed, frozen, validated on creation.
+
+The CLI builds its options (defaults, choices, ranges) from these classes, so a default or a choice
+list is written here and nowhere else. Importing this module imports neither numpy nor torch, so
+``stl10sim --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ParameterError
+
+DIM = 1280  # MobileNetV2's pooled feature size
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+METHODS = ("forest", "rerank", "exact", "forest-query")
+BASES = ("raw", "centered", "standardized")
+SPLITS = ("train", "test", "train+test", "unlabeled", "all")
+STAGES = ("index", "extract")
+POOL_FACTOR = 10  # the forest gathers this many times the candidate budget before picking the best estimates
+
+
+def _spec(default: Any, *, choices: tuple[str, ...] | None = None, low: int | None = None,
+          high: int | None = None) -> Any:
+    return field(default=default, metadata={"choices": choices, "low": low, "high": high})
+
+
+def _check(obj: Any) -> None:
+    """Check every field against the choices and range its spec declares."""
+    for f in fields(obj):
+        value, meta = getattr(obj, f.name), f.metadata
+        if value is None and f.default is None:
+            continue
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ParameterError(f.name, f"{value!r} is not one of {', '.join(meta['choices'])}")
+        low, high = meta.get("low"), meta.get("high")
+        if low is not None or high is not None:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ParameterError(f.name, f"{value!r} is not a whole number")
+            if (low is not None and value < low) or (high is not None and value > high):
+                span = f"between {low} and {high}" if high is not None else f"at least {low}"
+                raise ParameterError(f.name, f"must be {span}, got {value}")
+
+
+def spec(cls: type, name: str) -> tuple[Any, dict[str, Any]]:
+    """A field's default and its metadata (choices, low, high): what the CLI builds an option from."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return f.default, dict(f.metadata)
+
+
+@dataclass(frozen=True)
+class ExtractParams:
+    """How features are extracted. ``batch_size`` None: chosen by precision, device and input size."""
+
+    split: str = _spec("train+test", choices=SPLITS)
+    limit: int | None = _spec(None, low=1)
+    batch_size: int | None = _spec(None, low=1, high=4096)
+    device: str = _spec("auto", choices=DEVICES)
+    weights: str = "imagenet"  # imagenet | none | a path to a state dict
+    image_size: int = _spec(224, low=32, high=1024)
+    precision: str = _spec("auto", choices=PRECISIONS)
+    chunk_size: int = _spec(2048, low=1)
+
+    def __post_init__(self) -> None:
+        _check(self)
+        if not self.weights:
+            raise ParameterError("weights", "is empty: give imagenet, none or a path")
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How images become sets, signatures and a forest."""
+
+    top_k: int = _spec(100, low=1, high=DIM)
+    num_perm: int = _spec(128, low=1)
+    trees: int = _spec(8, low=1)
+    basis: str = _spec("centered", choices=BASES)
+
+    def __post_init__(self) -> None:
+        _check(self)
+        if self.num_perm < self.trees:
+            raise ParameterError("num_perm", f"({self.num_perm}) must be at least {{trees}} ({self.trees})",
+                                 options=("trees",))
+        if self.num_perm % self.trees:
+            raise ParameterError("num_perm", f"({self.num_perm}) must be a multiple of {{trees}} ({self.trees})",
+                                 options=("trees",))
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """One query: how many results, which method, how many candidates ``rerank`` re-ranks."""
+
+    k: int = _spec(5, low=1)
+    method: str = _spec("rerank", choices=METHODS)
+    candidates: int = _spec(400, low=1)
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Methods compared side by side on the collection's own images. ``queries`` None: every image."""
+
+    queries: int | None = _spec(None, low=1)
+    k: int = _spec(10, low=1)
+    methods: tuple[str, ...] = ("forest", "rerank", "exact")
+    candidates: int = SearchParams.candidates
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self)
+        SearchParams(k=self.k, candidates=self.candidates)
+        for method in self.methods:
+            SearchParams(method=method)
+        if not self.methods:
+            raise ParameterError("methods", "is empty: name at least one method")
+
+
+@dataclass(frozen=True)
+class BenchParams:
+    """``stl10sim bench``: index stage on synthetic vectors, or extract stage on real images."""
+
+    stage: str = _spec("index", choices=STAGES)
+    n: int | None = _spec(None, low=16)  # None: INDEX_BENCH_N or EXTRACT_BENCH_N by stage
+    k: int = _spec(10, low=1, high=100)
+    queries: int = _spec(1000, low=1)
+    baseline_n: int = _spec(100_000, low=1)
+    budgets: tuple[int, ...] = (100, 400, 1600)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self)
+        if self.stage == "index" and self.k >= self.size:
+            raise ParameterError("k", f"({self.k}) must be smaller than {{n}} ({self.size})", options=("n",))
+        for budget in self.budgets:
+            if budget < 1:
+                raise ParameterError("budgets", f"must all be at least 1, got {budget}")
+
+    @property
+    def size(self) -> int:
+        if self.n is not None:
+            return self.n
+        return INDEX_BENCH_N if self.stage == "index" else EXTRACT_BENCH_N
+
+
+INDEX_BENCH_N = 1_000_000
+EXTRACT_BENCH_N = 256

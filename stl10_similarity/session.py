@@ -1,0 +1,203 @@
+"""The one way to query a collection: open a :class:`Session`, call :meth:`Session.query`.
+
+``stl10sim query``, ``stl10sim evaluate`` and the server are thin wrappers over this module. A session
+verifies and memory-maps the artifacts once, then answers any number of queries; the feature model is
+loaded only when a query brings an image of its own. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from . import sources
+from .errors import InputError, ParameterError, StaleArtifactError
+from .extract import load_manifest, source_record
+from .index import LoadedIndex, ensure_index, load_index
+from .params import DEVICES, SearchParams
+from .progress import SILENT, Progress
+from .search import QueryResult, QueryVector, Searcher
+
+ImageInput = Union[str, Path, bytes, np.ndarray]
+
+
+class Session:
+    """An opened collection: its verified index, its features and, on demand, its images and model."""
+
+    def __init__(self, index: LoadedIndex, extract_manifest: dict[str, Any], load_ms: float = 0.0) -> None:
+        self.index = index
+        self.extract_manifest = extract_manifest
+        self.load_ms = load_ms
+        self._searchers: dict[int, Searcher] = {}
+        self._model: Any = None
+        self._source: Any = None
+
+    @classmethod
+    def open(cls, cache_dir: Path, *, build: bool = True, progress: Progress = SILENT) -> Session:
+        """Open the collection in ``cache_dir``.
+
+        Args:
+            cache_dir: the cache dir holding the features (and the index).
+            build: build the index first when it is missing, or stale (with the parameters it was last
+                built with); otherwise such an index raises.
+            progress: told when the index is built first.
+
+        Raises:
+            MissingArtifactError: no features (run ``stl10sim extract``), or no index and ``build`` is False.
+            StaleArtifactError, IntegrityError: the artifacts don't match their manifests.
+        """
+        started = time.perf_counter()
+        if build:
+            ensure_index(cache_dir, progress=progress)
+        index = load_index(cache_dir)
+        return cls(index, load_manifest(cache_dir), round((time.perf_counter() - started) * 1e3, 3))
+
+    # ------------------------------------------------------------ the collection
+
+    @property
+    def n(self) -> int:
+        return self.index.n
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.index.class_names
+
+    def describe_image(self, image_id: int) -> dict[str, Any]:
+        """``{"id", "label", "class_index"}`` of a collection image."""
+        self.check_id(image_id)
+        ci = int(self.index.labels[image_id])
+        return {"id": image_id, "label": self.searcher().label_name(ci), "class_index": ci}
+
+    def check_id(self, image_id: int) -> None:
+        if not isinstance(image_id, (int, np.integer)) or isinstance(image_id, bool) or not 0 <= image_id < self.n:
+            raise ParameterError("image_id", f"{image_id} is out of range: the collection has {self.n} images "
+                                             f"(ids 0..{self.n - 1})")
+
+    def images(self, ids: list[int]) -> list[np.ndarray]:
+        """The pixels of collection images, uint8 ``(3, H, W)`` each, read from the source they came from."""
+        for i in ids:
+            self.check_id(i)
+        source = self.source()
+        return [source.images(int(i), int(i) + 1)[0] for i in ids]
+
+    def source(self) -> sources.Source:
+        if self._source is None:
+            try:
+                self._source = sources.reopen(source_record(self.extract_manifest))
+            except InputError as exc:
+                raise type(exc)(f"the images the features came from are needed here: {exc.template}",
+                                options=exc.options) from exc
+        return self._source
+
+    # ------------------------------------------------------------ queries
+
+    def searcher(self, candidates: int = SearchParams.candidates) -> Searcher:
+        if candidates not in self._searchers:
+            self._searchers[candidates] = Searcher(self.index, candidates)
+        return self._searchers[candidates]
+
+    def vector(self, image_id: int | None = None, image: ImageInput | None = None, *, name: str | None = None,
+               device: str = "auto") -> tuple[QueryVector, np.ndarray | None, float]:
+        """The query as every method needs it, the user's pixels (if any) and the ms spent embedding them."""
+        if (image_id is None) == (image is None):
+            raise ParameterError("image_id", "or {image} must be given, and not both", options=("image",))
+        if image_id is not None:
+            self.check_id(image_id)
+            return self.searcher().for_id(int(image_id)), None, 0.0
+        if device not in DEVICES:
+            raise ParameterError("device", f"{device!r} is not one of {', '.join(DEVICES)}")
+        pixels, label = _pixels(image, name)
+        started = time.perf_counter()
+        feature = self.model(device)(pixels[None])[0]
+        embed_ms = round((time.perf_counter() - started) * 1e3, 3)
+        return self.searcher().for_feature(feature, image=label), pixels, embed_ms
+
+    def query(
+        self,
+        image_id: int | None = None,
+        image: ImageInput | None = None,
+        *,
+        k: int = SearchParams.k,
+        method: str = SearchParams.method,
+        candidates: int = SearchParams.candidates,
+        name: str | None = None,
+        device: str = "auto",
+    ) -> QueryResult:
+        """The ``k`` images most like a collection image (``image_id``) or an image of yours (``image``).
+
+        Args:
+            image_id: id of a collection image (0-based); it is never among its own results.
+            image: an image file's path, its encoded bytes, or uint8 pixels ``(3, H, W)`` / ``(H, W, 3)``.
+            k: results wanted (fewer only when the collection is smaller).
+            method: ``rerank`` (default), ``forest``, ``exact`` or ``forest-query`` (docs/cli.md).
+            candidates: how many forest candidates ``rerank`` re-ranks by cosine.
+            name: how ``image`` is named in the result (default: its path).
+            device: where an ``image`` is embedded.
+
+        Raises:
+            ParameterError: an id out of range, or a bad ``k``, ``method`` or ``candidates``.
+            InputError: ``image`` is not a readable image.
+        """
+        SearchParams(k=k, method=method, candidates=candidates)
+        vector, pixels, embed_ms = self.vector(image_id, image, name=name, device=device)
+        result = self.searcher(candidates).query(vector, k, method)
+        timing = {**result.timing_ms, "load": self.load_ms}
+        if pixels is not None:
+            timing["embed"] = embed_ms
+        return replace(result, timing_ms=timing, query_image=pixels)
+
+    def model(self, device: str = "auto") -> Any:
+        """The feature model exactly as the collection was extracted (weights, input size)."""
+        if self._model is None:
+            from .model import FeatureModel, query_precision
+
+            params = self.extract_manifest["params"]
+            source = params.get("weights_source", "imagenet")
+            precision = query_precision(params.get("precision", "fp32"), device)
+            model = FeatureModel(source, params["image_size"], device, precision)
+            if model.weights_id != params["weights"]:
+                raise StaleArtifactError(
+                    f"the weights at {source} changed since extraction: rerun `stl10sim extract --weights {source}`"
+                )
+            self._model = model
+        return self._model
+
+    # ------------------------------------------------------------ grids
+
+    def grid(self, result: QueryResult, path: Path | None = None) -> bytes:
+        """The result grid as PNG bytes (query first, then its matches); also written to ``path`` if given."""
+        from .grid import render_grid
+
+        if result.query_image is not None:
+            query_image = result.query_image
+        elif result.query.id is not None:
+            query_image = self.images([result.query.id])[0]
+        else:
+            query_image, _ = _pixels(result.query.image or "", None)
+        png = render_grid(result, query_image, self.images([m.id for m in result.results]))
+        if path is not None:
+            from .artifacts import write_bytes
+
+            write_bytes(Path(path), png)
+        return png
+
+
+def _pixels(image: ImageInput, name: str | None) -> tuple[np.ndarray, str]:
+    """uint8 ``(3, H, W)`` pixels of the user's image and the name it goes by."""
+    from .images import decode_rgb, load_rgb
+
+    if isinstance(image, (str, Path)):
+        return load_rgb(Path(image)), name or str(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_rgb(bytes(image), name or "uploaded image"), name or "uploaded image"
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or 3 not in (image.shape[0], image.shape[2]) \
+                or min(image.shape) < 1:
+            raise ParameterError("image", f"array must be uint8 (3, H, W) or (H, W, 3), got {image.dtype} {image.shape}")
+        chw = image if image.shape[0] == 3 else image.transpose(2, 0, 1)
+        return np.ascontiguousarray(chw), name or "array"
+    raise ParameterError("image", f"must be a path, bytes or a uint8 array, got {type(image).__name__}")
