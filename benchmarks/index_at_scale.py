@@ -25,7 +25,8 @@ import numpy as np
 
 from stl10_similarity.artifacts import library_versions, write_manifest
 from stl10_similarity.bench import machine
-from stl10_similarity.synthetic import DIM, synthetic_chunks
+from stl10_similarity.params import DIM
+from stl10_similarity.synthetic import synthetic_chunks
 
 
 def write_features(cache: Path, n: int) -> None:
@@ -46,7 +47,7 @@ def write_features(cache: Path, n: int) -> None:
     params = {"model": "synthetic", "split": "synthetic", "limit": None, "weights": "synthetic", "image_size": 0,
               "precision": "fp32", "dim": DIM, "normalised": "l2"}
     write_manifest(folder, stage="extract", params=params, files=[folder / f for f in ("features.npy", "labels.npy", "ids.npy")],
-                   inputs={"data_dir": "", "verified_md5": False}, n=n, started=started, versions=library_versions(),
+                   inputs={"source": {"kind": "synthetic", "n": n}}, n=n, started=started, versions=library_versions(),
                    extra={"class_names": [f"cluster%10={i}" for i in range(10)]})
 
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from stl10_similarity import evaluate as ev
 from stl10_similarity.index import index_in_memory
-from stl10_similarity.search import Searcher
+from stl10_similarity.params import EvaluateParams, IndexParams
+from stl10_similarity.session import Session
 
 GRID = (
     # (basis, top_k, num_perm, trees, candidates): one knob at a time around the defaults
@@ -45,8 +46,9 @@ def main() -> None:
           "| forest R@10 vs Jaccard | rerank p50 ms | exact p50 ms | examined |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for basis, top_k, num_perm, trees, candidates in GRID:
-        index = index_in_memory(feats, labels, names, top_k=top_k, num_perm=num_perm, trees=trees, basis=basis)
-        forest, rerank, exact = ev.evaluate(Searcher(index, candidates), ids, 10, ("forest", "rerank", "exact")).methods
+        index = index_in_memory(feats, labels, names, IndexParams(top_k=top_k, num_perm=num_perm, trees=trees, basis=basis))
+        params = EvaluateParams(k=10, candidates=candidates, methods=("forest", "rerank", "exact"))
+        forest, rerank, exact = ev.evaluate(Session(index, {}), params, query_ids=ids).methods
         print(f"| {basis} | {top_k} | {num_perm} | {trees} | {candidates} | {rerank.precision_at_k:.3f} | "
               f"{exact.precision_at_k:.3f} | {rerank.recall_vs_cosine:.3f} | {forest.recall_vs_jaccard:.3f} | "
               f"{rerank.p50_ms:.2f} | {exact.p50_ms:.2f} | {rerank.mean_candidates:.0f} |", flush=True)

@@ -416,7 +416,7 @@ def bench(ctx: click.Context, stage: str, n: int | None, k: int, queries: int, b
         from .extract_bench import run_extract_bench
         from .paths import resolve_data_dir
 
-        source = stl10.open_source(resolve_data_dir(data_dir, cache_dir), "train+test")
+        source = stl10.open_source(resolve_data_dir(data_dir, cache_dir), P.ExtractParams.split)
         extract_params = P.ExtractParams(weights=weights, image_size=image_size, device=device)
         result = run_extract_bench(source, extract_params, n=params.size, progress=_progress(ctx))
         click.echo(json.dumps(result) if as_json else format_extract_bench(result))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .params import EvaluateParams
+from .params import DIM, EvaluateParams
 from .progress import SILENT, Progress
 from .session import Session
 
@@ -78,7 +78,7 @@ def kth_best_scores(scores: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarr
     return -np.partition(-scores, k - 1, axis=1)[:, k - 1]
 
 
-def set_matrix(topk: np.ndarray, dim: int = 1280) -> np.ndarray:
+def set_matrix(topk: np.ndarray, dim: int = DIM) -> np.ndarray:
     """Top-K sets as a dense 0/1 float32 matrix ``(n, dim)``."""
     dense = np.zeros((len(topk), dim), dtype=np.float32)
     np.put_along_axis(dense, np.asarray(topk, dtype=np.intp), 1.0, axis=1)

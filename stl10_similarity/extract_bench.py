@@ -16,7 +16,7 @@ import numpy as np
 
 from .bench import machine, peak_rss_growth
 from .model import FeatureModel, build_model, build_preprocess, cpu_has_bf16, normalise, pick_device
-from .params import EXTRACT_BENCH_N, ExtractParams
+from .params import EXTRACT_BENCH_N, ExtractParams, IndexParams
 from .progress import SILENT, Progress
 from .sources import Source
 from .signatures import set_statistics, top_k_sets
@@ -58,11 +58,12 @@ def _throughput(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, bat
     return len(images) / seconds, rss["mb"], np.concatenate(out)
 
 
-def fidelity(reference: np.ndarray, other: np.ndarray, top_k: int = 100, k: int = 10) -> dict[str, float]:
+def fidelity(reference: np.ndarray, other: np.ndarray, index: IndexParams = IndexParams(), k: int = 10) -> dict[str, float]:
     """How much reduced precision changes answers: feature cosine, top-K set Jaccard, top-k result overlap."""
     cosine = float(np.mean(np.sum(reference * other, axis=1)))
     stats = set_statistics(reference)
-    a, b = top_k_sets(reference, top_k, "centered", stats), top_k_sets(other, top_k, "centered", stats)
+    top_k = index.top_k
+    a, b = top_k_sets(reference, top_k, index.basis, stats), top_k_sets(other, top_k, index.basis, stats)
     inter = np.array([len(np.intersect1d(x, y, assume_unique=True)) for x, y in zip(a, b)])
     jaccard = float(np.mean(inter / (2 * top_k - inter)))
     k = min(k, len(reference) - 1)

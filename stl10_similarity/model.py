@@ -171,7 +171,7 @@ def query_precision(stored: str, device: str) -> str:
         return "fp32"
 
 
-def default_batch_size(precision: str, device: str, image_size: int = 224) -> int:
+def default_batch_size(precision: str, device: str, image_size: int) -> int:
     """Measured on a 2-core AVX-512 CPU (docs/performance.md): small batches stay in cache; GPUs want large ones.
 
     At 224 px fp32 peaked at batch 4 and bf16 at 8; smaller inputs take proportionally more images
@@ -194,8 +194,7 @@ class FeatureModel:
 
     name = "mobilenet_v2"
 
-    def __init__(self, weights: str = "imagenet", image_size: int = 224, device: str = "auto",
-                 precision: str = "fp32", fold_norms: bool = True) -> None:
+    def __init__(self, weights: str, image_size: int, device: str, precision: str, fold_norms: bool = True) -> None:
         import torch
 
         self.device = pick_device(device)

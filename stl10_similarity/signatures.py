@@ -15,9 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .params import DIM
+
 SCHEME = "affine32"  # datasketch >= 2 default; recorded in every index manifest
 SEED = 1  # datasketch's default MinHash seed
-SET_BASES = ("raw", "centered", "standardized")
 _CHUNK = 4096
 
 
@@ -34,7 +35,7 @@ def _fmix32(hv: np.ndarray) -> np.ndarray:
     return hv ^ (hv >> np.uint32(16))
 
 
-def permuted_token_table(num_perm: int, seed: int = SEED, dim: int = 1280) -> np.ndarray:
+def permuted_token_table(num_perm: int, seed: int = SEED, dim: int = DIM) -> np.ndarray:
     """Each token's hash under each of the MinHash's permutations: ``(dim, num_perm)`` uint32."""
     from datasketch import MinHash
     from datasketch.hashfunc import sha1_hash32

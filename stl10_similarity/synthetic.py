@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-DIM = 1280
+from .params import DIM
 
 
 def cluster_count(n: int) -> int:

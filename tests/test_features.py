@@ -54,10 +54,10 @@ def test_batch_size_does_not_change_which_images_are_embedded(built_cache):
 
 
 def test_default_batch_sizes():
-    assert default_batch_size("fp32", "cpu") == 4 and default_batch_size("bf16", "cpu") == 8
+    assert default_batch_size("fp32", "cpu", 224) == 4 and default_batch_size("bf16", "cpu", 224) == 8
     assert default_batch_size("fp32", "cpu", 96) == 32 and default_batch_size("bf16", "cpu", 96) == 64
     assert default_batch_size("fp32", "cpu", 1024) == 1 and default_batch_size("bf16", "cpu", 32) == 64
-    assert default_batch_size("fp32", "cuda") == 64
+    assert default_batch_size("fp32", "cuda", 224) == 64
 
 
 def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
