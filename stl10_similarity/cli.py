@@ -57,8 +57,9 @@ class ConsoleProgress:
     def bar(self, total: int, desc: str, unit: str = "it", initial: int = 0) -> Any:
         from tqdm import tqdm
 
-        return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, disable=self.quiet,
-                    leave=False)
+        size = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}  # bytes: KiB, MiB, GiB
+        return tqdm(total=total or None, initial=initial, desc=desc, unit=unit, file=sys.stderr, disable=self.quiet,
+                    leave=False, **size)
 
 
 def _progress(ctx: click.Context) -> ConsoleProgress:
@@ -112,22 +113,33 @@ image_size_option = param_option(P.ExtractParams, "image_size", help="Model inpu
 def main(quiet: bool, debug: bool) -> None:
     """Image similarity search over STL-10: MobileNetV2 features, MinHash, LSH forest.
 
-    Typical run: download, extract, index, then query.
+    First run: `stl10sim extract` (gets STL-10 too), then `stl10sim query --image-id 42`
+    (builds the index when it is missing). `download` and `index` give more control.
     """
 
 
 # ---------------------------------------------------------------- download
 
 
+archive_option = click.option(
+    "--archive", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+    help="Unpack this stl10_binary.tar.gz instead of downloading (nothing to do if the data came from it).")
+no_verify_option = click.option("--no-verify", is_flag=True,
+                                help="Accept data that doesn't match the official MD5s (warns).")
+
+
 @main.command()
 @data_dir_option
-@click.option("--archive", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Unpack this stl10_binary.tar.gz instead of downloading.")
-@click.option("--no-verify", is_flag=True, help="Accept data that doesn't match the official MD5s (warns).")
+@archive_option
+@no_verify_option
 @cache_dir_option
 @click.pass_context
 def download(ctx: click.Context, data_dir: Path | None, archive: Path | None, no_verify: bool, cache_dir: Path | None) -> None:
-    """Fetch STL-10 (or unpack --archive) into the data dir and verify it once."""
+    """Fetch STL-10 (or unpack --archive) into the data dir and verify it once.
+
+    Sources, in order: --archive; files already in place; stl10_binary.tar.gz in the data dir; the
+    network ($STL10SIM_URL overrides the address). An interrupted download resumes.
+    """
     from . import stl10
     from .paths import resolve_data_dir
 
@@ -155,23 +167,30 @@ def download(ctx: click.Context, data_dir: Path | None, archive: Path | None, no
                    "fp32 elsewhere (docs/performance.md).")
 @param_option(P.ExtractParams, "chunk_size", help="Images per resumable chunk: a killed run loses at most one chunk.")
 @data_dir_option
+@archive_option
+@no_verify_option
 @cache_dir_option
 @force_option
 @no_wait_option
 @click.pass_context
 def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int | None, device: str, weights: str,
-            image_size: int, precision: str, chunk_size: int, data_dir: Path | None, cache_dir: Path | None,
-            force: bool, no_wait: bool) -> None:
-    """Compute 1280-D MobileNetV2 features for the collection (resumable, cached)."""
+            image_size: int, precision: str, chunk_size: int, data_dir: Path | None, archive: Path | None,
+            no_verify: bool, cache_dir: Path | None, force: bool, no_wait: bool) -> None:
+    """Compute 1280-D MobileNetV2 features for the collection (resumable, cached).
+
+    Gets STL-10 first, exactly as `stl10sim download` does, when the data dir has none.
+    """
     from . import stl10
     from .extract import extract as run_extract
     from .paths import resolve_cache_dir, resolve_data_dir
 
     params = P.ExtractParams(split=split, limit=limit, batch_size=batch_size, device=device, weights=weights,
                              image_size=image_size, precision=precision, chunk_size=chunk_size)
-    source = stl10.open_source(resolve_data_dir(data_dir, cache_dir), split, limit)
+    progress = _progress(ctx)
+    source = stl10.open_or_download(resolve_data_dir(data_dir, cache_dir), split, limit, archive=archive,
+                                    verify=not no_verify, progress=progress)
     result = run_extract(source, resolve_cache_dir(cache_dir), params, force=force, wait=not no_wait,
-                         progress=_progress(ctx))
+                         progress=progress)
     if result.cached:
         click.echo(f"features for {result.n} images already in {result.folder} (cached; --force rebuilds)")
     else:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import environment_failure, write_json
+from .artifacts import cache_lock, environment_failure, write_json
 from .params import SPLITS
 from .progress import SILENT, Progress
 from .errors import DataError, EnvironmentFailure, InputError, ParameterError
@@ -290,9 +290,13 @@ def _check_file_md5s(root: Path, verify: bool, progress: Progress) -> bool:
     return False
 
 
-def _record(root: Path, verified: bool) -> None:
+def _record(root: Path, verified: bool, archive: dict[str, object] | None = None) -> None:
     files = {p.name: _file_stamp(p) for p in sorted(root.iterdir()) if p.is_file() and p.name != RECORD}
-    write_json(root / RECORD, {"verified_md5": verified, "files": files})
+    write_json(root / RECORD, {"verified_md5": verified, "files": files, "archive": archive})
+
+
+def _archive_stamp(archive: Path) -> dict[str, object]:
+    return {"path": str(archive.resolve()), **_file_stamp(archive)}
 
 
 def download(
@@ -304,17 +308,24 @@ def download(
 ) -> DownloadResult:
     """Make ``data_dir/stl10_binary`` hold STL-10, verified once.
 
-    Uses, in order: ``archive`` if given; files already in place; an
-    ``stl10_binary.tar.gz`` placed in ``data_dir``; the network.
+    Uses, in order: ``archive`` if given (nothing to do when the files came from this very archive);
+    files already in place; an ``stl10_binary.tar.gz`` placed in ``data_dir``; the network
+    (``$STL10SIM_URL`` overrides the address), resuming an interrupted download. Holds the data dir's
+    lock throughout, so two commands never unpack into it at once.
 
     Raises:
         DataError: the archive or files don't match the official checksums (and ``verify``).
         EnvironmentFailure: no network and nothing local to use.
     """
     root = data_dir / FOLDER
-    if archive is None:
+    with cache_lock(data_dir, progress=progress):
         record = verification_record(data_dir)
-        if record is not None and (record["verified_md5"] or not verify):
+        trusted = record is not None and (record["verified_md5"] or not verify)
+        if archive is not None:
+            if trusted and record.get("archive") == _archive_stamp(Path(archive)):
+                return DownloadResult(root, record["verified_md5"], "cached", check_layout(root, _present_parts(root)))
+            return _from_archive(Path(archive), data_dir, verify, progress, "archive")
+        if trusted:
             return DownloadResult(root, record["verified_md5"], "cached", check_layout(root, _present_parts(root)))
         if root.is_dir() and all((root / f).is_file() for f in REQUIRED):
             counts = check_layout(root, _present_parts(root))
@@ -323,25 +334,42 @@ def download(
             return DownloadResult(root, verified, "existing files", counts)
         local = data_dir / ARCHIVE_NAME
         if local.is_file():
-            archive = local
-    if archive is not None:
-        return _from_archive(Path(archive), data_dir, verify, progress, "archive")
-    return _from_network(data_dir, verify, progress)
+            return _from_archive(local, data_dir, verify, progress, "archive")
+        return _from_network(data_dir, verify, progress)
+
+
+def open_or_download(data_dir: Path, split: str, limit: int | None = None, *, archive: Path | None = None,
+                     verify: bool = True, progress: Progress = SILENT) -> Stl10Source:
+    """What ``extract`` reads: the split, fetched first (as :func:`download` does) when the data dir has no
+    ``stl10_binary/`` or an ``archive`` is given. Files that are there but damaged are reported, not replaced."""
+    if archive is not None or not (data_dir / FOLDER).exists():
+        download(data_dir, archive=archive, verify=verify, progress=progress)
+    return open_source(data_dir, split, limit)
 
 
 def _present_parts(root: Path) -> tuple[str, ...]:
     return tuple(p for p in PARTS if (root / f"{p}_X.bin").is_file())
 
 
-def _from_archive(archive: Path, data_dir: Path, verify: bool, progress: Progress, source: str) -> DownloadResult:
-    if not archive.is_file():
-        raise InputError(f"archive {archive} does not exist")
-    archive_ok = md5_file(archive) == ARCHIVE_MD5
-    if not archive_ok and verify:
+def _archive_ok(archive: Path, verify: bool) -> bool:
+    """Whether the archive is the official one; raises when it is not and ``verify`` is on."""
+    if md5_file(archive) == ARCHIVE_MD5:
+        return True
+    if verify:
         raise DataError(
             f"{archive} does not match the official STL-10 checksum (md5 {ARCHIVE_MD5}); "
             "nothing was unpacked; accept it anyway with {verify=False}", options=("verify=False",)
         )
+    return False
+
+
+def _from_archive(archive: Path, data_dir: Path, verify: bool, progress: Progress, source: str,
+                  archive_ok: bool | None = None) -> DownloadResult:
+    if not archive.is_file():
+        raise InputError(f"archive {archive} does not exist")
+    if archive_ok is None:
+        archive_ok = _archive_ok(archive, verify)
+    stamp = _archive_stamp(archive) if source == "archive" else None
     staging = _unpack(archive, data_dir)
     try:
         unpacked = staging / FOLDER
@@ -351,31 +379,58 @@ def _from_archive(archive: Path, data_dir: Path, verify: bool, progress: Progres
         counts = check_layout(unpacked, _present_parts(unpacked))
         if not archive_ok:
             progress.note(f"warning: {archive} is not the official STL-10 archive; using it unverified as asked")
-        verified = archive_ok
-        _record(unpacked, verified)
+        _record(unpacked, archive_ok, stamp)
         _install(staging, data_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return DownloadResult(data_dir / FOLDER, verified, source, counts)
+    return DownloadResult(data_dir / FOLDER, archive_ok, source, counts)
+
+
+def download_url() -> str:
+    """Where STL-10 comes from: ``$STL10SIM_URL`` (a mirror, or a local server in tests), else Stanford."""
+    return os.environ.get(URL_ENV) or URL
 
 
 def _from_network(data_dir: Path, verify: bool, progress: Progress) -> DownloadResult:
-    import urllib.error
+    """Fetch the archive (resuming ``stl10_binary.tar.gz.part``), check its MD5, unpack it, delete it.
 
-    from torchvision.datasets.utils import download_url
+    An archive with the wrong MD5 is deleted and fetched once more (a corrupted transfer); a second
+    mismatch is refused. The part file stays until the files are installed, so a kill at any point
+    costs at most the bytes in flight.
+    """
+    from .fetch import fetch
 
-    url = os.environ.get(URL_ENV, URL)
-    tmp = _temp_dir(data_dir, ".stl10sim-download-")
+    url = download_url()
+    if not url.startswith(("http://", "https://")):
+        raise InputError(f"${URL_ENV} must be an http:// or https:// address, not {url!r}")
+    part = data_dir / (ARCHIVE_NAME + ".part")
     try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise environment_failure(exc, str(data_dir)) from exc
+    offline = (f"offline, put {ARCHIVE_NAME} in {data_dir} and rerun, or pass {{archive=PATH}}",
+               ("archive=PATH",))
+    for attempt in (1, 2):
         try:
-            download_url(url, str(tmp), ARCHIVE_NAME)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise EnvironmentFailure(
-                f"cannot download STL-10 from {url} ({reason}): offline, put {ARCHIVE_NAME} "
-                f"in {data_dir} and rerun, or pass {{archive=PATH}}", options=("archive=PATH",)
-            ) from exc
-        return _from_archive(tmp / ARCHIVE_NAME, data_dir, verify, progress, "network")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            fetch(url, part, progress=progress, what="STL-10")
+        except EnvironmentFailure as exc:
+            raise EnvironmentFailure(f"{exc.template}: {offline[0]}", options=offline[1]) from exc
+        if md5_file(part) == ARCHIVE_MD5:
+            ok = True
+        elif not verify:
+            ok = False
+        elif attempt == 1:
+            progress.note(f"the downloaded archive does not match the official checksum (md5 {ARCHIVE_MD5}); "
+                          "fetching it once more")
+            part.unlink()
+            continue
+        else:
+            part.unlink()
+            raise DataError(f"STL-10 from {url} failed its checksum twice (md5 {ARCHIVE_MD5}); nothing was unpacked; "
+                            "check the address, or accept unofficial data with {verify=False}",
+                            options=("verify=False",))
+        result = _from_archive(part, data_dir, verify, progress, "network", archive_ok=ok)
+        part.unlink(missing_ok=True)
+        return result
+    raise AssertionError("unreachable")

@@ -294,10 +294,13 @@ def test_stage_before_its_input_names_the_command(tmp_path, command):
     assert "run `stl10sim extract` first" in result.stderr
 
 
-def test_extract_without_data_says_download(tmp_path):
-    result = CliRunner().invoke(main, ["extract", "--weights", "none", "--cache-dir", str(tmp_path / "c")])
-    assert result.exit_code == 2
-    assert "stl10sim download" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+def test_extract_offline_without_data_says_where_to_put_the_archive(tmp_path):
+    result = CliRunner().invoke(main, ["-q", "extract", "--weights", "none", "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: cannot download STL-10 from http://127.0.0.1:9/")
+    assert f"put stl10_binary.tar.gz in {tmp_path / 'c' / 'data'} and rerun, or pass --archive PATH" in lines[0]
+    assert not (tmp_path / "c" / "features").exists()
 
 
 def test_query_and_evaluate_build_a_missing_index_first(tmp_path, archive):

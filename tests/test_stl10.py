@@ -60,12 +60,17 @@ def test_truncated_image_file_is_refused(tmp_path):
         stl10.open_source(tmp_path, "test")
 
 
+def _contents(data):
+    """What the data dir holds besides its lock file."""
+    return sorted(p.name for p in data.iterdir() if p.name != ".lock")
+
+
 def test_archive_not_matching_checksum_is_refused_and_nothing_unpacked(tmp_path, archive):
     data = tmp_path / "data"
     result = CliRunner().invoke(main, ["download", "--archive", str(archive), "--data-dir", str(data)])
     assert result.exit_code == 2
     assert "official STL-10 checksum" in result.stderr and "--no-verify" in result.stderr
-    assert not data.exists() or not any(data.iterdir())
+    assert not data.exists() or _contents(data) == []
 
 
 def test_no_verify_warns_and_records(tmp_path, archive):
@@ -76,7 +81,7 @@ def test_no_verify_warns_and_records(tmp_path, archive):
     assert (data / "stl10_binary" / "train_X.bin").is_file()
     record = stl10.verification_record(data)
     assert record is not None and record["verified_md5"] is False
-    assert [p.name for p in data.iterdir()] == ["stl10_binary"]  # no staging folders left
+    assert _contents(data) == ["stl10_binary"]  # no staging folders left
 
 
 def test_second_download_uses_the_record(tmp_path, archive, monkeypatch):
@@ -97,9 +102,13 @@ def test_offline_download_fails_with_one_line_and_leaves_nothing(tmp_path):
     data = tmp_path / "data"
     result = CliRunner().invoke(main, ["download", "--data-dir", str(data)])
     assert result.exit_code == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--archive" in lines[0] and str(data) in lines[0] and "stl10_binary.tar.gz" in lines[0]
-    assert not any(data.iterdir())
+    *retries, error = result.stderr.strip().splitlines()
+    assert [line.split("; ")[-1] for line in retries] == [f"retrying in 0 s (retry {i} of 3) ..." for i in (1, 2, 3)]
+    assert error.startswith("Error: cannot download STL-10")
+    assert "--archive" in error and str(data) in error and "stl10_binary.tar.gz" in error
+    quiet = CliRunner().invoke(main, ["-q", "download", "--data-dir", str(data)])
+    assert quiet.exit_code == 1 and quiet.stderr.strip() == error
+    assert _contents(data) == []
 
 
 def test_archive_placed_in_data_dir_is_used(tmp_path, archive):
