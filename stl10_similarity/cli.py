@@ -57,9 +57,10 @@ class ConsoleProgress:
     def bar(self, total: int, desc: str, unit: str = "it", initial: int = 0) -> Any:
         from tqdm import tqdm
 
-        size = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}  # bytes: KiB, MiB, GiB
+        # bytes (a download): scaled units, and the final line stays to show size and rate
+        size = {"unit_scale": True, "unit_divisor": 1024, "leave": True} if unit == "B" else {"leave": False}
         return tqdm(total=total or None, initial=initial, desc=desc, unit=unit, file=sys.stderr, disable=self.quiet,
-                    leave=False, **size)
+                    **size)
 
 
 def _progress(ctx: click.Context) -> ConsoleProgress:

@@ -378,7 +378,8 @@ def _from_archive(archive: Path, data_dir: Path, verify: bool, progress: Progres
             raise DataError(f"{archive} lacks {', '.join(missing)}; it is not an STL-10 archive")
         counts = check_layout(unpacked, _present_parts(unpacked))
         if not archive_ok:
-            progress.note(f"warning: {archive} is not the official STL-10 archive; using it unverified as asked")
+            what = archive if source == "archive" else "the downloaded archive"
+            progress.note(f"warning: {what} is not the official STL-10 archive; using it unverified as asked")
         _record(unpacked, archive_ok, stamp)
         _install(staging, data_dir)
     except BaseException:
