@@ -179,7 +179,14 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
             no_verify: bool, cache_dir: Path | None, force: bool, no_wait: bool) -> None:
     """Compute 1280-D MobileNetV2 features for the collection (resumable, cached).
 
-    Gets STL-10 first, exactly as `stl10sim download` does, when the data dir has none.
+    Gets STL-10 first, exactly as `stl10sim download` does, when the data dir has none (or --archive is
+    given). Splits: train (5,000), test (8,000), train+test (13,000), unlabeled (100,000), all; an
+    image's id is its 0-based position in train, then test, then unlabeled order.
+
+    The weights' own preprocessing (resize 232, centre crop 224, ImageNet normalisation; scaled with
+    --image-size) runs on whole uint8 batches read straight from STL-10's binary files; BatchNorm is
+    folded into the convolutions; the pooled 1280 values are L2-normalised. Work is saved in chunks:
+    rerunning after Ctrl-C or a kill resumes, and the same parameters again do nothing (--force redoes).
     """
     from . import stl10
     from .extract import extract as run_extract
@@ -215,7 +222,13 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
 @click.pass_context
 def index(ctx: click.Context, top_k: int, num_perm: int, trees: int, basis: str, cache_dir: Path | None,
           force: bool, no_wait: bool) -> None:
-    """Build top-K sets, MinHash signatures and the LSH forest over the features."""
+    """Build top-K sets, MinHash signatures and the LSH forest over the features.
+
+    An image's set is its K largest feature dimensions after centring each dimension on its collection
+    mean (--basis); its MinHash (tokens str(dim).encode(), scheme affine32, seed 1) is bit-identical to
+    datasketch's; the forest is a datasketch MinHashLSHForest(num_perm, l=trees). `query` and
+    `evaluate` build the index with these defaults when it is missing: run this to choose others.
+    """
     from .index import build_index
     from .paths import resolve_cache_dir
 
@@ -269,7 +282,15 @@ def _png_path(png: Path, result: Any, several: bool) -> Path:
 @click.pass_context
 def query(ctx: click.Context, image_ids: tuple[int, ...], images: tuple[Path, ...], k: int, method: str,
           candidates: int, as_json: bool, png: Path | None, device: str, cache_dir: Path | None) -> None:
-    """Find the k images most similar to each query image."""
+    """Find the k images most similar to each query image.
+
+    Methods: rerank (default) takes the forest's candidates, gathered from every tree at the deepest
+    shared prefix first, keeps the --candidates best by estimated Jaccard and orders them by exact
+    cosine; forest orders the candidates by estimated Jaccard; exact is brute-force cosine over all
+    features (the baseline); forest-query is datasketch's own MinHashLSHForest.query(). Never returns
+    the query itself, never fewer than min(k, N-1) results. Builds the index first when it is missing or
+    out of date (one line on stderr). With several queries and --png grid.png, grids are grid-<id>.png.
+    """
     from .paths import resolve_cache_dir
     from .session import Session
 
@@ -339,7 +360,13 @@ def format_report(report: Any) -> str:
 @click.pass_context
 def evaluate(ctx: click.Context, queries: int | None, k: int, methods: tuple[str, ...], candidates: int, as_json: bool,
              png: Path | None, cache_dir: Path | None) -> None:
-    """Measure retrieval quality and speed of several methods side by side."""
+    """Measure retrieval quality and speed of several methods side by side.
+
+    Every query is a collection image (itself excluded). Class quality: precision@k, mAP@k (AP@k over
+    min(k, R)), leave-one-out kNN accuracy. Fidelity: recall@k against exact cosine kNN on the same
+    features and against exact Jaccard on the same sets (ties at the k-th score count as hits). Cost:
+    in-process p50/p99 and candidates examined per query.
+    """
     from . import evaluate as ev
     from .paths import resolve_cache_dir
     from .session import Session
@@ -428,7 +455,13 @@ def format_extract_bench(report: dict[str, Any]) -> str:
 def bench(ctx: click.Context, stage: str, n: int | None, k: int, queries: int, baseline_n: int, top_k: int,
           num_perm: int, trees: int, basis: str, budgets: tuple[int, ...], seed: int, weights: str, image_size: int,
           device: str, data_dir: Path | None, cache_dir: Path | None, as_json: bool) -> None:
-    """Benchmark indexing and querying at scale (synthetic features), or feature extraction speed."""
+    """Benchmark indexing and querying at scale (synthetic features), or feature extraction speed.
+
+    index: N synthetic MobileNetV2-like vectors; bulk signatures vs datasketch's MinHash.update loop,
+    forest build/pickle/load, and per method p50/p99, queries/s and recall@k against exact cosine (FAISS
+    rows too if faiss-cpu is installed). extract: images/s of a naive PIL loop against our input path
+    at several batch sizes and precisions, with reduced precision's fidelity.
+    """
     params = P.BenchParams(stage=stage, n=n, k=k, queries=queries, baseline_n=baseline_n,
                            budgets=budgets or P.BenchParams.budgets, seed=seed)
     if stage == "extract":

@@ -154,13 +154,6 @@ def test_cli_defaults_and_choices_are_the_parameter_classes():
                     assert tuple(options[f.name].type.choices) == f.metadata["choices"], (command, f.name)
 
 
-def test_every_command_has_help_and_is_in_readme():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    for name, command in main.commands.items():
-        assert command.help, name
-        assert f"stl10sim {name}" in readme, name
-
-
 # ---------------------------------------------------------------- bad input: exit 2, one line, nothing written
 
 
