@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from conftest import invoke
 from stl10_similarity import stl10
 from stl10_similarity.cli import main
-from stl10_similarity.model import FeatureModel, cpu_has_bf16, default_batch_size, resolve_precision
+from stl10_similarity.model import FeatureModel, cpu_has_bf16, default_batch_size, pick_device, resolve_precision
 
 PRECISIONS = ["auto", "fp32"] + (["bf16"] if cpu_has_bf16() else [])
 
@@ -27,8 +27,10 @@ def test_every_available_precision_and_device(tmp_path, archive, precision, devi
                     "--device", device, "--cache-dir", cache)
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "c" / "features" / "manifest.json").read_text())
-    assert manifest["params"]["precision"] == (("bf16" if cpu_has_bf16() else "fp32") if precision == "auto" else precision)
-    assert manifest["params"]["device"] == "cpu"
+    expected_device = pick_device(device)  # auto: a GPU where there is one; the suite runs on both
+    auto = "bf16" if expected_device == "cpu" and cpu_has_bf16() else "fp32"
+    assert manifest["params"]["device"] == expected_device
+    assert manifest["params"]["precision"] == (auto if precision == "auto" else precision)
     feats = np.load(tmp_path / "c" / "features" / "features.npy")
     assert feats.shape == (24, 1280) and feats.dtype == np.float32
     assert np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5) and (feats >= 0).all()
