@@ -484,6 +484,39 @@ def bench(ctx: click.Context, stage: str, n: int | None, k: int, queries: int, b
         click.echo(format_bench(report))
 
 
+# ---------------------------------------------------------------- serve
+
+
+@main.command()
+@param_option(P.ServeParams, "host", "--host", "host",
+              help="Address to listen on; 127.0.0.1 keeps it to this machine (0.0.0.0 opens it to the network).")
+@param_option(P.ServeParams, "port")
+@param_option(P.ServeParams, "max_upload_mb", help="Largest request body (an uploaded image) in MB; larger: 413.")
+@param_option(P.ServeParams, "max_concurrent", help="Requests worked on at once; more are answered 503 at once.")
+@cache_dir_option
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, max_upload_mb: int, max_concurrent: int,
+          cache_dir: Path | None) -> None:
+    """Serve the collection: a JSON API (/api/v1/...) and a web page at / to browse and search it.
+
+    Opens the index once (building it first if it is missing, like query) and answers from it until
+    stopped; /api/v1/health says when a newer index exists on disk (restart to use it). Needs the serve
+    extra: pip install -e '.[serve]'. Endpoints: docs/server.md.
+    """
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401  (uploads)
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise click.UsageError(f"stl10sim serve needs the serve extra ({exc.name} is missing): "
+                               "pip install -e '.[serve]'") from exc
+    from .paths import resolve_cache_dir
+    from .server import serve as run_server
+
+    params = P.ServeParams(host=host, port=port, max_upload_mb=max_upload_mb, max_concurrent=max_concurrent)
+    run_server(resolve_cache_dir(cache_dir), params, progress=_progress(ctx))
+
+
 def run() -> None:  # console-script entry point
     main(prog_name="stl10sim")
 

@@ -36,6 +36,8 @@ def _decode(handle: Any, path: str) -> np.ndarray:
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         with Image.open(handle) as img:
+            if img.width * img.height > MAX_PIXELS:  # checked before decoding a single pixel
+                raise InputError(f"{path} is {img.width} x {img.height} pixels, over the {MAX_PIXELS:,} pixel limit")
             img.load()
             rgb = _to_rgb(img)
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:

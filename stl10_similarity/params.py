@@ -146,5 +146,20 @@ class BenchParams:
         return INDEX_BENCH_N if self.stage == "index" else EXTRACT_BENCH_N
 
 
+@dataclass(frozen=True)
+class ServeParams:
+    """``stl10sim serve``: where it listens and how much it accepts."""
+
+    host: str = "127.0.0.1"  # loopback only unless asked otherwise
+    port: int = _spec(8000, low=1, high=65535)
+    max_upload_mb: int = _spec(10, low=1, high=1024)
+    max_concurrent: int = _spec(32, low=1, high=1024)
+
+    def __post_init__(self) -> None:
+        _check(self)
+        if not self.host:
+            raise ParameterError("host", "is empty")
+
+
 INDEX_BENCH_N = 1_000_000
 EXTRACT_BENCH_N = 256

@@ -1,0 +1,178 @@
+// stl10sim web page: browse the collection, click an image to see its neighbours, or search with your own.
+// The URL holds the state (?label=&page=&q=&k=&method=), so links can be shared and the back button works.
+"use strict";
+
+const PAGE = 60;
+const $ = (id) => document.getElementById(id);
+let classNames = [];
+let uploaded = null;
+let renders = 0; // each render's number: a slower, older render must not overwrite a newer one // {file, url}: an image of the user's is not in the URL (it never leaves this page's memory)
+
+function state() {
+  const p = new URLSearchParams(location.search);
+  const int = (name, fallback) => (/^\d+$/.test(p.get(name) || "") ? Number(p.get(name)) : fallback);
+  return { label: p.get("label") || "", page: int("page", 0), q: p.has("q") ? int("q", null) : null,
+           k: int("k", 5), method: p.get("method") || "rerank" };
+}
+
+function go(changes, force = false) {
+  const now = state();
+  const next = { ...now, ...changes };
+  if (!force && Object.keys(next).every((key) => next[key] === now[key])) return; // nothing changed (a blur's late change event)
+  const p = new URLSearchParams();
+  if (next.label) p.set("label", next.label);
+  if (next.page) p.set("page", next.page);
+  if (next.q !== null && next.q !== undefined) p.set("q", next.q);
+  if (next.k !== 5) p.set("k", next.k);
+  if (next.method !== "rerank") p.set("method", next.method);
+  const url = `${location.pathname}${p.toString() ? "?" + p : ""}`;
+  history.pushState(null, "", url);
+  render();
+}
+
+async function api(path, options) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({ error: { message: `HTTP ${response.status}` } }));
+  if (!response.ok) throw new Error(body.error ? body.error.message : `HTTP ${response.status}`);
+  return body;
+}
+
+function showError(err) {
+  $("error").hidden = !err;
+  $("error").textContent = err ? String(err.message || err) : "";
+}
+
+function card(image, extraClass, lines, onClick) {
+  const div = document.createElement(onClick ? "button" : "div");
+  div.className = `card ${extraClass}`;
+  if (onClick) { div.type = "button"; div.addEventListener("click", onClick); }
+  const img = document.createElement("img");
+  img.src = image.src || `/api/v1/images/${image.id}/image.png`;
+  img.alt = image.alt || `image ${image.id} (${image.label})`;
+  img.loading = "lazy";
+  div.appendChild(img);
+  for (const [text, cls] of lines) {
+    const line = document.createElement("div");
+    line.textContent = text;
+    if (cls) line.className = cls;
+    div.appendChild(line);
+  }
+  return div;
+}
+
+async function renderBrowse(s, current) {
+  const label = s.label ? `&label=${encodeURIComponent(s.label)}` : "";
+  const page = await api(`/api/v1/images?offset=${s.page * PAGE}&limit=${PAGE}${label}`);
+  if (!current()) return;
+  const pages = Math.max(1, Math.ceil(page.total / PAGE));
+  $("browse-info").textContent = `${page.total.toLocaleString()} images${s.label ? " labelled " + s.label : ""}`;
+  $("page-info").textContent = `page ${s.page + 1} of ${pages}`;
+  $("prev").disabled = s.page <= 0;
+  $("next").disabled = s.page + 1 >= pages;
+  $("gallery").replaceChildren(...page.images.map((im) =>
+    card(im, s.q === im.id ? "query" : "", [[`${im.id} · ${im.label}`]], () => pick(im.id))));
+}
+
+function renderResults(doc, queryCard, roundTripMs) {
+  const q = doc.query;
+  const cards = [queryCard];
+  for (const m of doc.results) {
+    const cls = q.class_index === null || q.class_index < 0 ? "none" : (m.class_index === q.class_index ? "same" : "other");
+    cards.push(card(m, cls, [
+      [`#${m.rank} · id ${m.id}`], [m.label],
+      [`cos ${m.cosine.toFixed(3)}`, "scores"],
+      [`J≈ ${m.jaccard_estimate.toFixed(2)} · J ${m.jaccard.toFixed(2)}`, "scores"],
+    ], () => pick(m.id)));
+  }
+  $("neighbours").replaceChildren(...cards);
+  const t = doc.timing_ms;
+  $("timing").textContent = `${doc.params.method}, ${doc.candidates.toLocaleString()} candidates examined; ` +
+    `search ${(t.search + t.describe).toFixed(2)} ms on the server` + (t.embed ? `, embedding ${t.embed.toFixed(0)} ms` : "") +
+    `, ${roundTripMs.toFixed(0)} ms round trip`;
+  $("results").hidden = false;
+}
+
+async function renderQuery(s, current) {
+  if (uploaded) {
+    const form = new FormData();
+    form.append("image", uploaded.file);
+    form.append("k", String(s.k));
+    form.append("method", s.method);
+    const t0 = performance.now();
+    const doc = await api("/api/v1/search", { method: "POST", body: form });
+    if (!current()) return;
+    $("results-title").textContent = `Neighbours of ${uploaded.file.name}`;
+    renderResults(doc, card({ src: uploaded.url, alt: uploaded.file.name }, "query", [["your image"]]), performance.now() - t0);
+    return;
+  }
+  if (s.q === null) { $("results").hidden = true; return; }
+  const t0 = performance.now();
+  const doc = await api(`/api/v1/search?image_id=${s.q}&k=${s.k}&method=${encodeURIComponent(s.method)}`);
+  if (!current()) return;
+  $("results-title").textContent = `Neighbours of image ${s.q}`;
+  renderResults(doc, card(doc.query, "query", [[`query ${s.q}`], [doc.query.label]]), performance.now() - t0);
+}
+
+async function render() {
+  const s = state();
+  const mine = ++renders;
+  const current = () => mine === renders;
+  $("label").value = s.label;
+  $("k").value = s.k;
+  $("method").value = s.method;
+  showError(null);
+  try {
+    await Promise.all([renderBrowse(s, current), renderQuery(s, current)]);
+  } catch (err) {
+    if (current()) showError(err);
+  }
+}
+
+function pick(id) {
+  // a collection image as the query: leaves any upload behind
+  const hadUpload = uploaded !== null;
+  uploaded = null;
+  go({ q: id }, hadUpload);
+}
+
+function useUpload(file) {
+  if (!file) return;
+  if (uploaded) URL.revokeObjectURL(uploaded.url);
+  uploaded = { file, url: URL.createObjectURL(file) };
+  history.pushState({ upload: true }, "", location.href);
+  render().then(() => window.scrollTo(0, 0));
+}
+
+async function init() {
+  const health = await api("/api/v1/health");
+  classNames = health.class_names;
+  $("collection").textContent = `${health.n.toLocaleString()} images · top_k ${health.top_k}, ` +
+    `${health.num_perm} permutations, ${health.trees} trees` + (health.newer_index_on_disk ? " · a newer index exists: restart the server" : "");
+  for (const name of [...classNames, "unlabeled"]) {
+    const option = document.createElement("option");
+    option.value = option.textContent = name;
+    $("label").appendChild(option);
+  }
+  $("label").addEventListener("change", () => go({ label: $("label").value, page: 0 }));
+  $("k").addEventListener("change", () => go({ k: Math.max(1, Math.min(100, Number($("k").value) || 5)) }));
+  $("method").addEventListener("change", () => go({ method: $("method").value }));
+  $("prev").addEventListener("click", () => go({ page: Math.max(0, state().page - 1) }));
+  $("next").addEventListener("click", () => go({ page: state().page + 1 }));
+  $("upload").addEventListener("change", () => useUpload($("upload").files[0]));
+  const drop = $("drop");
+  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") $("upload").click(); });
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    useUpload(e.dataTransfer.files[0]);
+  });
+  window.addEventListener("popstate", (e) => {
+    if (!(e.state && e.state.upload)) uploaded = null; // back from an upload: the URL's query again
+    render();
+  });
+  await render();
+}
+
+init().catch(showError);
