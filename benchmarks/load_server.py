@@ -6,7 +6,7 @@
 CACHE_DIR holds built features (and an index, or the server builds one): for 13,000 real photos use the cache
 of `stl10sim extract`; for 1,000,000 synthetic features build one with
 `python benchmarks/index_at_scale.py --n 1000000 --cache-dir DIR`. Starts `stl10sim serve` as its own process,
-waits until it answers, reads its resident memory, then runs the clients (threads with keep-alive connections,
+waits until it answers, warms it up for --warmup seconds, reads its resident memory, then runs the clients (threads with keep-alive connections,
 in this process) asking `GET /api/v1/search?image_id=<random>&k=K`, and reads the server's memory again.
 Reports p50/p99 latency over HTTP, requests/s, errors (anything but 200 and deliberate 503s), 503s, and the
 server's RSS before and after. Prints one JSON document.
@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--method", default="rerank")
     parser.add_argument("--max-concurrent", type=int, default=None)
+    parser.add_argument("--warmup", type=float, default=3, help="seconds of load before memory is first read")
     args = parser.parse_args()
     port = free_port()
     cmd = [sys.executable, "-m", "stl10_similarity", "-q", "serve", "--port", str(port), "--cache-dir", str(args.cache_dir)]
@@ -96,17 +97,23 @@ def main() -> None:
     try:
         health = wait_ready(port, proc)
         startup = time.perf_counter() - t0
+        fresh = rss_mb(proc.pid)
+
+        def run_clients(seconds: float) -> tuple[list[list], float]:
+            out: list[list] = [[] for _ in range(args.clients)]
+            until = time.monotonic() + seconds
+            threads = [threading.Thread(target=client, args=(port, health["n"], args.k, args.method, until, i, out[i]))
+                       for i in range(args.clients)]
+            began = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return out, time.perf_counter() - began
+
+        run_clients(args.warmup)  # page in the memory maps, fill the thread pool
         before = rss_mb(proc.pid)
-        results: list[list] = [[] for _ in range(args.clients)]
-        until = time.monotonic() + args.seconds
-        threads = [threading.Thread(target=client, args=(port, health["n"], args.k, args.method, until, i, results[i]))
-                   for i in range(args.clients)]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - started
+        results, wall = run_clients(args.seconds)
         after = rss_mb(proc.pid)
     finally:
         proc.terminate()
@@ -122,7 +129,7 @@ def main() -> None:
         "requests_per_second": round(len(ok) / wall, 1),
         "p50_ms": round(float(np.percentile(ok, 50) * 1e3), 2) if len(ok) else None,
         "p99_ms": round(float(np.percentile(ok, 99) * 1e3), 2) if len(ok) else None,
-        "server_rss_mb_before": round(before, 1), "server_rss_mb_after": round(after, 1),
+        "server_rss_mb_fresh": round(fresh, 1), "server_rss_mb_before": round(before, 1), "server_rss_mb_after": round(after, 1),
     }, indent=2))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +38,9 @@ WEB = Path(__file__).parent / "web"
 PAGE_LIMIT = 500  # most images one /api/v1/images page may list
 MAX_K = 1000
 MAX_CANDIDATES = 100_000
+# Threads that run queries. A query is many small numpy calls that hold the GIL between them, so more threads
+# than cores only thrash: on 2 cores, 16 clients got 155 requests/s with anyio's default 40 threads (docs/server.md).
+WORKER_THREADS = 4
 Method = Literal[METHODS]  # type: ignore[valid-type]
 
 
@@ -49,7 +53,14 @@ def create_app(cache_dir: Path, params: ServeParams = ServeParams(), *, progress
     MultiPartParser.spool_max_size = max_body + 2**20
     embed_lock = threading.Lock()  # one model, one embedding at a time
 
-    app = FastAPI(title="stl10sim", version=__version__, docs_url=None, redoc_url=None,
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
+        yield
+
+    app = FastAPI(title="stl10sim", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Image similarity search over the collection this server opened.")
     app.add_middleware(_Guard, max_body=max_body, max_concurrent=params.max_concurrent)
 
