@@ -22,7 +22,7 @@ import numpy as np
 from stl10_similarity.forest import prefix_arrays
 from stl10_similarity.index import LoadedIndex
 from stl10_similarity.search import Searcher
-from stl10_similarity.signatures import _fmix32, set_statistics, top_k_sets
+from stl10_similarity.signatures import _fmix32, set_statistics
 
 
 def level_table(num_perm: int, max_level: int, dim: int = 1280, seed: int = 1) -> np.ndarray:

@@ -29,28 +29,20 @@ from pathlib import Path
 
 import numpy as np
 
+from extract_end_to_end import SHAPE, build_collection  # benchmarks/ is on the path when run as a script
 from stl10_similarity.bench import machine
-
-SHAPE = (3, 96, 96)
 
 
 def build_archive(source: Path, work: Path, unlabeled: int) -> Path:
-    src, dst = source / "stl10_binary", work / "stl10_binary"
-    dst.mkdir(parents=True)
-    x = np.concatenate([np.fromfile(src / f"{s}_X.bin", np.uint8).reshape(-1, *SHAPE) for s in ("train", "test")])
-    y = np.concatenate([np.fromfile(src / f"{s}_y.bin", np.uint8) for s in ("train", "test")])
-    for split, count, offset in (("train", 5000, 0), ("test", 8000, 5000)):
-        pick = (np.arange(count) + offset) % len(x)
-        x[pick].tofile(dst / f"{split}_X.bin")
-        y[pick].tofile(dst / f"{split}_y.bin")
-    pool = np.fromfile(src / "unlabeled_X.bin", np.uint8).reshape(-1, *SHAPE)
+    """STL-10's shape: 5,000 train + 8,000 test (extract_end_to_end's collection) and ``unlabeled`` more, as .tar.gz."""
+    build_collection(source, work, 13_000)
+    dst = work / "stl10_binary"
+    pool = np.fromfile(source / "stl10_binary" / "unlabeled_X.bin", np.uint8).reshape(-1, *SHAPE)
     if not len(pool):
-        pool = x
+        pool = np.fromfile(dst / "train_X.bin", np.uint8).reshape(-1, *SHAPE)
     with open(dst / "unlabeled_X.bin", "wb") as out:
         for lo in range(0, unlabeled, 10_000):
-            pool[(np.arange(lo, min(lo + 10_000, unlabeled))) % len(pool)].tofile(out)
-    for name in ("class_names.txt", "fold_indices.txt"):
-        shutil.copy(src / name, dst / name)
+            pool[np.arange(lo, min(lo + 10_000, unlabeled)) % len(pool)].tofile(out)
     archive = work / "serve" / "stl10_binary.tar.gz"
     archive.parent.mkdir()
     subprocess.run(["tar", "czf", str(archive), "-C", str(work), "stl10_binary"], check=True)
