@@ -490,7 +490,7 @@ def bench(ctx: click.Context, stage: str, n: int | None, k: int, queries: int, b
 @main.command()
 @param_option(P.ServeParams, "host", "--host", "host",
               help="Address to listen on; 127.0.0.1 keeps it to this machine (0.0.0.0 opens it to the network).")
-@param_option(P.ServeParams, "port")
+@param_option(P.ServeParams, "port", help="Port to listen on.")
 @param_option(P.ServeParams, "max_upload_mb", help="Largest request body (an uploaded image) in MB; larger: 413.")
 @param_option(P.ServeParams, "max_concurrent", help="Requests worked on at once; more are answered 503 at once.")
 @cache_dir_option
