@@ -310,3 +310,13 @@ def test_query_and_evaluate_build_a_missing_index_first(tmp_path, archive):
     result = CliRunner().invoke(main, ["-q", "evaluate", "--queries", "5", "--json", "--cache-dir", cache])
     assert result.exit_code == 0 and result.stderr == ""
     assert json.loads(result.stdout)["queries"] == 5
+
+
+def test_library_errors_name_the_flags_the_user_typed(cache):
+    result = CliRunner().invoke(main, ["index", "--num-perm", "100", "--trees", "8", "--cache-dir", str(cache)])
+    assert result.stderr == "Error: --num-perm (100) must be a multiple of --trees (8)\n"
+    result = CliRunner().invoke(main, ["query", "--image-id", "100", "--cache-dir", str(cache)])
+    assert result.stderr == "Error: --image-id 100 is out of range: the collection has 100 images (ids 0..99)\n"
+    result = CliRunner().invoke(main, ["download", "--archive", str(_write(cache / "a.tar.gz", "x" * 600)),
+                                       "--data-dir", str(cache / "d")])
+    assert result.exit_code == 2 and result.stderr.rstrip().endswith("accept it anyway with --no-verify")
