@@ -89,17 +89,19 @@ def main() -> None:
                                for r, q in enumerate(queries)])
         for budget in budgets:
             searcher = Searcher(index, budget)
-            recalls, times, precisions = [], [], []
+            recalls, times, precisions, examined = [], [], [], []
             for r, q in enumerate(queries):
                 v = searcher.for_id(int(q))
                 t0 = time.perf_counter()
-                ids, _ = searcher.search_ids(v, 10, "rerank")
+                ids, count = searcher.search_ids(v, 10, "rerank")
+                examined.append(count)
                 times.append(time.perf_counter() - t0)
                 recalls.append(np.count_nonzero(feats[ids] @ feats[q] >= kth[r] - 1e-5) / 10)
                 precisions.append(float(np.mean(labels[ids] == labels[q])))
             rows.append({"representation": name, "budget": budget, "exact_sim_top10_overlap": round(float(sim_overlap), 3),
                          "recall@10": round(float(np.mean(recalls)), 3), "P@10": round(float(np.mean(precisions)), 3),
-                         "p50_ms": round(float(np.median(times)) * 1e3, 2)})
+                         "p50_ms": round(float(np.median(times)) * 1e3, 2),
+                         "pool_examined": round(float(np.mean(examined)))})
             print(json.dumps(rows[-1]), flush=True)
 
     exact_p = float(np.mean([np.mean(labels[exact_top(cos[r], q, 10)] == labels[q]) for r, q in enumerate(queries)]))
