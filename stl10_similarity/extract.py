@@ -31,11 +31,14 @@ from .artifacts import (
 from .errors import DataError, IntegrityError, MissingArtifactError
 from .model import FeatureModel, default_batch_size, pick_device, resolve_precision, weights_identity
 from .params import DIM, ExtractParams
+from .pipeline import BackgroundWriter, prefetched
 from .paths import features_dir
 from .progress import SILENT, Progress
 from .sources import Source
 
 MAKE_CMD = "stl10sim extract"
+# where reading and writing run on threads beside the model: on a 2-core CPU they only slowed it (docs/decisions.md)
+PIPELINE_DEVICES = ("cuda", "mps")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class ExtractResult:
     cached: bool
     resumed_chunks: int
     manifest: dict[str, Any]
+    model_seconds: float = 0.0  # building the model (weights, folding, moving to the device)
+    work_seconds: float = 0.0  # from the first batch read to the committed manifest
 
 
 def identity_params(source: Source, weights: str, image_size: int, precision: str) -> dict[str, Any]:
@@ -98,10 +103,13 @@ def extract(
     force: bool = False,
     wait: bool = True,
     progress: Progress = SILENT,
+    pipelined: bool | None = None,
 ) -> ExtractResult:
     """Extract features for ``source`` into ``cache_dir/features``, resuming or reusing earlier work.
 
     ``params.split`` and ``params.limit`` choose the source (the caller opened it); the rest shape the model.
+    ``pipelined`` (default: on GPUs) reads the next batches and writes finished chunks on threads while the
+    model runs; the features are the same either way.
     """
     started = time.time()
     if source.size == 0:
@@ -114,7 +122,9 @@ def extract(
     with cache_lock(cache_dir, wait=wait, progress=progress):
         if not force and (manifest := _cached(folder, identity)) is not None:
             return ExtractResult(folder, manifest["n"], time.time() - started, True, 0, manifest)
+        model_started = time.perf_counter()
         model = FeatureModel(params.weights, params.image_size, device, precision)
+        work_started = time.perf_counter()
         chunk = max(1, params.chunk_size // batch_size) * batch_size  # whole batches: resumed runs stay bit-identical
         partial = folder / "partial"
         run = {**identity, "n": source.size, "batch_size": batch_size, "chunk": chunk, "device": model.device}
@@ -128,13 +138,25 @@ def extract(
         todo = [s for s in starts if s not in done]
         batches = [(lo, min(lo + batch_size, s + chunk, source.size)) for s in todo
                    for lo in range(s, min(s + chunk, source.size), batch_size)]
+        if pipelined is None:
+            pipelined = model.device in PIPELINE_DEVICES
+        reads = ((lo, hi, source.images(lo, hi)) for lo, hi in batches)
+        writer = BackgroundWriter() if pipelined else None
         parts: list[np.ndarray] = []
-        for lo, hi in batches:  # a prefetch thread for the reads measured no gain on 2 cores (docs/decisions.md)
-            parts.append(model(source.images(lo, hi)))
-            bar.update(len(parts[-1]))
-            if hi == source.size or hi % chunk == 0:  # a chunk is complete: make it durable
-                write_npy(partial / f"chunk_{(hi - 1) // chunk:06d}.npy", np.concatenate(parts))
-                parts = []
+        try:
+            for lo, hi, images in prefetched(reads) if pipelined else reads:
+                parts.append(model(images))
+                bar.update(len(parts[-1]))
+                if hi == source.size or hi % chunk == 0:  # a chunk is complete: make it durable
+                    path, block = partial / f"chunk_{(hi - 1) // chunk:06d}.npy", np.concatenate(parts)
+                    if writer is not None:
+                        writer.submit(write_npy, path, block)
+                    else:
+                        write_npy(path, block)
+                    parts = []
+        finally:
+            if writer is not None:
+                writer.close()  # every finished chunk is on disk before we go on (or give up)
         bar.close()
         staging = staging_dir(folder)
         # stream the chunks into one file: memory stays at one chunk even for the 100,000 unlabelled images
@@ -157,7 +179,9 @@ def extract(
             extra={"class_names": source.class_names},
         )
         shutil.rmtree(partial, ignore_errors=True)
-        return ExtractResult(folder, source.size, time.time() - started, False, len(done), manifest)
+        finished = time.perf_counter()
+        return ExtractResult(folder, source.size, time.time() - started, False, len(done), manifest,
+                             round(work_started - model_started, 3), round(finished - work_started, 3))
 
 
 def _same_run(partial: Path, run: dict[str, Any]) -> bool:

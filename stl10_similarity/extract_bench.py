@@ -22,6 +22,10 @@ from .sources import Source
 from .signatures import set_statistics, top_k_sets
 
 
+CPU_BATCHES = (4, 8, 16, 32, 64)
+GPU_BATCHES = (64, 128, 256, 512, 1024)
+
+
 @dataclass
 class ExtractRow:
     name: str
@@ -90,13 +94,18 @@ def run_extract_bench(source: Source, params: ExtractParams = ExtractParams(), *
         ips, rss, _ = _throughput(naive, images, batch)
         rows.append(("naive PIL fp32", batch, ips, rss))
     outputs: dict[str, np.ndarray] = {}
-    precisions = ["fp32"] + (["bf16"] if device == "cpu" and cpu_has_bf16() or device == "cuda" else [])
-    step("tensor path fp32, BatchNorm not folded, batch 4")
-    ips, rss, _ = _throughput(FeatureModel(weights, image_size, device, "fp32", fold_norms=False), images, 4)
-    rows.append(("tensor fp32, BN kept", 4, ips, rss))
+    gpu = device in ("cuda", "mps")
+    if gpu:  # GPUs: half precision too, and the large batches that fill them
+        precisions, batches = ["fp32", "fp16", "bf16"] if device == "cuda" else ["fp32", "fp16"], GPU_BATCHES
+    else:
+        precisions, batches = ["fp32"] + (["bf16"] if cpu_has_bf16() else []), CPU_BATCHES
+    kept = batches[0]
+    step(f"tensor path fp32, BatchNorm not folded, batch {kept}")
+    ips, rss, _ = _throughput(FeatureModel(weights, image_size, device, "fp32", fold_norms=False), images, kept)
+    rows.append(("tensor fp32, BN kept", kept, ips, rss))
     for precision in precisions:
         model = FeatureModel(weights, image_size, device, precision)
-        for batch in (4, 8, 16, 32, 64):
+        for batch in batches:
             step(f"tensor path {precision}, batch {batch}")
             ips, rss, out = _throughput(model, images, batch)
             rows.append((f"tensor {precision}, BN folded", batch, ips, rss))

@@ -214,7 +214,11 @@ class FeatureModel:
         """Embed uint8 ``(n, 3, H, W)`` images."""
         torch = self._torch
         with torch.inference_mode():
-            batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+            batch = torch.from_numpy(np.ascontiguousarray(images))
+            if self.device == "cuda":  # page-locked memory lets the copy run without stalling the host
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
+            else:
+                batch = batch.to(self.device)
             x = self.transform(batch).to(self.dtype).contiguous(memory_format=torch.channels_last)
             pooled = torch.nn.functional.adaptive_avg_pool2d(self.model.features(x).float(), 1).flatten(1)
             out = pooled.cpu().numpy()

@@ -114,3 +114,20 @@ def test_bf16_collection_is_searchable_from_a_cpu_without_bf16(tmp_path, archive
     assert result.exit_code == 0, result.output
     best = json.loads(result.stdout)["results"][0]
     assert best["id"] == 9 and best["cosine"] > 0.99
+
+
+def test_fp16_collection_is_searchable_from_a_cpu(cache, tmp_path):
+    """A cache extracted in fp16 on a GPU, copied to a CPU-only machine: image queries embed in fp32 there."""
+    from stl10_similarity.model import query_precision
+
+    assert query_precision("fp16", "cpu") == "fp32" and query_precision("bf16", "cpu") in ("bf16", "fp32")
+    manifest_path = cache / "features" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["params"]["precision"] = "fp16"  # what a GPU run records
+    manifest_path.write_text(json.dumps(manifest))
+    source = stl10.open_source(cache / "data", "train+test")
+    path = tmp_path / "img4.png"
+    Image.fromarray(source.images(4, 5)[0].transpose(1, 2, 0)).save(path)
+    result = invoke("-q", "query", "--image", str(path), "-k", "1", "--method", "exact", "--json", "--cache-dir", str(cache))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["results"][0]["id"] == 4
