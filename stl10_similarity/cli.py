@@ -93,6 +93,18 @@ data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Where stl10_binary/ is. Default: $STL10SIM_DATA_DIR, else data/ under the cache dir.",
 )
+collection_option = click.option(
+    "--collection", default=P.DEFAULT_COLLECTION, show_default=True, metavar="NAME",
+    help="Which collection: stl10, or one made with `extract --images DIR --collection NAME`.")
+
+
+def _home(cache_dir: Path | None, collection: str) -> Path:
+    """The folder holding a collection's artifacts."""
+    from .paths import collection_home, resolve_cache_dir
+
+    return collection_home(resolve_cache_dir(cache_dir), collection)
+
+
 no_wait_option = click.option("--no-wait", is_flag=True, help="Fail at once if another command holds the cache dir.")
 candidates_option = param_option(
     P.SearchParams, "candidates",
@@ -170,13 +182,17 @@ def download(ctx: click.Context, data_dir: Path | None, archive: Path | None, no
 @data_dir_option
 @archive_option
 @no_verify_option
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A folder of your own images (searched recursively) as the collection --collection NAME.")
+@collection_option
 @cache_dir_option
 @force_option
 @no_wait_option
 @click.pass_context
 def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int | None, device: str, weights: str,
             image_size: int, precision: str, chunk_size: int, data_dir: Path | None, archive: Path | None,
-            no_verify: bool, cache_dir: Path | None, force: bool, no_wait: bool) -> None:
+            no_verify: bool, images: Path | None, collection: str, cache_dir: Path | None, force: bool,
+            no_wait: bool) -> None:
     """Compute 1280-D MobileNetV2 features for the collection (resumable, cached).
 
     Gets STL-10 first, exactly as `stl10sim download` does, when the data dir has none (or --archive is
@@ -190,15 +206,24 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
     """
     from . import stl10
     from .extract import extract as run_extract
-    from .paths import resolve_cache_dir, resolve_data_dir
+    from .paths import resolve_data_dir
 
     params = P.ExtractParams(split=split, limit=limit, batch_size=batch_size, device=device, weights=weights,
                              image_size=image_size, precision=precision, chunk_size=chunk_size)
     progress = _progress(ctx)
-    source = stl10.open_or_download(resolve_data_dir(data_dir, cache_dir), split, limit, archive=archive,
-                                    verify=not no_verify, progress=progress)
-    result = run_extract(source, resolve_cache_dir(cache_dir), params, force=force, wait=not no_wait,
-                         progress=progress)
+    home = _home(cache_dir, collection)
+    if collection == P.DEFAULT_COLLECTION:
+        if images is not None:
+            raise click.UsageError("--images makes a collection of your own: name it with --collection NAME")
+        source = stl10.open_or_download(resolve_data_dir(data_dir, cache_dir), split, limit, archive=archive,
+                                        verify=not no_verify, progress=progress)
+    else:
+        if archive is not None or no_verify:
+            raise click.UsageError("--archive and --no-verify are for STL-10, not for --images collections")
+        source = _folder_source(home, images, image_size)
+    result = run_extract(source, home, params, force=force, wait=not no_wait, progress=progress)
+    if result.skipped:
+        progress.note(f"skipped {len(result.skipped)} unreadable file(s); they are listed in the features manifest")
     if result.cached:
         click.echo(f"features for {result.n} images already in {result.folder} (cached; --force rebuilds)")
     else:
@@ -206,6 +231,45 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
         p = result.manifest["params"]
         click.echo(f"features for {result.n} images in {result.folder} ({result.seconds:.1f} s{resumed}; "
                    f"{p['device']}, {p['precision']}, batch {p['batch_size']})")
+
+
+def _folder_source(home: Path, images: Path | None, image_size: int) -> Any:
+    """The folder of a collection: ``--images``, or the one its last extraction recorded."""
+    from .extract import load_manifest, source_record
+    from .folders import FolderSource
+    from .model import resize_side
+
+    if images is None:
+        try:
+            record = source_record(load_manifest(home))
+        except Stl10SimError as exc:
+            raise click.UsageError(f"{home.name} is a new collection: give its folder with --images DIR") from exc
+        if record.get("kind") != "folder":
+            raise click.UsageError(f"{home.name} was not made from a folder: give one with --images DIR")
+        images = Path(record["root"])
+    return FolderSource(images, resize_side(image_size))
+
+
+# ---------------------------------------------------------------- collections
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per collection (NDJSON).")
+@cache_dir_option
+def collections(as_json: bool, cache_dir: Path | None) -> None:
+    """List the collections in the cache dir: source, size, and whether the index is current."""
+    from .collections import list_collections
+    from .paths import resolve_cache_dir
+
+    rows = list_collections(resolve_cache_dir(cache_dir))
+    for row in rows:
+        if as_json:
+            _echo_json(row)
+        else:
+            skipped = f", {row['skipped']} unreadable skipped" if row["skipped"] else ""
+            click.echo(f"{row['name']:<16} {row['images']:>9,} images  index {row['index']:<8} {row['source']}{skipped}")
+    if not rows and not as_json:
+        click.echo("no collections yet: run `stl10sim extract` (STL-10) or `stl10sim extract --images DIR --collection NAME`")
 
 
 # ---------------------------------------------------------------- index
@@ -216,12 +280,13 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
 @param_option(P.IndexParams, "num_perm", help="MinHash permutations.")
 @param_option(P.IndexParams, "trees", help="Prefix trees in the forest.")
 @param_option(P.IndexParams, "basis", help="Form sets from raw features, or centred / standardised per dimension.")
+@collection_option
 @cache_dir_option
 @force_option
 @no_wait_option
 @click.pass_context
-def index(ctx: click.Context, top_k: int, num_perm: int, trees: int, basis: str, cache_dir: Path | None,
-          force: bool, no_wait: bool) -> None:
+def index(ctx: click.Context, top_k: int, num_perm: int, trees: int, basis: str, collection: str,
+          cache_dir: Path | None, force: bool, no_wait: bool) -> None:
     """Build top-K sets, MinHash signatures and the LSH forest over the features.
 
     An image's set is its K largest feature dimensions after centring each dimension on its collection
@@ -230,10 +295,9 @@ def index(ctx: click.Context, top_k: int, num_perm: int, trees: int, basis: str,
     `evaluate` build the index with these defaults when it is missing: run this to choose others.
     """
     from .index import build_index
-    from .paths import resolve_cache_dir
 
     params = P.IndexParams(top_k=top_k, num_perm=num_perm, trees=trees, basis=basis)
-    result = build_index(resolve_cache_dir(cache_dir), params, force=force, wait=not no_wait, progress=_progress(ctx))
+    result = build_index(_home(cache_dir, collection), params, force=force, wait=not no_wait, progress=_progress(ctx))
     state = "already built (cached; --force rebuilds)" if result.cached else f"built in {result.seconds:.1f} s"
     click.echo(f"index of {result.n} images in {result.folder}: {state}")
 
@@ -244,12 +308,14 @@ def index(ctx: click.Context, top_k: int, num_perm: int, trees: int, basis: str,
 def format_text(result: Any) -> str:
     q = result.query
     who = f"image {q.id}" if q.id is not None else f"image file {q.image}"
+    who += f" ({q.path})" if q.path else ""
     label = f" (label: {q.label})" if q.label else ""
     lines = [f"Query: {who}{label}  [{result.params['method']}, {result.candidates} candidates, "
              f"{result.timing_ms['search']:.2f} ms]"]
     for m in result.results:
+        where = f"  {m.path}" if m.path else ""
         lines += [
-            f"  {m.rank:>3}. image {m.id} (label: {m.label})",
+            f"  {m.rank:>3}. image {m.id} (label: {m.label}){where}",
             f"       estimated Jaccard (MinHash) {m.jaccard_estimate:.4f}   exact Jaccard {m.jaccard:.4f}   "
             f"cosine {m.cosine:.4f}",
             f"       intersection {m.intersection}   union {m.union}   unique to query {m.unique_to_query}   "
@@ -278,10 +344,12 @@ def _png_path(png: Path, result: Any, several: bool) -> Path:
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a result grid; with several queries, the query id is added to the name.")
 @param_option(P.ExtractParams, "device", help="Device for embedding --image files.")
+@collection_option
 @cache_dir_option
 @click.pass_context
 def query(ctx: click.Context, image_ids: tuple[int, ...], images: tuple[Path, ...], k: int, method: str,
-          candidates: int, as_json: bool, png: Path | None, device: str, cache_dir: Path | None) -> None:
+          candidates: int, as_json: bool, png: Path | None, device: str, collection: str,
+          cache_dir: Path | None) -> None:
     """Find the k images most similar to each query image.
 
     Methods: rerank (default) takes the forest's candidates, gathered from every tree at the deepest
@@ -291,12 +359,11 @@ def query(ctx: click.Context, image_ids: tuple[int, ...], images: tuple[Path, ..
     the query itself, never fewer than min(k, N-1) results. Builds the index first when it is missing or
     out of date (one line on stderr). With several queries and --png grid.png, grids are grid-<id>.png.
     """
-    from .paths import resolve_cache_dir
     from .session import Session
 
     if not image_ids and not images:
         raise click.UsageError("give at least one --image-id N or --image PATH")
-    session = Session.open(resolve_cache_dir(cache_dir), progress=_progress(ctx))
+    session = Session.open(_home(cache_dir, collection), progress=_progress(ctx))
     for image_id in image_ids:  # every query is checked before anything is written
         session.check_id(image_id)
     asked = [{"image_id": i} for i in image_ids] + [{"image": path} for path in images]
@@ -356,10 +423,11 @@ def format_report(report: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Plot precision@k for k = 1..K per method.")
+@collection_option
 @cache_dir_option
 @click.pass_context
 def evaluate(ctx: click.Context, queries: int | None, k: int, methods: tuple[str, ...], candidates: int, as_json: bool,
-             png: Path | None, cache_dir: Path | None) -> None:
+             png: Path | None, collection: str, cache_dir: Path | None) -> None:
     """Measure retrieval quality and speed of several methods side by side.
 
     Every query is a collection image (itself excluded). Class quality: precision@k, mAP@k (AP@k over
@@ -368,11 +436,10 @@ def evaluate(ctx: click.Context, queries: int | None, k: int, methods: tuple[str
     in-process p50/p99 and candidates examined per query.
     """
     from . import evaluate as ev
-    from .paths import resolve_cache_dir
     from .session import Session
 
     params = P.EvaluateParams(queries=queries, k=k, methods=methods or P.EvaluateParams.methods, candidates=candidates)
-    session = Session.open(resolve_cache_dir(cache_dir), progress=_progress(ctx))
+    session = Session.open(_home(cache_dir, collection), progress=_progress(ctx))
     report = ev.evaluate(session, params, progress=_progress(ctx))
     if png is not None:
         ev.plot_precision(report, png)
@@ -493,9 +560,10 @@ def bench(ctx: click.Context, stage: str, n: int | None, k: int, queries: int, b
 @param_option(P.ServeParams, "port", help="Port to listen on.")
 @param_option(P.ServeParams, "max_upload_mb", help="Largest request body (an uploaded image) in MB; larger: 413.")
 @param_option(P.ServeParams, "max_concurrent", help="Requests worked on at once; more are answered 503 at once.")
+@collection_option
 @cache_dir_option
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, max_upload_mb: int, max_concurrent: int,
+def serve(ctx: click.Context, host: str, port: int, max_upload_mb: int, max_concurrent: int, collection: str,
           cache_dir: Path | None) -> None:
     """Serve the collection: a JSON API (/api/v1/...) and a web page at / to browse and search it.
 
@@ -510,11 +578,10 @@ def serve(ctx: click.Context, host: str, port: int, max_upload_mb: int, max_conc
     except ImportError as exc:
         raise click.UsageError(f"stl10sim serve needs the serve extra ({exc.name} is missing): "
                                "pip install -e '.[serve]'") from exc
-    from .paths import resolve_cache_dir
     from .server import serve as run_server
 
     params = P.ServeParams(host=host, port=port, max_upload_mb=max_upload_mb, max_concurrent=max_concurrent)
-    run_server(resolve_cache_dir(cache_dir), params, progress=_progress(ctx))
+    run_server(_home(cache_dir, collection), params, progress=_progress(ctx))
 
 
 def run() -> None:  # console-script entry point

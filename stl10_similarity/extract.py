@@ -51,6 +51,7 @@ class ExtractResult:
     manifest: dict[str, Any]
     model_seconds: float = 0.0  # building the model (weights, folding, moving to the device)
     work_seconds: float = 0.0  # from the first batch read to the committed manifest
+    skipped: tuple[dict[str, str], ...] = ()  # files that could not be read: {"path", "reason"}
 
 
 def identity_params(source: Source, weights: str, image_size: int, precision: str) -> dict[str, Any]:
@@ -143,27 +144,42 @@ def extract(
         reads = ((lo, hi, source.images(lo, hi)) for lo, hi in batches)
         writer = BackgroundWriter() if pipelined else None
         parts: list[np.ndarray] = []
+        keys = source.keys()
+        unreadable: dict[int, str] = getattr(source, "unreadable", {})  # filled as a folder source decodes
         try:
             for lo, hi, images in prefetched(reads) if pipelined else reads:
                 parts.append(model(images))
                 bar.update(len(parts[-1]))
                 if hi == source.size or hi % chunk == 0:  # a chunk is complete: make it durable
+                    first = (hi - 1) // chunk * chunk
                     path, block = partial / f"chunk_{(hi - 1) // chunk:06d}.npy", np.concatenate(parts)
-                    if writer is not None:
-                        writer.submit(write_npy, path, block)
-                    else:
-                        write_npy(path, block)
+                    bad = [{"id": i, "path": keys[i], "reason": unreadable[i]} for i in range(first, hi) if i in unreadable]
+                    for entry in bad:
+                        progress.note(f"warning: skipped {entry['path']}: {entry['reason']}")
+                    jobs = [(write_json, path.with_suffix(".skipped.json"), bad), (write_npy, path, block)]
+                    for job in jobs:  # the skipped list first: a chunk's .npy on disk means the chunk is done
+                        if writer is not None:
+                            writer.submit(*job)
+                        else:
+                            job[0](*job[1:])
                     parts = []
         finally:
             if writer is not None:
                 writer.close()  # every finished chunk is on disk before we go on (or give up)
         bar.close()
+        skipped = [entry for s in starts for entry in _read_skipped(partial / f"chunk_{s // chunk:06d}.skipped.json")]
+        keep = np.ones(source.size, dtype=bool)
+        keep[[entry["id"] for entry in skipped]] = False
+        n = int(keep.sum())
+        if n == 0:
+            raise DataError(f"none of the {source.size} images could be read: {skipped[0]['path']}: {skipped[0]['reason']}")
         staging = staging_dir(folder)
         # stream the chunks into one file: memory stays at one chunk even for the 100,000 unlabelled images
-        write_npy_chunks(staging / "features.npy", (source.size, DIM), np.float32,
-                         (np.load(partial / f"chunk_{s // chunk:06d}.npy") for s in starts))
-        write_npy(staging / "labels.npy", source.labels())
-        write_npy(staging / "ids.npy", np.arange(source.size, dtype=np.int64))
+        write_npy_chunks(staging / "features.npy", (n, DIM), np.float32,
+                         (np.load(partial / f"chunk_{s // chunk:06d}.npy")[keep[s : s + chunk]] for s in starts))
+        write_npy(staging / "labels.npy", source.labels()[keep])
+        write_npy(staging / "ids.npy", np.arange(n, dtype=np.int64))
+        write_npy(staging / "keys.npy", np.array([k for k, ok in zip(keys, keep) if ok], dtype=str))
         files = commit_staged(folder, staging)
         record = source.describe()
         manifest = write_manifest(
@@ -173,15 +189,24 @@ def extract(
                     "device": model.device},
             files=files,
             inputs={"source": record},
-            n=source.size,
+            n=n,
             started=started,
             versions=library_versions("torch", "torchvision"),
-            extra={"class_names": source.class_names},
+            extra={"class_names": source.class_names,
+                   "skipped": [{"path": e["path"], "reason": e["reason"]} for e in skipped]},
         )
         shutil.rmtree(partial, ignore_errors=True)
         finished = time.perf_counter()
-        return ExtractResult(folder, source.size, time.time() - started, False, len(done), manifest,
-                             round(work_started - model_started, 3), round(finished - work_started, 3))
+        return ExtractResult(folder, n, time.time() - started, False, len(done), manifest,
+                             round(work_started - model_started, 3), round(finished - work_started, 3),
+                             tuple({"path": e["path"], "reason": e["reason"]} for e in skipped))
+
+
+def _read_skipped(path: Path) -> list[dict[str, Any]]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return []  # a chunk written before skipped lists existed, or with nothing to skip
 
 
 def _same_run(partial: Path, run: dict[str, Any]) -> bool:

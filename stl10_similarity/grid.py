@@ -51,14 +51,15 @@ def render_grid(result: QueryResult, query_image: np.ndarray, match_images: Sequ
     fig = Figure(figsize=(cols * PANEL_W, rows * PANEL_H), dpi=DPI)
     FigureCanvasAgg(fig)
     q = result.query
-    qtitle = f"query {q.id}" if q.id is not None else f"query {Path(q.image or '').name}"
+    qtitle = f"query {Path(q.path).name if q.path else q.id}" if q.id is not None else f"query {Path(q.image or '').name}"
     panels = [(query_image, f"{qtitle}\n{q.label or ''}", QUERY)]
     for match, image in zip(result.results, match_images):
         if q.class_index is None or q.class_index < 0:  # an image file or unlabelled: no class to agree with
             color = UNKNOWN
         else:
             color = AGREE if match.class_index == q.class_index else DISAGREE
-        title = f"#{match.rank} id {match.id}\n{match.label}\nJ {match.jaccard:.2f}  cos {match.cosine:.2f}"
+        who = Path(match.path).name if match.path else f"id {match.id}"
+        title = f"#{match.rank} {who}\n{match.label}\nJ {match.jaccard:.2f}  cos {match.cosine:.2f}"
         panels.append((image, title, color))
     for slot in range(rows * cols):
         ax = fig.add_subplot(rows, cols, slot + 1)

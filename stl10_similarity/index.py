@@ -185,6 +185,7 @@ class LoadedIndex:
     tree_order: np.ndarray
     forest_loader: Callable[[], Any] | None = None
     _forest: Any = None
+    paths: np.ndarray | None = None  # each image's path, for folder collections
 
     @property
     def n(self) -> int:
@@ -241,6 +242,8 @@ def load_index(cache_dir: Path) -> LoadedIndex:
         topk=artifact("topk"), signatures=artifact("signatures"), stats=artifact("stats"),
         table=artifact("token_table"), tree_keys=artifact("tree_keys"), tree_order=artifact("tree_order"),
     )
+    if features_manifest.get("inputs", {}).get("source", {}).get("kind") == "folder":
+        index.paths = np.asarray(load_npy(source, features_manifest, "keys", make_cmd=fmake))
     if not (len(feats) == len(labels) == len(index.topk) == index.n == index.tree_order.shape[1]):
         raise IntegrityError("features and index disagree on the number of images: run `stl10sim index --force`")
     forest_path = verified_path(folder, manifest, "forest", make_cmd=MAKE_CMD)  # hash checked before unpickling

@@ -111,11 +111,16 @@ def fold_batch_norms(module: Any) -> Any:
     return module
 
 
+def resize_side(image_size: int) -> int:
+    """The side the weights' transform resizes to before its centre crop: 232 for 224 px input."""
+    return round(image_size * 232 / 224)
+
+
 def build_preprocess(image_size: int) -> Any:
     """The weights' own transform (resize 232, centre crop 224, ImageNet normalisation), scaled to ``image_size``."""
     from torchvision.transforms._presets import ImageClassification
 
-    return ImageClassification(crop_size=image_size, resize_size=round(image_size * 232 / 224))
+    return ImageClassification(crop_size=image_size, resize_size=resize_side(image_size))
 
 
 def pick_device(device: str) -> str:

@@ -19,6 +19,8 @@ METHODS = ("forest", "rerank", "exact", "forest-query")
 BASES = ("raw", "centered", "standardized")
 SPLITS = ("train", "test", "train+test", "unlabeled", "all")
 STAGES = ("index", "extract")
+DEFAULT_COLLECTION = "stl10"  # STL-10, in the cache dir itself; others live in collections/NAME
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # what a folder collection reads
 POOL_FACTOR = 10  # the forest gathers this many times the candidate budget before picking the best estimates
 
 

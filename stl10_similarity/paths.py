@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
+from .errors import ParameterError
+from .params import DEFAULT_COLLECTION
+
 CACHE_ENV = "STL10SIM_CACHE_DIR"
+COLLECTIONS = "collections"
+COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 DATA_ENV = "STL10SIM_DATA_DIR"
 
 
@@ -29,6 +35,23 @@ def resolve_data_dir(
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV]).expanduser()
     return resolve_cache_dir(cache_dir) / "data"
+
+
+def collection_home(cache_dir: Path, name: str = DEFAULT_COLLECTION) -> Path:
+    """Where a collection's artifacts live: the cache dir itself for STL-10 (as always), else ``collections/NAME``."""
+    if not COLLECTION_NAME.fullmatch(name or ""):
+        raise ParameterError("collection", f"{name!r} is not a collection name: use 1-64 letters, digits, '-' or '_', "
+                                           "starting with a letter or digit")
+    return cache_dir if name == DEFAULT_COLLECTION else cache_dir / COLLECTIONS / name
+
+
+def collection_names(cache_dir: Path) -> list[str]:
+    """Every collection with a folder in the cache dir (STL-10 first, when it has been extracted)."""
+    names = [DEFAULT_COLLECTION] if (cache_dir / "features").is_dir() else []
+    folder = cache_dir / COLLECTIONS
+    if folder.is_dir():
+        names += sorted(p.name for p in folder.iterdir() if p.is_dir() and COLLECTION_NAME.fullmatch(p.name))
+    return names
 
 
 def features_dir(cache_dir: Path) -> Path:

@@ -41,6 +41,7 @@ class Match:
     union: int
     unique_to_query: int
     unique_to_match: int
+    path: str | None = None  # relative to the folder, for folder collections
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class QueryInfo:
     label: str | None
     class_index: int | None
     image: str | None = None
+    path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,10 @@ class QueryResult:
     query_image: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        query = {k: v for k, v in asdict(self.query).items() if k != "image" or v is not None}
+        query = {k: v for k, v in asdict(self.query).items() if k not in ("image", "path") or v is not None}
         return {
             "query": query,
-            "results": [asdict(m) for m in self.results],
+            "results": [{k: v for k, v in asdict(m).items() if k != "path" or v is not None} for m in self.results],
             "params": self.params,
             "timing_ms": self.timing_ms,
             "candidates": self.candidates,
@@ -108,9 +110,13 @@ class Searcher:
     def for_id(self, image_id: int) -> QueryVector:
         idx = self.index
         ci = int(idx.labels[image_id])
-        info = QueryInfo(image_id, self.label_name(ci), ci)
+        info = QueryInfo(image_id, self.label_name(ci), ci, path=self.path(image_id))
         return QueryVector(np.asarray(idx.features[image_id]), np.asarray(idx.topk[image_id]),
                            np.asarray(idx.signatures[image_id]), image_id, info)
+
+    def path(self, image_id: int) -> str | None:
+        """An image's path relative to its folder (folder collections only)."""
+        return None if self.index.paths is None else str(self.index.paths[image_id])
 
     def for_feature(self, feature: np.ndarray, image: str | None = None) -> QueryVector:
         """A query from a feature computed outside the collection, treated as the collection was."""
@@ -263,5 +269,5 @@ class Searcher:
             out.append(Match(rank=rank, id=int(i), label=self.label_name(ci), class_index=ci,
                              jaccard=round(inter / union, 6), jaccard_estimate=round(float(e), 6),
                              cosine=round(float(c), 6), intersection=inter, union=union,
-                             unique_to_query=k - inter, unique_to_match=k - inter))
+                             unique_to_query=k - inter, unique_to_match=k - inter, path=self.path(int(i))))
         return out

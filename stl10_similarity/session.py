@@ -70,7 +70,9 @@ class Session:
         """``{"id", "label", "class_index"}`` of a collection image."""
         self.check_id(image_id)
         ci = int(self.index.labels[image_id])
-        return {"id": image_id, "label": self.searcher().label_name(ci), "class_index": ci}
+        described = {"id": image_id, "label": self.searcher().label_name(ci), "class_index": ci}
+        path = self.searcher().path(image_id)
+        return described if path is None else {**described, "path": path}
 
     def check_id(self, image_id: int) -> None:
         if not isinstance(image_id, (int, np.integer)) or isinstance(image_id, bool) or not 0 <= image_id < self.n:
@@ -87,7 +89,8 @@ class Session:
     def source(self) -> sources.Source:
         if self._source is None:
             try:
-                self._source = sources.reopen(source_record(self.extract_manifest))
+                keys = None if self.index.paths is None else [str(k) for k in self.index.paths]
+                self._source = sources.reopen(source_record(self.extract_manifest), keys)
             except InputError as exc:
                 raise type(exc)(f"the images the features came from are needed here: {exc.template}",
                                 options=exc.options) from exc

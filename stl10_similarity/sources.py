@@ -1,9 +1,9 @@
 """Where a collection's images come from: the :class:`Source` interface and how to reopen one.
 
-A source is a fixed, ordered list of images; an image's id is its position. Extraction reads images
-in ranges, records the source's ``describe()`` in the features manifest, and grids (and the server)
-reopen the same source from that record to show the pixels. STL-10 (``stl10.Stl10Source``) is the
-first implementation; a folder of photos is the next.
+A source is a fixed, ordered list of images; an image's id is its position (among the images that could
+be read). Extraction reads images in ranges, records the source's ``describe()`` in the features manifest,
+and grids (and the server) reopen the same source from that record to show the pixels. Implementations:
+STL-10's binary files (``stl10.Stl10Source``) and a folder of image files (``folders.FolderSource``).
 """
 
 from __future__ import annotations
@@ -42,11 +42,16 @@ class Source(Protocol):
         """A JSON record, kept in the features manifest, from which :func:`reopen` opens this source again."""
 
 
-def reopen(record: dict[str, Any]) -> Source:
-    """Open the source a features manifest recorded (for grids and the server)."""
+def reopen(record: dict[str, Any], keys: list[str] | None = None) -> Source:
+    """Open the source a features manifest recorded (for grids and the server), holding the collection's images
+    in id order (``keys``: the features' own list, which leaves out files that could not be read)."""
     kind = record.get("kind")
     if kind == "stl10":
         from . import stl10
 
         return stl10.reopen(record)
+    if kind == "folder":
+        from . import folders
+
+        return folders.reopen(record, keys)
     raise IntegrityError(f"the features were extracted from an unknown source {kind!r}: rerun `stl10sim extract`")

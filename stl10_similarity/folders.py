@@ -1,0 +1,134 @@
+"""A folder of your own images as a :class:`~stl10_similarity.sources.Source`.
+
+Recursive; JPEG, PNG, WebP, BMP, TIFF and GIF (first frame); EXIF orientation applied; any size and mode.
+Labels follow torchvision's ImageFolder: when every image sits below a first-level subfolder, the subfolder
+names (sorted) are the classes; otherwise the images are unlabelled. Each image is decoded straight to the
+square the model's own transform starts from (shorter side resized to ``side``, centre crop), JPEGs at a
+reduced scale where the format allows (draft mode), on a pool of threads (Pillow decodes without the GIL).
+A file that can't be decoded becomes a blank image here and is listed in ``unreadable``; the extract stage
+leaves it out of the collection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError
+from .params import IMAGE_SUFFIXES
+
+
+def scan(root: Path) -> list[str]:
+    """Relative POSIX paths of the image files below ``root``, sorted (hidden files and folders skipped)."""
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder of images")
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES):
+                found.append((Path(folder) / name).relative_to(root).as_posix())
+    return sorted(found)
+
+
+def decode_square(path: Path, side: int) -> np.ndarray:
+    """One image file as uint8 ``(3, side, side)``: oriented, RGB, shorter side resized to ``side``, centre-cropped."""
+    from PIL import Image, ImageOps
+
+    from .images import MAX_PIXELS, _to_rgb
+
+    with Image.open(path) as img:
+        if img.width * img.height > MAX_PIXELS:
+            raise ValueError(f"{img.width} x {img.height} pixels is over the {MAX_PIXELS:,} pixel limit")
+        if img.format == "JPEG":
+            img.draft("RGB", (side, side))  # decode at 1/2, 1/4 or 1/8 scale while still >= side
+        img = ImageOps.exif_transpose(img)
+        rgb = _to_rgb(img)
+    scale = side / min(rgb.size)
+    size = (max(side, round(rgb.width * scale)), max(side, round(rgb.height * scale)))
+    rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+    left, top = (size[0] - side) // 2, (size[1] - side) // 2
+    rgb = rgb.crop((left, top, left + side, top + side))
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+class FolderSource:
+    """The image files below ``root`` in sorted path order (or exactly ``keys``, when reopened)."""
+
+    kind = "folder"
+
+    def __init__(self, root: Path, side: int, keys: list[str] | None = None, threads: int | None = None) -> None:
+        self.root = Path(root).resolve()
+        self.side = side
+        self._keys = scan(self.root) if keys is None else list(keys)
+        if not self._keys:
+            raise DataError(f"{self.root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        self.threads = threads or min(8, os.cpu_count() or 1)
+        self.unreadable: dict[int, str] = {}
+        parts = [k.split("/") for k in self._keys]
+        self._labelled = all(len(p) >= 2 for p in parts)
+        self._class_names = sorted({p[0] for p in parts}) if self._labelled else []
+
+    @property
+    def size(self) -> int:
+        return len(self._keys)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._class_names)
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def labels(self) -> np.ndarray:
+        if not self._labelled:
+            return np.full(self.size, -1, dtype=np.int16)
+        index = {name: i for i, name in enumerate(self._class_names)}
+        return np.array([index[k.split("/", 1)[0]] for k in self._keys], dtype=np.int16)
+
+    def images(self, start: int, stop: int) -> np.ndarray:
+        """Images ``start:stop``; an unreadable one is blank and its reason goes to ``unreadable``."""
+        ids = range(start, min(stop, self.size))
+
+        def load(i: int) -> np.ndarray:
+            try:
+                return decode_square(self.root / self._keys[i], self.side)
+            except Exception as exc:  # Pillow raises many kinds for a broken file; none may stop the run
+                self.unreadable[i] = f"{exc.__class__.__name__}: {exc}"[:200]
+                return np.zeros((3, self.side, self.side), np.uint8)
+
+        if len(ids) > 1 and self.threads > 1:
+            with ThreadPoolExecutor(self.threads) as pool:
+                decoded = list(pool.map(load, ids))
+        else:
+            decoded = [load(i) for i in ids]
+        if not decoded:
+            return np.empty((0, 3, self.side, self.side), np.uint8)
+        return np.stack(decoded)
+
+    def identity(self) -> dict[str, Any]:
+        """The folder and a fingerprint of its files (path, size, mtime): any change means new features."""
+        digest = hashlib.sha256()
+        for key in self._keys:
+            try:
+                st = (self.root / key).stat()
+                digest.update(f"{key}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{key}\tmissing\n".encode())
+        return {"images": str(self.root), "side": self.side, "files_sha256": digest.hexdigest()}
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "root": str(self.root), "side": self.side, "files": self.size}
+
+
+def reopen(record: dict[str, Any], keys: list[str] | None) -> FolderSource:
+    """The folder a features manifest recorded, holding exactly the collection's images (``keys``, in id order)."""
+    root = Path(record["root"])
+    if not root.is_dir():
+        raise DataError(f"the image folder {root} the features came from is gone")
+    return FolderSource(root, int(record["side"]), keys=keys)
