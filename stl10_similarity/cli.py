@@ -52,7 +52,9 @@ class ConsoleProgress:
 
     def note(self, message: str) -> None:
         if not self.quiet:
-            click.echo(message, err=True)
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)  # above any bar in progress, not in the middle of it
 
     def bar(self, total: int, desc: str, unit: str = "it", initial: int = 0) -> Any:
         from tqdm import tqdm

@@ -1,0 +1,172 @@
+"""A folder of your own images as a collection: labels, formats, orientation, broken files, paths everywhere."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import invoke
+from stl10_fixture import make_images
+from stl10_similarity.cli import main
+from stl10_similarity.folders import FolderSource, decode_square, scan
+
+FAST = ["--weights", "none", "--image-size", "64", "--batch-size", "16"]
+
+
+def _save(array: np.ndarray, path: Path, **kwargs) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(array.transpose(1, 2, 0))).save(path, **kwargs)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Three classes in ImageFolder layout, mixed formats and sizes, one broken file."""
+    root = tmp_path_factory.mktemp("photos")
+    classes = ["cat", "dog", "ship"]
+    images = make_images(np.repeat(np.arange(3), 8), seed=5)
+    formats = [(".jpg", {"quality": 90}), (".png", {}), (".webp", {}), (".bmp", {})]
+    for i, image in enumerate(images):
+        suffix, kwargs = formats[i % len(formats)]
+        _save(image, root / classes[i // 8] / f"img{i:02d}{suffix}", **kwargs)
+    (root / "dog" / "broken.jpg").write_bytes((root / "dog" / "img08.jpg").read_bytes()[:300])
+    (root / "dog" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_scan_and_imagefolder_labels(photos):
+    keys = scan(photos)
+    assert len(keys) == 25 and keys[0] == "cat/img00.jpg" and "dog/notes.txt" not in keys
+    source = FolderSource(photos, side=74)
+    assert source.class_names == ["cat", "dog", "ship"]
+    assert source.labels().tolist()[:3] == [0, 0, 0] and set(source.labels().tolist()) == {0, 1, 2}
+
+
+def test_images_without_class_folders_are_unlabelled(tmp_path):
+    images = make_images(np.arange(3), seed=1)
+    _save(images[0], tmp_path / "a.png")
+    _save(images[1], tmp_path / "sub" / "b.png")
+    source = FolderSource(tmp_path, side=32)
+    assert source.class_names == [] and source.labels().tolist() == [-1, -1]
+
+
+def test_decoding_orients_resizes_and_crops(tmp_path):
+    from PIL import Image
+
+    wide = np.zeros((3, 40, 100), np.uint8)
+    wide[0, :, :50] = 255  # left half red
+    path = _save(wide, tmp_path / "wide.png")
+    out = decode_square(path, 32)
+    assert out.shape == (3, 32, 32) and out.dtype == np.uint8
+    # an EXIF orientation of 6 (rotate 90 degrees clockwise to display): the red half ends up on top
+    img = Image.fromarray(np.ascontiguousarray(wide.transpose(1, 2, 0)))
+    exif = img.getexif()
+    exif[0x0112] = 6
+    rotated = tmp_path / "rotated.jpg"
+    img.save(rotated, exif=exif, quality=95)
+    turned = decode_square(rotated, 32).astype(int)
+    assert turned[0, :8].mean() > 150 and turned[0, -8:].mean() < 100
+    # grayscale, palette with transparency, 16-bit and a GIF's first frame all decode to RGB
+    Image.new("L", (50, 30), 128).save(tmp_path / "gray.png")
+    Image.new("P", (30, 30)).save(tmp_path / "pal.gif")
+    Image.new("I;16", (30, 30), 40000).save(tmp_path / "deep.png")
+    Image.new("RGB", (3000, 2000), (10, 200, 30)).save(tmp_path / "large.jpg", quality=80)
+    for name in ("gray.png", "pal.gif", "deep.png", "large.jpg"):
+        assert decode_square(tmp_path / name, 32).shape == (3, 32, 32), name
+    assert abs(int(decode_square(tmp_path / "large.jpg", 32)[1].mean()) - 200) < 5
+
+
+@pytest.fixture(scope="module")
+def folder_cache(photos, tmp_path_factory) -> Path:
+    cache = tmp_path_factory.mktemp("fcache") / "cache"
+    result = CliRunner().invoke(main, ["extract", "--images", str(photos), "--collection", "mine", *FAST,
+                                       "--cache-dir", str(cache)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return cache
+
+
+def test_extract_skips_broken_files_with_one_warning_each(photos, tmp_path):
+    result = CliRunner().invoke(main, ["extract", "--images", str(photos), "--collection", "mine", *FAST,
+                                       "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 0 and result.stdout.startswith("features for 24 images")
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: skipped")]
+    assert len(warnings) == 1 and "dog/broken.jpg" in warnings[0]
+    assert "skipped 1 unreadable file(s)" in result.stderr
+    manifest = json.loads((tmp_path / "c" / "collections" / "mine" / "features" / "manifest.json").read_text())
+    assert [s["path"] for s in manifest["skipped"]] == ["dog/broken.jpg"] and manifest["n"] == 24
+    assert manifest["inputs"]["source"]["kind"] == "folder"
+
+
+def test_query_results_carry_paths(folder_cache):
+    doc = json.loads(invoke("-q", "query", "--collection", "mine", "--image-id", "0", "-k", "4", "--json",
+                            "--cache-dir", str(folder_cache)).stdout)
+    assert doc["query"] == {"id": 0, "label": "cat", "class_index": 0, "path": "cat/img00.jpg"}
+    assert all(r["path"].split("/")[0] in ("cat", "dog", "ship") for r in doc["results"])
+    assert "dog/broken.jpg" not in [r["path"] for r in doc["results"]]
+    text = invoke("-q", "query", "--collection", "mine", "--image-id", "0", "-k", "2", "--cache-dir",
+                  str(folder_cache)).stdout
+    assert text.startswith("Query: image 0 (cat/img00.jpg) (label: cat)")
+    assert re.match(r"\s+1\. image \d+ \(label: \w+\)  (cat|dog|ship)/img\d\d\.(jpg|png|webp|bmp)$", text.splitlines()[1])
+
+
+def test_grid_server_and_evaluate_work_on_a_folder(folder_cache, tmp_path):
+    png = tmp_path / "g.png"
+    assert invoke("-q", "query", "--collection", "mine", "--image-id", "3", "--png", str(png),
+                  "--cache-dir", str(folder_cache)).exit_code == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    report = json.loads(invoke("-q", "evaluate", "--collection", "mine", "-k", "5", "--json",
+                               "--cache-dir", str(folder_cache)).stdout)
+    assert report["n"] == 24 and report["methods"][-1]["name"] == "exact"
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from stl10_similarity.params import ServeParams
+    from stl10_similarity.server import create_app
+
+    with TestClient(create_app(folder_cache / "collections" / "mine", ServeParams())) as client:
+        assert client.get("/api/v1/images/0").json()["path"] == "cat/img00.jpg"
+        assert client.get("/api/v1/images", params={"label": "ship"}).json()["total"] == 8
+        assert client.get("/api/v1/images/5/image.png").status_code == 200
+        search = client.get("/api/v1/search", params={"image_id": 0}).json()
+        assert all("path" in r for r in search["results"])
+
+
+def test_collections_are_listed_and_kept_apart(folder_cache, archive, tmp_path):
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(folder_cache, cache)
+    assert invoke("-q", "download", "--archive", str(archive), "--no-verify", "--cache-dir", str(cache)).exit_code == 0
+    assert invoke("-q", "extract", *FAST, "--cache-dir", str(cache)).exit_code == 0
+    rows = [json.loads(line) for line in invoke("collections", "--json", "--cache-dir", str(cache)).stdout.splitlines()]
+    assert [(r["name"], r["images"], r["skipped"]) for r in rows] == [("stl10", 100, 0), ("mine", 24, 1)]
+    assert rows[0]["index"] == "missing" and rows[1]["source"].startswith("folder ")
+    stl10 = json.loads(invoke("-q", "query", "--image-id", "0", "--json", "--cache-dir", str(cache)).stdout)
+    assert "path" not in stl10["query"] and stl10["params"]["n"] == 100
+    text = invoke("collections", "--cache-dir", str(cache)).stdout
+    assert text.splitlines()[0].startswith("stl10") and "index current" in text.splitlines()[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["extract", "--images", "."], "--images makes a collection of your own"),
+    (["extract", "--collection", "new", *FAST], "give its folder with --images DIR"),
+    (["query", "--collection", "../x", "--image-id", "0"], "--collection '../x' is not a collection name"),
+    (["query", "--collection", "nothing", "--image-id", "0"], "run `stl10sim extract` first"),
+])
+def test_collection_mistakes_exit_2_with_one_line(args, message, tmp_path):
+    result = CliRunner().invoke(main, [*args, "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+
+
+def test_a_folder_with_no_images_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, ["extract", "--images", str(tmp_path / "empty"), "--collection", "e", *FAST,
+                                       "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 2 and "holds no images" in result.stderr
