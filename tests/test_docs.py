@@ -37,7 +37,7 @@ def test_readme_fits_a_page_and_its_links_resolve():
     for link in links:
         assert (ROOT / link).is_file(), link
     for name in ("cli", "json", "artifacts", "reliability", "performance", "quality", "decisions", "python-api",
-                 "architecture", "server"):
+                 "architecture", "server", "collections"):
         assert f"docs/{name}.md" in readme and (DOCS / f"{name}.md").is_file(), name
 
 
