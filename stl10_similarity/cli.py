@@ -252,6 +252,39 @@ def _folder_source(home: Path, images: Path | None, image_size: int) -> Any:
     return FolderSource(images, resize_side(image_size))
 
 
+# ---------------------------------------------------------------- duplicates
+
+
+@main.command()
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0, min_open=True), default=P.DuplicatesParams.threshold,
+              show_default=True, help="Cosine of two images' features at or above which they are duplicates.")
+@click.option("--json", "as_json", is_flag=True, help='One group per line: {"ids", "paths", "min_cosine"}.')
+@collection_option
+@cache_dir_option
+@click.pass_context
+def duplicates(ctx: click.Context, threshold: float, as_json: bool, collection: str, cache_dir: Path | None) -> None:
+    """List groups of near-identical images (resized, re-encoded, slightly cropped copies).
+
+    Candidates come from the LSH forest (images that share a deep bucket in some tree), never from all
+    pairs; a pair counts when its cosine reaches --threshold; groups join pairs that share an image.
+    min_cosine is the lowest cosine between any two images of a group. Builds the index first if needed.
+    """
+    from .duplicates import find_duplicates
+    from .session import Session
+
+    session = Session.open(_home(cache_dir, collection), progress=_progress(ctx))
+    groups = find_duplicates(session.index, P.DuplicatesParams(threshold=threshold))
+    searcher = session.searcher()
+    for number, group in enumerate(groups, start=1):
+        paths = [searcher.path(i) for i in group.ids]
+        if as_json:
+            _echo_json({"ids": group.ids, "paths": paths, "min_cosine": group.min_cosine})
+        else:
+            names = ", ".join(f"{i} ({p})" if p else str(i) for i, p in zip(group.ids, paths))
+            click.echo(f"group {number}: {len(group.ids)} images, min cosine {group.min_cosine:.4f}: {names}")
+    _progress(ctx).note(f"{len(groups)} group(s) of near-duplicates at cosine >= {threshold}")
+
+
 # ---------------------------------------------------------------- collections
 
 

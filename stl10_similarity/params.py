@@ -163,5 +163,16 @@ class ServeParams:
             raise ParameterError("host", "is empty")
 
 
+@dataclass(frozen=True)
+class DuplicatesParams:
+    """``stl10sim duplicates``: how alike two images must be (cosine of their features) to count as one."""
+
+    threshold: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ParameterError("threshold", f"must be in (0, 1], got {self.threshold}")
+
+
 INDEX_BENCH_N = 1_000_000
 EXTRACT_BENCH_N = 256
