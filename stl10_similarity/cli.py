@@ -40,7 +40,8 @@ class Stl10SimGroup(click.Group):
             click.echo(f"Error: {exc.render(flag)}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("Interrupted: finished chunks are kept; rerun the same command to resume.", err=True)
+            click.echo("Interrupted: finished chunks and downloaded bytes are kept; rerun the same command to resume.",
+                       err=True)
             ctx.exit(130)
 
 

@@ -109,7 +109,21 @@ def ensure_index(cache_dir: Path, *, progress: Progress = SILENT) -> IndexResult
     what = "no index yet" if state == "missing" else "the index is out of date"
     progress.note(f"{what}: building it (top_k {params.top_k}, num_perm {params.num_perm}, trees {params.trees}, "
                   f"basis {params.basis}) ...")
-    return build_index(cache_dir, params)
+    return build_index(cache_dir, params, progress=_WaitsOnly(progress))
+
+
+class _WaitsOnly:
+    """Passes on "waiting for the lock" notes but not the build's steps: one line says the index is being built."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+
+    def note(self, message: str) -> None:
+        if message.startswith("waiting"):
+            self._progress.note(message)
+
+    def bar(self, total: int, desc: str, unit: str = "it", initial: int = 0) -> Any:
+        return SILENT.bar(total, desc, unit, initial)
 
 
 def build_index(
