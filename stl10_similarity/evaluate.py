@@ -17,6 +17,7 @@ from .errors import InputError
 from .params import DIM, EvaluateParams
 from .progress import SILENT, Progress
 from .session import Session
+from .signatures import set_intersections
 
 # ---------------------------------------------------------------- metrics (pure)
 
@@ -193,7 +194,7 @@ def _score(method: str, index: Any, query_ids: np.ndarray, ids: np.ndarray, labe
     rec_cos, rec_jac = [], []
     for r, qid in enumerate(query_ids):
         cos = feats[ids[r]] @ feats[qid]
-        inter = np.array([len(np.intersect1d(topk[qid], topk[i], assume_unique=True)) for i in ids[r]])
+        inter = set_intersections(topk[qid], topk[ids[r]], feats.shape[1])
         rec_cos.append(tie_aware_recall(cos, kth_cos[r], k))
         rec_jac.append(tie_aware_recall(inter / (2 * size - inter), kth_jac[r], k))
     return MethodReport(

@@ -23,7 +23,7 @@ import numpy as np
 from .forest import Sketch
 from .index import LoadedIndex
 from .params import POOL_FACTOR, SearchParams
-from .signatures import minhash_signatures, top_k_sets
+from .signatures import minhash_signatures, set_intersections, top_k_sets
 
 OVERSHOOT = 2  # a depth may bring up to this many times the pool before it is trimmed
 
@@ -249,17 +249,11 @@ class Searcher:
             candidates=examined,
         )
 
-    def intersections(self, q: QueryVector, ids: np.ndarray) -> np.ndarray:
-        """Size of each image's set intersected with the query's, for many ids at once."""
-        member = np.zeros(self.index.features.shape[1], dtype=bool)
-        member[q.topk] = True
-        return member[np.asarray(self.index.topk[ids], dtype=np.intp)].sum(axis=1) if len(ids) else np.zeros(0, int)
-
     def describe(self, q: QueryVector, ids: np.ndarray) -> list[Match]:
         """Every score a user sees for each result, in rank order."""
         est = self.estimated_jaccard(q, ids)
         cos = self.cosine(q, ids)
-        inters = self.intersections(q, ids)
+        inters = set_intersections(q.topk, self.index.topk[ids], self.index.features.shape[1])
         k = len(q.topk)
         out = []
         for rank, (i, e, c, inter) in enumerate(zip(ids, est, cos, inters), start=1):

@@ -131,6 +131,13 @@ def minhash_signatures(sets: np.ndarray, table: np.ndarray, chunk: int = _CHUNK,
     return out
 
 
+def set_intersections(query: np.ndarray, sets: np.ndarray, dim: int = DIM) -> np.ndarray:
+    """How many members each row of ``sets`` (``(n, K)`` dimension indices) shares with ``query`` (``(K,)``)."""
+    member = np.zeros(dim, dtype=bool)
+    member[np.asarray(query, dtype=np.intp)] = True
+    return member[np.asarray(sets, dtype=np.intp)].sum(axis=1) if len(sets) else np.zeros(0, dtype=np.int64)
+
+
 def datasketch_signature(token_ids: np.ndarray, num_perm: int, seed: int = SEED) -> np.ndarray:
     """The reference: datasketch's own ``MinHash.update`` over the same tokens (slow; for tests and the bench)."""
     from datasketch import MinHash

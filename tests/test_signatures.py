@@ -103,3 +103,13 @@ def test_index_pickle_is_a_datasketch_forest_of_the_signatures(built_cache):
     for t in range(forest.l):
         assert order[t].tolist() == [k for h in forest.sorted_hashtables[t] for k in forest.hashtables[t][h]]
     assert 5 in forest.query(Sketch(sigs[5]), 3)
+
+
+def test_set_intersections_count_shared_members():
+    from stl10_similarity.signatures import set_intersections
+
+    rng = np.random.default_rng(4)
+    sets = np.sort(np.stack([rng.choice(1280, 50, replace=False) for _ in range(30)]), axis=1).astype(np.uint16)
+    counts = set_intersections(sets[0], sets)
+    assert counts.tolist() == [len(np.intersect1d(sets[0], s)) for s in sets] and counts[0] == 50
+    assert set_intersections(sets[0], sets[:0]).shape == (0,)
