@@ -57,11 +57,22 @@ class IndexResult:
     manifest: dict[str, Any]
 
 
+def _inputs(cache_dir: Path) -> dict[str, str]:
+    """What an index is built from: the features manifest, by digest."""
+    return {"features_manifest_sha256": manifest_digest(features_dir(cache_dir))}
+
+
+def _fits(manifest: dict[str, Any], params: dict[str, Any], inputs: dict[str, str]) -> bool:
+    """False for other parameters, other features, or an index from an older version of the layout."""
+    return manifest.get("params") == params and manifest.get("inputs") == inputs and \
+        set(manifest.get("artifacts", ())) == ARTIFACTS
+
+
 def _cached(folder: Path, params: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any] | None:
     try:
         manifest = read_manifest(folder, stage="index", make_cmd=MAKE_CMD)
-        if manifest["params"] != params or manifest["inputs"] != inputs or set(manifest["artifacts"]) != ARTIFACTS:
-            return None  # other parameters, other features, or an index from an older version
+        if not _fits(manifest, params, inputs):
+            return None
         for name in manifest["artifacts"]:
             verified_path(folder, manifest, name, make_cmd=MAKE_CMD)
     except (MissingArtifactError, IntegrityError, KeyError, TypeError):
@@ -80,13 +91,11 @@ def index_state(cache_dir: Path, params: IndexParams | None = None) -> str:
     except MissingArtifactError:
         return "missing"
     try:
-        same_features = manifest["inputs"]["features_manifest_sha256"] == manifest_digest(features_dir(cache_dir))
-    except (KeyError, TypeError, OSError):
-        return "stale"
-    wanted = index_params(params) if params is not None else {**manifest.get("params", {})}
-    if not same_features or manifest.get("params") != wanted or set(manifest["artifacts"]) != ARTIFACTS:
-        return "stale"
-    return "current"
+        inputs = _inputs(cache_dir)
+    except OSError:
+        return "stale"  # no features manifest to compare with
+    wanted = index_params(params) if params is not None else manifest.get("params")
+    return "current" if _fits(manifest, wanted, inputs) else "stale"
 
 
 def last_params(cache_dir: Path) -> IndexParams:
@@ -141,7 +150,7 @@ def build_index(
     folder = index_dir(cache_dir)
     with cache_lock(cache_dir, wait=wait, progress=progress):
         features_manifest = features_stage.load_manifest(cache_dir)
-        inputs = {"features_manifest_sha256": manifest_digest(source)}
+        inputs = _inputs(cache_dir)
         recorded = index_params(params)
         if not force and (manifest := _cached(folder, recorded, inputs)) is not None:
             return IndexResult(folder, manifest["n"], time.time() - started, True, manifest)
@@ -239,7 +248,7 @@ def load_index(cache_dir: Path) -> LoadedIndex:
     source, folder = features_dir(cache_dir), index_dir(cache_dir)
     features_manifest = features_stage.load_manifest(cache_dir)
     manifest = read_manifest(folder, stage="index", make_cmd=MAKE_CMD)
-    if manifest.get("inputs", {}).get("features_manifest_sha256") != manifest_digest(source):
+    if manifest.get("inputs") != _inputs(cache_dir):
         raise StaleArtifactError("the index was built from other features than the ones extracted now: run `stl10sim index`")
     fmake = features_stage.MAKE_CMD
 
