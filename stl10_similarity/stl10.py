@@ -321,12 +321,10 @@ def download(
     with cache_lock(data_dir, progress=progress):
         record = verification_record(data_dir)
         trusted = record is not None and (record["verified_md5"] or not verify)
-        if archive is not None:
-            if trusted and record.get("archive") == _archive_stamp(Path(archive)):
-                return DownloadResult(root, record["verified_md5"], "cached", check_layout(root, _present_parts(root)))
-            return _from_archive(Path(archive), data_dir, verify, progress, "archive")
-        if trusted:
+        if trusted and (archive is None or record.get("archive") == _archive_stamp(Path(archive))):
             return DownloadResult(root, record["verified_md5"], "cached", check_layout(root, _present_parts(root)))
+        if archive is not None:
+            return _from_archive(Path(archive), data_dir, verify, progress, "archive")
         if root.is_dir() and all((root / f).is_file() for f in REQUIRED):
             counts = check_layout(root, _present_parts(root))
             verified = _check_file_md5s(root, verify, progress)
