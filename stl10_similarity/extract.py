@@ -133,7 +133,12 @@ def extract(
             shutil.rmtree(partial, ignore_errors=True)
         write_json(partial / "run.json", run)
         starts = range(0, source.size, chunk)
-        done = [s for s in starts if (partial / f"chunk_{s // chunk:06d}.npy").is_file()]
+
+        def chunk_file(start: int, suffix: str = ".npy") -> Path:
+            """The chunk holding image ``start`` (its features; ``.skipped.json``: the files it could not read)."""
+            return partial / f"chunk_{start // chunk:06d}{suffix}"
+
+        done = [s for s in starts if chunk_file(s).is_file()]
         bar = progress.bar(source.size, "extract", unit="img",
                            initial=sum(min(chunk, source.size - s) for s in done))
         todo = [s for s in starts if s not in done]
@@ -152,11 +157,11 @@ def extract(
                 bar.update(len(parts[-1]))
                 if hi == source.size or hi % chunk == 0:  # a chunk is complete: make it durable
                     first = (hi - 1) // chunk * chunk
-                    path, block = partial / f"chunk_{(hi - 1) // chunk:06d}.npy", np.concatenate(parts)
                     bad = [{"id": i, "path": keys[i], "reason": unreadable[i]} for i in range(first, hi) if i in unreadable]
                     for entry in bad:
                         progress.note(f"warning: skipped {entry['path']}: {entry['reason']}")
-                    jobs = [(write_json, path.with_suffix(".skipped.json"), bad), (write_npy, path, block)]
+                    jobs = [(write_json, chunk_file(first, ".skipped.json"), bad),
+                            (write_npy, chunk_file(first), np.concatenate(parts))]
                     for job in jobs:  # the skipped list first: a chunk's .npy on disk means the chunk is done
                         if writer is not None:
                             writer.submit(*job)
@@ -167,7 +172,7 @@ def extract(
             if writer is not None:
                 writer.close()  # every finished chunk is on disk before we go on (or give up)
         bar.close()
-        skipped = [entry for s in starts for entry in _read_skipped(partial / f"chunk_{s // chunk:06d}.skipped.json")]
+        skipped = [entry for s in starts for entry in _read_skipped(chunk_file(s, ".skipped.json"))]
         keep = np.ones(source.size, dtype=bool)
         keep[[entry["id"] for entry in skipped]] = False
         n = int(keep.sum())
@@ -176,12 +181,13 @@ def extract(
         staging = staging_dir(folder)
         # stream the chunks into one file: memory stays at one chunk even for the 100,000 unlabelled images
         write_npy_chunks(staging / "features.npy", (n, DIM), np.float32,
-                         (np.load(partial / f"chunk_{s // chunk:06d}.npy")[keep[s : s + chunk]] for s in starts))
+                         (np.load(chunk_file(s))[keep[s : s + chunk]] for s in starts))
         write_npy(staging / "labels.npy", source.labels()[keep])
         write_npy(staging / "ids.npy", np.arange(n, dtype=np.int64))
         write_npy(staging / "keys.npy", np.array([k for k, ok in zip(keys, keep) if ok], dtype=str))
         files = commit_staged(folder, staging)
         record = source.describe()
+        listed = [{"path": e["path"], "reason": e["reason"]} for e in skipped]
         manifest = write_manifest(
             folder,
             stage="extract",
@@ -192,14 +198,12 @@ def extract(
             n=n,
             started=started,
             versions=library_versions("torch", "torchvision"),
-            extra={"class_names": source.class_names,
-                   "skipped": [{"path": e["path"], "reason": e["reason"]} for e in skipped]},
+            extra={"class_names": source.class_names, "skipped": listed},
         )
         shutil.rmtree(partial, ignore_errors=True)
         finished = time.perf_counter()
         return ExtractResult(folder, n, time.time() - started, False, len(done), manifest,
-                             round(work_started - model_started, 3), round(finished - work_started, 3),
-                             tuple({"path": e["path"], "reason": e["reason"]} for e in skipped))
+                             round(work_started - model_started, 3), round(finished - work_started, 3), tuple(listed))
 
 
 def _read_skipped(path: Path) -> list[dict[str, Any]]:
