@@ -91,7 +91,7 @@ def main() -> None:
             searcher = Searcher(index, budget)
             recalls, times, precisions, examined = [], [], [], []
             for r, q in enumerate(queries):
-                v = searcher.for_id(int(q))
+                v = searcher.for_row(int(q))
                 t0 = time.perf_counter()
                 ids, count = searcher.search_ids(v, 10, "rerank")
                 examined.append(count)

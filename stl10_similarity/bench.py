@@ -230,7 +230,7 @@ def run_bench(
         truth_seconds = time.perf_counter() - t0
     methods = []
     timed = query_ids[:EXACT_TIMED_QUERIES]
-    times, found = _time_queries(lambda q: searcher.search_ids(searcher.for_id(q), k, "exact")[0], timed)
+    times, found = _time_queries(lambda q: searcher.search_ids(searcher.for_row(q), k, "exact")[0], timed)
     exact = _method("exact (numpy)", 0.0, rss["mb"], times, found, truth[: len(timed)], n)
     exact.qps = round(len(query_ids) / truth_seconds, 1)  # batched throughput
     methods.append(exact)
@@ -243,7 +243,7 @@ def run_bench(
             examined: list[int] = []
 
             def run(q: int) -> np.ndarray:
-                ids, count = searcher.search_ids(searcher.for_id(q), k, method)
+                ids, count = searcher.search_ids(searcher.for_row(q), k, method)
                 examined.append(count)
                 return ids
 

@@ -223,10 +223,11 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
     else:
         if archive is not None or no_verify:
             raise click.UsageError("--archive and --no-verify are for STL-10, not for --images collections")
-        source = _folder_source(home, images, image_size)
+        if split != P.ExtractParams.split or limit is not None:
+            raise click.UsageError("--split and --limit are for STL-10: a folder collection holds every image in it")
+        _extract_folder(home, _folder_root(home, images), params, force, no_wait, progress)
+        return
     result = run_extract(source, home, params, force=force, wait=not no_wait, progress=progress)
-    if result.skipped:
-        progress.note(f"skipped {len(result.skipped)} unreadable file(s); they are listed in the features manifest")
     if result.cached:
         click.echo(f"features for {result.n} images already in {result.folder} (cached; --force rebuilds)")
     else:
@@ -236,21 +237,35 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
                    f"{p['device']}, {p['precision']}, batch {p['batch_size']})")
 
 
-def _folder_source(home: Path, images: Path | None, image_size: int) -> Any:
+def _extract_folder(home: Path, root: Path, params: P.ExtractParams, force: bool, no_wait: bool,
+                    progress: ConsoleProgress) -> None:
+    """Create or update a folder collection: one summary line on stdout, warnings on stderr."""
+    from .model import resize_side
+    from .update import summary_line, update_folder
+
+    result = update_folder(root, resize_side(params.image_size), home, params, force=force, wait=not no_wait,
+                           progress=progress)
+    if result.skipped:
+        progress.note(f"skipped {len(result.skipped)} unreadable file(s); they are listed in the features manifest")
+    assert result.counts is not None
+    resumed = f", resumed after {result.resumed_chunks} chunks" if result.resumed_chunks else ""
+    done = "up to date" if result.cached else f"{result.seconds:.1f} s{resumed}"
+    click.echo(f"{summary_line(result.counts)}: {result.n} images in {result.folder} ({done})")
+
+
+def _folder_root(home: Path, images: Path | None) -> Path:
     """The folder of a collection: ``--images``, or the one its last extraction recorded."""
     from .extract import load_manifest, source_record
-    from .folders import FolderSource
-    from .model import resize_side
 
-    if images is None:
-        try:
-            record = source_record(load_manifest(home))
-        except Stl10SimError as exc:
-            raise click.UsageError(f"{home.name} is a new collection: give its folder with --images DIR") from exc
-        if record.get("kind") != "folder":
-            raise click.UsageError(f"{home.name} was not made from a folder: give one with --images DIR")
-        images = Path(record["root"])
-    return FolderSource(images, resize_side(image_size))
+    if images is not None:
+        return images
+    try:
+        record = source_record(load_manifest(home))
+    except Stl10SimError as exc:
+        raise click.UsageError(f"{home.name} is a new collection: give its folder with --images DIR") from exc
+    if record.get("kind") != "folder":
+        raise click.UsageError(f"{home.name} was not made from a folder: give one with --images DIR")
+    return Path(record["root"])
 
 
 # ---------------------------------------------------------------- duplicates
@@ -275,9 +290,8 @@ def duplicates(ctx: click.Context, threshold: float, as_json: bool, collection: 
 
     session = Session.open(_home(cache_dir, collection), progress=_progress(ctx))
     groups = find_duplicates(session.index, P.DuplicatesParams(threshold=threshold))
-    searcher = session.searcher()
     for number, group in enumerate(groups, start=1):
-        paths = [searcher.path(i) for i in group.ids]
+        paths = group.paths or [None] * len(group.ids)
         if as_json:
             _echo_json({"ids": group.ids, "paths": paths, "min_cosine": group.min_cosine})
         else:

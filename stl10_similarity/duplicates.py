@@ -22,8 +22,9 @@ MAX_RUN = 64  # images in one prefix run before it is split by the next depth (3
 
 @dataclass(frozen=True)
 class DuplicateGroup:
-    ids: list[int]
+    ids: list[int]  # image ids, ascending
     min_cosine: float
+    paths: list[str] | None = None  # folder collections: each image's path
 
 
 def candidate_pairs(index: LoadedIndex, max_run: int = MAX_RUN) -> np.ndarray:
@@ -68,7 +69,7 @@ def candidate_pairs(index: LoadedIndex, max_run: int = MAX_RUN) -> np.ndarray:
 
 def find_duplicates(index: LoadedIndex, params: DuplicatesParams = DuplicatesParams(),
                     max_run: int = MAX_RUN) -> list[DuplicateGroup]:
-    """Groups of rows whose pairwise links (forest candidates with cosine >= ``params.threshold``) connect them."""
+    """Groups of images whose pairwise links (forest candidates with cosine >= ``params.threshold``) connect them."""
     threshold = params.threshold
     pairs = candidate_pairs(index, max_run)
     feats = index.features
@@ -101,5 +102,6 @@ def find_duplicates(index: LoadedIndex, params: DuplicatesParams = DuplicatesPar
         vectors = np.asarray(feats[ids])
         scores = vectors @ vectors.T
         lowest = float(scores[np.triu_indices(len(ids), k=1)].min())  # over every pair, not only the links
-        out.append(DuplicateGroup(ids.tolist(), round(lowest, 6)))
+        paths = None if index.paths is None else [str(index.paths[row]) for row in ids]
+        out.append(DuplicateGroup(index.ids_of(ids).tolist(), round(lowest, 6), paths))
     return sorted(out, key=lambda g: g.ids[0])

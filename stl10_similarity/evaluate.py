@@ -131,14 +131,14 @@ def evaluate(session: Session, params: EvaluateParams = EvaluateParams(), progre
         session: an opened collection.
         params: methods, k, candidate budget and how many queries (a seeded sample).
         progress: one bar per method.
-        query_ids: the queries, overriding ``params.queries`` and ``params.seed``.
+        query_ids: the queries' image ids, overriding ``params.queries`` and ``params.seed``.
     """
     index = session.index
     n = index.n
     if n < 2:
         raise InputError(f"evaluating needs at least 2 images; the collection has {n}")
-    if query_ids is None:
-        query_ids = choose_queries(n, params.queries, params.seed)
+    # rows from here on (image ids differ from rows once images left a folder collection)
+    query_ids = choose_queries(n, params.queries, params.seed) if query_ids is None else index.rows_of(query_ids)
     k = min(params.k, n - 1)
     labels = np.asarray(index.labels)
     q_labels = labels[query_ids]
@@ -152,10 +152,10 @@ def evaluate(session: Session, params: EvaluateParams = EvaluateParams(), progre
         examined = np.empty(len(query_ids))
         bar = progress.bar(len(query_ids), method, unit="q")
         for row, qid in enumerate(query_ids):
-            result = session.query(int(qid), k=k, method=method, candidates=params.candidates)
+            result = session.query(index.id_of(qid), k=k, method=method, candidates=params.candidates)
             times[row] = result.timing_ms["search"] / 1e3
             examined[row] = result.candidates
-            ids[row] = [m.id for m in result.results]
+            ids[row] = index.rows_of([m.id for m in result.results])
             bar.update(1)
         bar.close()
         reports.append(_score(method, index, query_ids, ids, labels, q_labels, class_counts, kth_cos, kth_jac,

@@ -51,7 +51,8 @@ class ExtractResult:
     manifest: dict[str, Any]
     model_seconds: float = 0.0  # building the model (weights, folding, moving to the device)
     work_seconds: float = 0.0  # from the first batch read to the committed manifest
-    skipped: tuple[dict[str, str], ...] = ()  # files that could not be read: {"path", "reason"}
+    skipped: tuple[dict[str, Any], ...] = ()  # files that could not be read: {"path", "reason", ...}
+    counts: dict[str, int] | None = None  # folder collections: how many images were new, changed, removed, unchanged
 
 
 def identity_params(source: Source, weights: str, image_size: int, precision: str) -> dict[str, Any]:
@@ -126,53 +127,10 @@ def extract(
         model_started = time.perf_counter()
         model = FeatureModel(params.weights, params.image_size, device, precision)
         work_started = time.perf_counter()
-        chunk = max(1, params.chunk_size // batch_size) * batch_size  # whole batches: resumed runs stay bit-identical
-        partial = folder / "partial"
-        run = {**identity, "n": source.size, "batch_size": batch_size, "chunk": chunk, "device": model.device}
-        if force or not _same_run(partial, run):
-            shutil.rmtree(partial, ignore_errors=True)
-        write_json(partial / "run.json", run)
+        embedded = embed_chunks(source, folder / "partial", identity, model, batch_size, params.chunk_size,
+                                force=force, pipelined=pipelined, progress=progress)
+        skipped, chunk = embedded.skipped, embedded.chunk
         starts = range(0, source.size, chunk)
-
-        def chunk_file(start: int, suffix: str = ".npy") -> Path:
-            """The chunk holding image ``start`` (its features; ``.skipped.json``: the files it could not read)."""
-            return partial / f"chunk_{start // chunk:06d}{suffix}"
-
-        done = [s for s in starts if chunk_file(s).is_file()]
-        bar = progress.bar(source.size, "extract", unit="img",
-                           initial=sum(min(chunk, source.size - s) for s in done))
-        todo = [s for s in starts if s not in done]
-        batches = [(lo, min(lo + batch_size, s + chunk, source.size)) for s in todo
-                   for lo in range(s, min(s + chunk, source.size), batch_size)]
-        if pipelined is None:
-            pipelined = model.device in PIPELINE_DEVICES
-        reads = ((lo, hi, source.images(lo, hi)) for lo, hi in batches)
-        writer = BackgroundWriter() if pipelined else None
-        parts: list[np.ndarray] = []
-        keys = source.keys()
-        unreadable: dict[int, str] = getattr(source, "unreadable", {})  # filled as a folder source decodes
-        try:
-            for lo, hi, images in prefetched(reads) if pipelined else reads:
-                parts.append(model(images))
-                bar.update(len(parts[-1]))
-                if hi == source.size or hi % chunk == 0:  # a chunk is complete: make it durable
-                    first = (hi - 1) // chunk * chunk
-                    bad = [{"id": i, "path": keys[i], "reason": unreadable[i]} for i in range(first, hi) if i in unreadable]
-                    for entry in bad:
-                        progress.note(f"warning: skipped {entry['path']}: {entry['reason']}")
-                    jobs = [(write_json, chunk_file(first, ".skipped.json"), bad),
-                            (write_npy, chunk_file(first), np.concatenate(parts))]
-                    for job in jobs:  # the skipped list first: a chunk's .npy on disk means the chunk is done
-                        if writer is not None:
-                            writer.submit(*job)
-                        else:
-                            job[0](*job[1:])
-                    parts = []
-        finally:
-            if writer is not None:
-                writer.close()  # every finished chunk is on disk before we go on (or give up)
-        bar.close()
-        skipped = [entry for s in starts for entry in _read_skipped(chunk_file(s, ".skipped.json"))]
         keep = np.ones(source.size, dtype=bool)
         keep[[entry["id"] for entry in skipped]] = False
         n = int(keep.sum())
@@ -181,10 +139,10 @@ def extract(
         staging = staging_dir(folder)
         # stream the chunks into one file: memory stays at one chunk even for the 100,000 unlabelled images
         write_npy_chunks(staging / "features.npy", (n, DIM), np.float32,
-                         (np.load(chunk_file(s))[keep[s : s + chunk]] for s in starts))
+                         (np.load(path)[keep[s : s + chunk]] for s, path in zip(starts, embedded.files)))
         write_npy(staging / "labels.npy", source.labels()[keep])
         write_npy(staging / "ids.npy", np.arange(n, dtype=np.int64))
-        write_npy(staging / "keys.npy", np.array([k for k, ok in zip(keys, keep) if ok], dtype=str))
+        write_npy(staging / "keys.npy", np.array([k for k, ok in zip(source.keys(), keep) if ok], dtype=str))
         files = commit_staged(folder, staging)
         record = source.describe()
         listed = [{"path": e["path"], "reason": e["reason"]} for e in skipped]
@@ -200,10 +158,78 @@ def extract(
             versions=library_versions("torch", "torchvision"),
             extra={"class_names": source.class_names, "skipped": listed},
         )
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(embedded.folder, ignore_errors=True)
         finished = time.perf_counter()
-        return ExtractResult(folder, n, time.time() - started, False, len(done), manifest,
+        return ExtractResult(folder, n, time.time() - started, False, embedded.resumed, manifest,
                              round(work_started - model_started, 3), round(finished - work_started, 3), tuple(listed))
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A source's features, chunk by chunk on disk, and the files that could not be read."""
+
+    folder: Path  # the partial folder holding the chunks (removed by the caller once it has used them)
+    files: list[Path]  # one .npy per chunk, in order
+    chunk: int  # images per chunk
+    skipped: list[dict[str, Any]]  # {"id": position in the source, "path", "reason"}
+    resumed: int  # chunks found done from an earlier (killed) run
+
+
+def embed_chunks(source: Source, partial: Path, identity: dict[str, Any], model: FeatureModel, batch_size: int,
+                 chunk_size: int, *, force: bool = False, pipelined: bool | None = None,
+                 progress: Progress = SILENT) -> Embedded:
+    """Run ``model`` over every image of ``source``, saving each chunk atomically in ``partial``.
+
+    Chunks from an earlier run of the same ``identity`` (same source, model, batch and chunk sizes) are kept,
+    so a killed run resumes where it stopped; chunk boundaries fall on batch boundaries, so resumed features
+    are bit-identical. ``pipelined`` (default: on GPUs) reads ahead and writes on threads.
+    """
+    chunk = max(1, chunk_size // batch_size) * batch_size  # whole batches: resumed runs stay bit-identical
+    run = {**identity, "n": source.size, "batch_size": batch_size, "chunk": chunk, "device": model.device}
+    if force or not _same_run(partial, run):
+        shutil.rmtree(partial, ignore_errors=True)
+    write_json(partial / "run.json", run)
+    starts = range(0, source.size, chunk)
+
+    def chunk_file(start: int, suffix: str = ".npy") -> Path:
+        """The chunk holding image ``start`` (its features; ``.skipped.json``: the files it could not read)."""
+        return partial / f"chunk_{start // chunk:06d}{suffix}"
+
+    done = [s for s in starts if chunk_file(s).is_file()]
+    bar = progress.bar(source.size, "extract", unit="img", initial=sum(min(chunk, source.size - s) for s in done))
+    todo = [s for s in starts if s not in done]
+    batches = [(lo, min(lo + batch_size, s + chunk, source.size)) for s in todo
+               for lo in range(s, min(s + chunk, source.size), batch_size)]
+    if pipelined is None:
+        pipelined = model.device in PIPELINE_DEVICES
+    reads = ((lo, hi, source.images(lo, hi)) for lo, hi in batches)
+    writer = BackgroundWriter() if pipelined else None
+    parts: list[np.ndarray] = []
+    keys = source.keys()
+    unreadable: dict[int, str] = getattr(source, "unreadable", {})  # filled as a folder source decodes
+    try:
+        for lo, hi, images in prefetched(reads) if pipelined else reads:
+            parts.append(model(images))
+            bar.update(len(parts[-1]))
+            if hi == source.size or hi % chunk == 0:  # a chunk is complete: make it durable
+                first = (hi - 1) // chunk * chunk
+                bad = [{"id": i, "path": keys[i], "reason": unreadable[i]} for i in range(first, hi) if i in unreadable]
+                for entry in bad:
+                    progress.note(f"warning: skipped {entry['path']}: {entry['reason']}")
+                jobs = [(write_json, chunk_file(first, ".skipped.json"), bad),
+                        (write_npy, chunk_file(first), np.concatenate(parts))]
+                for job in jobs:  # the skipped list first: a chunk's .npy on disk means the chunk is done
+                    if writer is not None:
+                        writer.submit(*job)
+                    else:
+                        job[0](*job[1:])
+                parts = []
+    finally:
+        if writer is not None:
+            writer.close()  # every finished chunk is on disk before we go on (or give up)
+    bar.close()
+    skipped = [entry for s in starts for entry in _read_skipped(chunk_file(s, ".skipped.json"))]
+    return Embedded(partial, [chunk_file(s) for s in starts], chunk, skipped, len(done))
 
 
 def _read_skipped(path: Path) -> list[dict[str, Any]]:

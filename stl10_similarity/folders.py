@@ -36,6 +36,17 @@ def scan(root: Path) -> list[str]:
     return sorted(found)
 
 
+def folder_labels(keys: list[str]) -> tuple[np.ndarray, list[str]]:
+    """ImageFolder's labels for relative paths: when every path has a first-level folder, those folders
+    (sorted) are the classes; otherwise every image is unlabelled (-1)."""
+    parts = [k.split("/", 1) for k in keys]
+    if not keys or any(len(p) < 2 for p in parts):
+        return np.full(len(keys), -1, dtype=np.int16), []
+    names = sorted({p[0] for p in parts})
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index[p[0]] for p in parts], dtype=np.int16), names
+
+
 def decode_square(path: Path, side: int) -> np.ndarray:
     """One image file as uint8 ``(3, side, side)``: oriented, RGB, shorter side resized to ``side``, centre-cropped."""
     from PIL import Image, ImageOps
@@ -71,9 +82,7 @@ class FolderSource:
         self.threads = threads or min(8, os.cpu_count() or 1)
         self.unreadable: dict[int, str] = {}
         self._pool: ThreadPoolExecutor | None = None
-        parts = [k.split("/") for k in self._keys]
-        self._labelled = all(len(p) >= 2 for p in parts)
-        self._class_names = sorted({p[0] for p in parts}) if self._labelled else []
+        self._labels, self._class_names = folder_labels(self._keys)
 
     @property
     def size(self) -> int:
@@ -87,10 +96,7 @@ class FolderSource:
         return list(self._keys)
 
     def labels(self) -> np.ndarray:
-        if not self._labelled:
-            return np.full(self.size, -1, dtype=np.int16)
-        index = {name: i for i, name in enumerate(self._class_names)}
-        return np.array([index[k.split("/", 1)[0]] for k in self._keys], dtype=np.int16)
+        return self._labels.copy()
 
     def images(self, start: int, stop: int) -> np.ndarray:
         """Images ``start:stop``; an unreadable one is blank and its reason goes to ``unreadable``."""

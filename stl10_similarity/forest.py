@@ -51,6 +51,36 @@ def prefix_arrays(signatures: np.ndarray, trees: int) -> tuple[np.ndarray, np.nd
     return keys, order
 
 
+def merge_prefix_arrays(keys: np.ndarray, order: np.ndarray, row_map: np.ndarray, signatures: np.ndarray,
+                        fresh_rows: np.ndarray, trees: int) -> tuple[np.ndarray, np.ndarray]:
+    """The trees of an updated collection from its old trees, without sorting everything again.
+
+    ``row_map`` sends each old row to its new row, or to -1 when it left (removed, or rewritten and so in
+    ``fresh_rows``); ``fresh_rows`` (ascending) are the new rows whose bands are merged in. Renumbering
+    keeps the old order (rows keep their relative order), so the result is exactly
+    ``prefix_arrays(signatures, trees)``: bands sorted, ties by row.
+    """
+    n = len(signatures)
+    out_keys = np.empty((trees, n), dtype=keys.dtype)
+    out_order = np.empty((trees, n), dtype=np.int32 if n < 2**31 else np.int64)
+    fresh_rows = np.asarray(fresh_rows, dtype=np.int64)
+    for t in range(trees):
+        mapped = row_map[order[t]]
+        kept = mapped >= 0
+        kept_keys, kept_rows = keys[t][kept], mapped[kept]
+        band = band_bytes(signatures[fresh_rows], trees, t)
+        by_band = np.argsort(band, kind="stable")  # fresh_rows ascend, so ties stay in row order
+        new_keys, new_rows = band[by_band], fresh_rows[by_band]
+        lo = np.searchsorted(kept_keys, new_keys, "left")
+        hi = np.searchsorted(kept_keys, new_keys, "right")
+        at = lo.copy()
+        for j in np.flatnonzero(hi > lo):  # an equal band already there: place by row among the ties
+            at[j] = lo[j] + np.searchsorted(kept_rows[lo[j] : hi[j]], new_rows[j])
+        out_keys[t] = np.insert(kept_keys, at, new_keys)
+        out_order[t] = np.insert(kept_rows, at, new_rows)
+    return out_keys, out_order
+
+
 def _rebuild(num_perm: int, trees: int, signatures: np.ndarray) -> Any:
     forest = _forest_class()(num_perm=num_perm, l=trees)
     forest.fill(signatures)

@@ -33,14 +33,14 @@ from .artifacts import (
 )
 from .errors import InputError, IntegrityError, MissingArtifactError, StaleArtifactError
 from .paths import features_dir, index_dir
-from .forest import ForestPickle, build_forest, prefix_arrays
+from .forest import ForestPickle, build_forest, merge_prefix_arrays, prefix_arrays
 from .params import IndexParams
 from .progress import SILENT, Progress
 from .signatures import SCHEME, SEED, minhash_signatures, permuted_token_table, set_statistics, top_k_sets
 
 MAKE_CMD = "stl10sim index"
 CHUNK_ROWS = 65536
-ARTIFACTS = {"topk", "signatures", "stats", "token_table", "tree_keys", "tree_order", "forest"}
+ARTIFACTS = {"topk", "signatures", "stats", "token_table", "tree_keys", "tree_order", "forest", "ids"}
 
 
 def index_params(params: IndexParams) -> dict[str, Any]:
@@ -145,7 +145,7 @@ def build_index(
 ) -> IndexResult:
     """Build (or reuse) the index for the features in ``cache_dir``."""
     started = time.time()
-    top_k, trees, basis = params.top_k, params.trees, params.basis
+    trees = params.trees
     source = features_dir(cache_dir)
     folder = index_dir(cache_dir)
     with cache_lock(cache_dir, wait=wait, progress=progress):
@@ -156,35 +156,122 @@ def build_index(
             return IndexResult(folder, manifest["n"], time.time() - started, True, manifest)
         feats = load_npy(source, features_manifest, "features", make_cmd=features_stage.MAKE_CMD)  # verified
         path, dim = source / "features.npy", feats.shape[1]
-        del feats
-        # two streaming passes over the features keep memory at one chunk, whatever N is
-        step = lambda what: progress.note(f"index: {what} ...")  # noqa: E731
-        step("per-dimension statistics")
-        stats = set_statistics(iter_npy_rows(path, CHUNK_ROWS // 4))
-        step(f"top-{top_k} sets")
-        sets = np.concatenate([top_k_sets(block, top_k, basis, stats) for block in iter_npy_rows(path, CHUNK_ROWS)])
-        step("MinHash signatures")
-        table = permuted_token_table(params.num_perm, SEED, dim)
-        sigs = minhash_signatures(sets, table)
+        ids = feature_ids(source, features_manifest, len(feats))
         staging = staging_dir(folder)
-        write_npy(staging / "topk.npy", sets)
-        write_npy(staging / "signatures.npy", sigs)
-        write_npy(staging / "stats.npy", stats)
-        del sets  # the forest is the big one: hold nothing else while it is built
-        write_npy(staging / "token_table.npy", table)
-        step(f"LSH forest ({trees} trees)")
-        tree_keys, tree_order = prefix_arrays(sigs, trees)
-        write_npy(staging / "tree_keys.npy", tree_keys)
-        write_npy(staging / "tree_order.npy", tree_order)
-        del tree_keys, tree_order
+        base = None if force else _base_for_update(folder, recorded, features_manifest)
+        step = lambda what: progress.note(f"index: {what} ...")  # noqa: E731
+        if base is not None:
+            step(f"updating the index built {base.generation_note}")
+            versions = load_npy(source, features_manifest, "versions", make_cmd=features_stage.MAKE_CMD, mmap=False)
+            sigs = _update(base, feats, ids, np.asarray(versions), params, staging)
+        else:
+            sigs = _build(path, dim, params, staging, step)
+        write_npy(staging / "ids.npy", ids)
+        del feats
         with atomic_file(staging / "forest.pkl") as handle:
             pickle.dump(ForestPickle(sigs, trees), handle, protocol=pickle.HIGHEST_PROTOCOL)
         files = commit_staged(folder, staging)
         manifest = write_manifest(
             folder, stage="index", params=recorded, files=files, inputs=inputs, n=len(sigs),
             started=started, versions=library_versions(),
+            extra={"collection": features_manifest.get("collection"), "updated": base is not None},
         )
         return IndexResult(folder, len(sigs), time.time() - started, False, manifest)
+
+
+def feature_ids(folder: Path, manifest: dict[str, Any], n: int) -> np.ndarray:
+    """Each feature row's image id (a folder collection's ids have gaps where images were removed)."""
+    if "ids" not in manifest.get("artifacts", {}):
+        return np.arange(n, dtype=np.int64)
+    return np.asarray(load_npy(folder, manifest, "ids", make_cmd=features_stage.MAKE_CMD, mmap=False))
+
+
+def _build(path: Path, dim: int, params: IndexParams, staging: Path, step: Callable[[str], None]) -> np.ndarray:
+    """Everything from scratch; two streaming passes over the features keep memory at one chunk, whatever N is."""
+    step("per-dimension statistics")
+    stats = set_statistics(iter_npy_rows(path, CHUNK_ROWS // 4))
+    step(f"top-{params.top_k} sets")
+    sets = np.concatenate([top_k_sets(block, params.top_k, params.basis, stats)
+                           for block in iter_npy_rows(path, CHUNK_ROWS)])
+    step("MinHash signatures")
+    table = permuted_token_table(params.num_perm, SEED, dim)
+    sigs = minhash_signatures(sets, table)
+    write_npy(staging / "topk.npy", sets)
+    write_npy(staging / "signatures.npy", sigs)
+    write_npy(staging / "stats.npy", stats)
+    del sets  # the forest is the big one: hold nothing else while it is built
+    write_npy(staging / "token_table.npy", table)
+    step(f"LSH forest ({params.trees} trees)")
+    tree_keys, tree_order = prefix_arrays(sigs, params.trees)
+    write_npy(staging / "tree_keys.npy", tree_keys)
+    write_npy(staging / "tree_order.npy", tree_order)
+    return sigs
+
+
+@dataclass(frozen=True)
+class _Base:
+    """An index of an earlier version of the same folder collection, verified, that an update can start from."""
+
+    manifest: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def generation(self) -> int:
+        return int(self.manifest["collection"]["generation"])
+
+    @property
+    def generation_note(self) -> str:
+        return f"at update {self.generation}"
+
+
+def _base_for_update(folder: Path, params: dict[str, Any], features_manifest: dict[str, Any]) -> _Base | None:
+    """The current index, when it was built with ``params`` from an earlier version of these features."""
+    now = features_manifest.get("collection")
+    if not now or "versions" not in features_manifest.get("artifacts", {}):
+        return None  # only folder collections record which rows each update wrote
+    try:
+        manifest = read_manifest(folder, stage="index", make_cmd=MAKE_CMD)
+        built = manifest.get("collection") or {}
+        if manifest.get("params") != params or set(manifest.get("artifacts", ())) != ARTIFACTS \
+                or built.get("lineage") != now["lineage"] or int(built["generation"]) > int(now["generation"]):
+            return None
+        names = ("topk", "signatures", "stats", "token_table", "tree_keys", "tree_order", "ids")
+        arrays = {name: np.asarray(load_npy(folder, manifest, name, make_cmd=MAKE_CMD)) for name in names}
+    except (MissingArtifactError, IntegrityError, KeyError, TypeError, ValueError):
+        return None
+    return _Base(manifest, arrays)
+
+
+def _update(base: _Base, feats: np.ndarray, ids: np.ndarray, versions: np.ndarray, params: IndexParams,
+            staging: Path) -> np.ndarray:
+    """The index of the updated collection from ``base``: rows the updates since wrote get new sets and
+    signatures (with the statistics ``base`` froze), removed rows leave the trees, and the new rows' bands
+    are merged into the sorted trees. The result equals a build from scratch with those statistics."""
+    old = base.arrays
+    old_ids = old["ids"]
+    at = np.minimum(np.searchsorted(ids, old_ids), len(ids) - 1)  # both ascending: where each old id is now
+    present = ids[at] == old_ids
+    fresh = versions > base.generation  # rows written (new or changed) since the base was built
+    row_map = np.where(present & ~fresh[at], at, -1)  # old row -> new row, or -1 (removed or rewritten)
+    fresh_rows = np.flatnonzero(fresh | ~np.isin(ids, old_ids))
+    kept_old = np.flatnonzero(row_map >= 0)
+    stats, table = np.asarray(old["stats"]), np.asarray(old["token_table"])
+    topk = np.empty((len(ids), old["topk"].shape[1]), dtype=old["topk"].dtype)
+    sigs = np.empty((len(ids), old["signatures"].shape[1]), dtype=old["signatures"].dtype)
+    topk[row_map[kept_old]] = old["topk"][kept_old]
+    sigs[row_map[kept_old]] = old["signatures"][kept_old]
+    if len(fresh_rows):
+        topk[fresh_rows] = top_k_sets(np.asarray(feats[fresh_rows]), params.top_k, params.basis, stats)
+        sigs[fresh_rows] = minhash_signatures(topk[fresh_rows], table)
+    tree_keys, tree_order = merge_prefix_arrays(old["tree_keys"], old["tree_order"], row_map, sigs, fresh_rows,
+                                                params.trees)
+    write_npy(staging / "topk.npy", topk)
+    write_npy(staging / "signatures.npy", sigs)
+    write_npy(staging / "stats.npy", stats)
+    write_npy(staging / "token_table.npy", table)
+    write_npy(staging / "tree_keys.npy", tree_keys)
+    write_npy(staging / "tree_order.npy", tree_order)
+    return sigs
 
 
 @dataclass
@@ -209,10 +296,30 @@ class LoadedIndex:
     forest_loader: Callable[[], Any] | None = None
     _forest: Any = None
     paths: np.ndarray | None = None  # each image's path, for folder collections
+    ids: np.ndarray | None = None  # each row's image id when they differ (folder collections after removals)
 
     @property
     def n(self) -> int:
         return len(self.signatures)
+
+    def id_of(self, row: int) -> int:
+        return int(row) if self.ids is None else int(self.ids[row])
+
+    def ids_of(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(rows, dtype=np.int64) if self.ids is None else self.ids[np.asarray(rows, dtype=np.intp)]
+
+    def row_of(self, image_id: int) -> int | None:
+        """The row holding image ``image_id``, or None when the collection has no such image."""
+        if self.ids is None:
+            return int(image_id) if 0 <= image_id < self.n else None
+        row = int(np.searchsorted(self.ids, image_id))
+        return row if row < self.n and int(self.ids[row]) == image_id else None
+
+    def rows_of(self, image_ids: np.ndarray) -> np.ndarray:
+        rows = [self.row_of(int(i)) for i in image_ids]
+        if any(r is None for r in rows):
+            raise ValueError("not every id is in the collection")
+        return np.array(rows, dtype=np.int64)
 
     @property
     def forest(self) -> Any:
@@ -223,10 +330,12 @@ class LoadedIndex:
 
 def index_in_memory(
     features: np.ndarray, labels: np.ndarray, class_names: list[str], params: IndexParams = IndexParams(),
+    stats: np.ndarray | None = None,
 ) -> LoadedIndex:
-    """Build an index without touching disk (for sweeps, benchmarks and tests)."""
+    """Build an index without touching disk (for sweeps, benchmarks and tests); ``stats``: the set
+    statistics to use instead of these features' own."""
     trees = params.trees
-    stats = set_statistics(features)
+    stats = set_statistics(features) if stats is None else stats
     sets = top_k_sets(features, params.top_k, params.basis, stats)
     table = permuted_token_table(params.num_perm, SEED, features.shape[1])
     sigs = minhash_signatures(sets, table)
@@ -267,6 +376,9 @@ def load_index(cache_dir: Path) -> LoadedIndex:
     )
     if features_manifest.get("inputs", {}).get("source", {}).get("kind") == "folder":
         index.paths = np.asarray(load_npy(source, features_manifest, "keys", make_cmd=fmake))
+    ids = feature_ids(source, features_manifest, len(feats))
+    if not np.array_equal(ids, np.arange(len(ids))):
+        index.ids = ids
     if not (len(feats) == len(labels) == len(index.topk) == index.n == index.tree_order.shape[1]):
         raise IntegrityError("features and index disagree on the number of images: run `stl10sim index --force`")
     forest_path = verified_path(folder, manifest, "forest", make_cmd=MAKE_CMD)  # hash checked before unpickling

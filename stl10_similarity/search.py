@@ -107,16 +107,17 @@ class Searcher:
         names = self.index.class_names
         return names[class_index] if 0 <= class_index < len(names) else "unlabeled"
 
-    def for_id(self, image_id: int) -> QueryVector:
+    def for_row(self, row: int) -> QueryVector:
+        """The collection image in ``row`` as a query (``index.row_of`` finds an image id's row)."""
         idx = self.index
-        ci = int(idx.labels[image_id])
-        info = QueryInfo(image_id, self.label_name(ci), ci, path=self.path(image_id))
-        return QueryVector(np.asarray(idx.features[image_id]), np.asarray(idx.topk[image_id]),
-                           np.asarray(idx.signatures[image_id]), image_id, info)
+        ci = int(idx.labels[row])
+        info = QueryInfo(idx.id_of(row), self.label_name(ci), ci, path=self.path(row))
+        return QueryVector(np.asarray(idx.features[row]), np.asarray(idx.topk[row]),
+                           np.asarray(idx.signatures[row]), row, info)
 
-    def path(self, image_id: int) -> str | None:
+    def path(self, row: int) -> str | None:
         """An image's path relative to its folder (folder collections only)."""
-        return None if self.index.paths is None else str(self.index.paths[image_id])
+        return None if self.index.paths is None else str(self.index.paths[row])
 
     def for_feature(self, feature: np.ndarray, image: str | None = None) -> QueryVector:
         """A query from a feature computed outside the collection, treated as the collection was."""
@@ -209,7 +210,7 @@ class Searcher:
         return np.concatenate([ids, rest])
 
     def search_ids(self, q: QueryVector, k: int, method: str) -> tuple[np.ndarray, int]:
-        """The ids of the top ``k`` results and how many candidates were examined."""
+        """The rows of the top ``k`` results and how many candidates were examined."""
         wanted = self._wanted(k, q)
         if method == "exact":
             scores = np.asarray(self.index.features) @ q.feature
@@ -260,7 +261,7 @@ class Searcher:
             inter = int(inter)
             union = 2 * k - inter
             ci = int(self.index.labels[i])
-            out.append(Match(rank=rank, id=int(i), label=self.label_name(ci), class_index=ci,
+            out.append(Match(rank=rank, id=self.index.id_of(i), label=self.label_name(ci), class_index=ci,
                              jaccard=round(inter / union, 6), jaccard_estimate=round(float(e), 6),
                              cosine=round(float(c), 6), intersection=inter, union=union,
                              unique_to_query=k - inter, unique_to_match=k - inter, path=self.path(int(i))))

@@ -112,7 +112,7 @@ def create_app(cache_dir: Path, params: ServeParams = ServeParams(), *, progress
         """A page of the collection, optionally only one class (a class name, or ``unlabeled``)."""
         labels = np.asarray(session.index.labels)
         if label is None:
-            ids = np.arange(session.n)
+            rows = np.arange(session.n)
         else:
             names = session.class_names
             if label == "unlabeled":
@@ -121,9 +121,9 @@ def create_app(cache_dir: Path, params: ServeParams = ServeParams(), *, progress
                 wanted = names.index(label)
             else:
                 raise HTTPException(400, f"unknown label {label!r}: choose one of {', '.join(names + ['unlabeled'])}")
-            ids = np.flatnonzero(labels == wanted)
-        page = ids[offset : offset + limit]
-        return {"total": int(len(ids)), "offset": offset, "limit": limit,
+            rows = np.flatnonzero(labels == wanted)
+        page = session.index.ids_of(rows[offset : offset + limit])
+        return {"total": int(len(rows)), "offset": offset, "limit": limit,
                 "images": [session.describe_image(int(i)) for i in page]}
 
     @app.get("/api/v1/images/{image_id}")

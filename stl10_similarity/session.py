@@ -67,24 +67,31 @@ class Session:
         return self.index.class_names
 
     def describe_image(self, image_id: int) -> dict[str, Any]:
-        """``{"id", "label", "class_index"}`` of a collection image."""
-        self.check_id(image_id)
-        ci = int(self.index.labels[image_id])
-        described = {"id": image_id, "label": self.searcher().label_name(ci), "class_index": ci}
-        path = self.searcher().path(image_id)
+        """``{"id", "label", "class_index"}`` (and ``path`` for folder collections) of a collection image."""
+        row = self.check_id(image_id)
+        ci = int(self.index.labels[row])
+        described = {"id": int(image_id), "label": self.searcher().label_name(ci), "class_index": ci}
+        path = self.searcher().path(row)
         return described if path is None else {**described, "path": path}
 
-    def check_id(self, image_id: int) -> None:
-        if not isinstance(image_id, (int, np.integer)) or isinstance(image_id, bool) or not 0 <= image_id < self.n:
+    def check_id(self, image_id: int) -> int:
+        """The row of image ``image_id``; a ParameterError when the collection has no such image."""
+        if not isinstance(image_id, (int, np.integer)) or isinstance(image_id, bool):
+            raise ParameterError("image_id", f"must be an integer, got {image_id!r}")
+        row = self.index.row_of(int(image_id))
+        if row is not None:
+            return row
+        if self.index.ids is None or not 0 <= image_id <= int(self.index.ids[-1]):
+            top = self.index.id_of(self.n - 1)
             raise ParameterError("image_id", f"{image_id} is out of range: the collection has {self.n} images "
-                                             f"(ids 0..{self.n - 1})")
+                                             f"(ids 0..{top})")
+        raise ParameterError("image_id", f"{image_id} is not in the collection: that image was removed from its folder")
 
     def images(self, ids: list[int]) -> list[np.ndarray]:
         """The pixels of collection images, uint8 ``(3, H, W)`` each, read from the source they came from."""
-        for i in ids:
-            self.check_id(i)
+        rows = [self.check_id(i) for i in ids]
         source = self.source()
-        return [source.images(int(i), int(i) + 1)[0] for i in ids]
+        return [source.images(row, row + 1)[0] for row in rows]
 
     def source(self) -> sources.Source:
         if self._source is None:
@@ -109,8 +116,7 @@ class Session:
         if (image_id is None) == (image is None):
             raise ParameterError("image_id", "or {image} must be given, and not both", options=("image",))
         if image_id is not None:
-            self.check_id(image_id)
-            return self.searcher().for_id(int(image_id)), None, 0.0
+            return self.searcher().for_row(self.check_id(image_id)), None, 0.0
         if device not in DEVICES:
             raise ParameterError("device", f"{device!r} is not one of {', '.join(DEVICES)}")
         pixels, label = _pixels(image, name)

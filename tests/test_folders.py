@@ -95,7 +95,7 @@ def folder_cache(photos, tmp_path_factory) -> Path:
 def test_extract_skips_broken_files_with_one_warning_each(photos, tmp_path):
     result = CliRunner().invoke(main, ["extract", "--images", str(photos), "--collection", "mine", *FAST,
                                        "--cache-dir", str(tmp_path / "c")])
-    assert result.exit_code == 0 and result.stdout.startswith("features for 24 images")
+    assert result.exit_code == 0 and result.stdout.startswith("24 new, 0 changed, 0 removed, 0 unchanged: 24 images")
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: skipped")]
     assert len(warnings) == 1 and "dog/broken.jpg" in warnings[0]
     assert "skipped 1 unreadable file(s)" in result.stderr

@@ -32,7 +32,7 @@ def _index(n: int, seed: int):
 def test_results_are_complete_sorted_and_exclude_the_query(n, seed, k, method, candidates, query):
     searcher = Searcher(_index(n, seed), candidates)
     qid = query % n
-    result = searcher.query(searcher.for_id(qid), k, method)
+    result = searcher.query(searcher.for_row(qid), k, method)
     ids = [m.id for m in result.results]
     assert qid not in ids
     assert len(ids) == len(set(ids)) == min(k, n - 1)
@@ -46,7 +46,7 @@ def test_results_are_complete_sorted_and_exclude_the_query(n, seed, k, method, c
 def test_exact_method_is_brute_force():
     index = _index(120, 0)
     searcher = Searcher(index, 10)
-    q = searcher.for_id(7)
+    q = searcher.for_row(7)
     found, examined = searcher.search_ids(q, 5, "exact")
     scores = np.asarray(index.features) @ np.asarray(index.features[7])
     scores[7] = -np.inf
@@ -56,7 +56,7 @@ def test_exact_method_is_brute_force():
 def test_external_feature_gets_the_collection_treatment():
     index = _index(120, 1)
     searcher = Searcher(index, 10)
-    inside = searcher.for_id(3)
+    inside = searcher.for_row(3)
     outside = searcher.for_feature(np.asarray(index.features[3]))
     assert np.array_equal(inside.topk, outside.topk) and np.array_equal(inside.signature, outside.signature)
     assert searcher.search_ids(outside, 1, "exact")[0].tolist() == [3]

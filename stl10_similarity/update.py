@@ -1,0 +1,313 @@
+"""Folder collections kept up to date: embed only the files that are new or changed, keep every image's id.
+
+A folder collection remembers, per image, its path, size, modification time and SHA-256. Rerunning
+``extract`` scans the folder again: a file whose size and mtime are unchanged is unchanged; one whose size
+or mtime changed is hashed, and it is *changed* only when its content is. Changed files are embedded again
+and keep their id; new files get the next ids (never one a removed image had); removed files leave.
+Features are stored in id order, so ``ids.npy`` maps each row to its id.
+
+Every row also records the *generation* (the update) that last wrote its features; the index reads that to
+redo only the rows written since it was built (index.py). The embedding itself is extract's resumable
+chunking: a killed update, run again over the same folder, plans the same work and resumes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifacts import (
+    cache_lock,
+    commit_staged,
+    library_versions,
+    load_npy,
+    staging_dir,
+    write_manifest,
+    write_npy,
+    write_npy_chunks,
+)
+from .errors import DataError, IntegrityError, MissingArtifactError
+from .extract import (
+    MAKE_CMD,
+    ExtractResult,
+    _weights_source,
+    embed_chunks,
+    load_manifest,
+)
+from .folders import FolderSource, folder_labels, scan
+from .model import FeatureModel, default_batch_size, pick_device, resolve_precision, weights_identity
+from .params import DIM, ExtractParams
+from .paths import features_dir
+from .progress import SILENT, Progress
+
+UPDATE_ARTIFACTS = ("stamps", "digests", "versions")  # what a collection needs beyond extract's artifacts
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an update does, decided from the folder and the collection's records before any embedding."""
+
+    embed: list[str]  # paths to embed: the changed ones (in id order), then the new ones (sorted)
+    changed: np.ndarray  # rows (of the previous features) whose file's content changed
+    removed: np.ndarray  # rows whose file is gone
+    stamps: dict[str, tuple[int, int]]  # (size, mtime_ns) of every file found
+    digests: dict[str, bytes]  # SHA-256 of every file hashed now (new, changed, or touched but the same)
+    still_skipped: list[dict[str, Any]]  # files unreadable before and not touched since: not tried again
+    unchanged: int
+
+    @property
+    def new(self) -> list[str]:
+        return self.embed[len(self.changed):]
+
+
+@dataclass(frozen=True)
+class Previous:
+    """The collection as its last extraction left it."""
+
+    manifest: dict[str, Any]
+    keys: list[str]
+    ids: np.ndarray
+    stamps: np.ndarray  # (n, 2) int64: size, mtime_ns
+    digests: np.ndarray  # (n,) S32
+    versions: np.ndarray  # (n,) int64
+
+
+def model_identity(root: Path, side: int, weights: str, image_size: int, precision: str) -> dict[str, Any]:
+    """What decides the features of one file: the model, its input size, and the folder (by path)."""
+    return {"model": FeatureModel.name, "images": str(root), "side": side, "weights": weights_identity(weights),
+            "image_size": image_size, "precision": precision, "dim": DIM, "normalised": "l2"}
+
+
+def file_stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def file_digest(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").digest()
+
+
+def load_previous(cache_dir: Path, identity: dict[str, Any]) -> Previous | None:
+    """The collection's last extraction if it can be built on (same folder and model, verified files)."""
+    folder = features_dir(cache_dir)
+    try:
+        manifest = load_manifest(cache_dir)
+    except (MissingArtifactError, IntegrityError):
+        return None
+    params = manifest.get("params", {})
+    if {k: params.get(k) for k in identity} != identity or not all(a in manifest["artifacts"] for a in UPDATE_ARTIFACTS):
+        return None
+
+    def load(name: str) -> np.ndarray:
+        return np.asarray(load_npy(folder, manifest, name, make_cmd=MAKE_CMD, mmap=False))
+
+    try:
+        return Previous(manifest, [str(k) for k in load("keys")], load("ids"), load("stamps"), load("digests"),
+                        load("versions"))
+    except IntegrityError:
+        return None  # damaged: start the collection over rather than build on it
+
+
+def plan_update(root: Path, previous: Previous | None, threads: int = 8) -> Plan:
+    """Compare the folder with the previous extraction (by path, size and mtime; by content when those moved)."""
+    found = scan(root)
+    stamps: dict[str, tuple[int, int]] = {}
+    for key in found:
+        try:
+            stamps[key] = file_stamp(root / key)
+        except OSError:
+            continue  # vanished while scanning: as if it were not there
+    old_rows = {key: row for row, key in enumerate(previous.keys)} if previous else {}
+    skipped_before = {e["path"]: e for e in previous.manifest.get("skipped", [])} if previous else {}
+    suspects, new, still_skipped = [], [], []
+    for key, stamp in stamps.items():
+        row = old_rows.get(key)
+        if row is not None:
+            if tuple(previous.stamps[row]) != stamp:  # type: ignore[union-attr]
+                suspects.append(key)
+        elif key in skipped_before and (skipped_before[key].get("size"), skipped_before[key].get("mtime_ns")) == stamp:
+            still_skipped.append(skipped_before[key])
+        else:
+            new.append(key)
+    digests: dict[str, bytes] = {}
+
+    def hashed(key: str) -> tuple[str, bytes | None]:
+        try:
+            return key, file_digest(root / key)
+        except OSError:
+            return key, None  # unreadable now: embedding will say why and skip it
+
+    with ThreadPoolExecutor(threads) as pool:
+        digests = {key: digest for key, digest in pool.map(hashed, suspects + new) if digest is not None}
+    changed = sorted(old_rows[k] for k in suspects if digests.get(k) != bytes(previous.digests[old_rows[k]]))  # type: ignore[union-attr]
+    removed = sorted(row for key, row in old_rows.items() if key not in stamps)
+    unchanged = len(old_rows) - len(changed) - len(removed)
+    embed = [previous.keys[row] for row in changed] + sorted(new) if previous else sorted(new)
+    return Plan(embed, np.array(changed, dtype=np.int64), np.array(removed, dtype=np.int64), stamps, digests,
+                still_skipped, unchanged)
+
+
+def update_folder(
+    root: Path,
+    side: int,
+    cache_dir: Path,
+    params: ExtractParams = ExtractParams(),
+    *,
+    force: bool = False,
+    wait: bool = True,
+    progress: Progress = SILENT,
+    pipelined: bool | None = None,
+) -> ExtractResult:
+    """Create or bring up to date the folder collection in ``cache_dir`` from the images below ``root``.
+
+    ``force`` embeds every file again and starts the collection over (new ids from 0).
+    """
+    started = time.time()
+    root = Path(root).resolve()
+    device = pick_device(params.device)
+    precision = resolve_precision(params.precision, device)
+    batch_size = params.batch_size or default_batch_size(precision, device, params.image_size)
+    identity = model_identity(root, side, params.weights, params.image_size, precision)
+    folder = features_dir(cache_dir)
+    with cache_lock(cache_dir, wait=wait, progress=progress):
+        previous = None if force else load_previous(cache_dir, identity)
+        progress.note("comparing the folder with the collection ...")
+        plan = plan_update(root, previous)
+        if not plan.stamps:
+            raise DataError(f"{root} holds no images")
+        counts = {"new": len(plan.new), "changed": len(plan.changed), "removed": len(plan.removed),
+                  "unchanged": plan.unchanged}
+        touched = previous is not None and any(
+            plan.stamps[k] != tuple(previous.stamps[r]) for r, k in enumerate(previous.keys) if k in plan.stamps)
+        if previous is not None and not plan.embed and not len(plan.removed) and not touched:
+            manifest = previous.manifest
+            return ExtractResult(folder, manifest["n"], time.time() - started, True, 0, manifest,
+                                 skipped=tuple(manifest.get("skipped", [])), counts=counts)
+        model_started = time.perf_counter()
+        embedded = None
+        model = None
+        if plan.embed:
+            model = FeatureModel(params.weights, params.image_size, device, precision)
+        work_started = time.perf_counter()
+        if plan.embed:
+            assert model is not None
+            source = FolderSource(root, side, keys=plan.embed)
+            fingerprint = hashlib.sha256("\n".join(
+                f"{k}\t{plan.digests.get(k, b'').hex()}" for k in plan.embed).encode()).hexdigest()
+            embedded = embed_chunks(source, folder / "partial", {**identity, "embed_sha256": fingerprint}, model,
+                                    batch_size, params.chunk_size, force=force, pipelined=pipelined,
+                                    progress=progress)
+        manifest, counts, skipped = _write(folder, root, identity, plan, previous, embedded, started, params,
+                                           batch_size, model.device if model else device)
+        if embedded is not None:
+            shutil.rmtree(embedded.folder, ignore_errors=True)
+        finished = time.perf_counter()
+        return ExtractResult(folder, manifest["n"], time.time() - started, False,
+                             embedded.resumed if embedded else 0, manifest, round(work_started - model_started, 3),
+                             round(finished - work_started, 3), tuple(skipped), counts=counts)
+
+
+def _write(folder: Path, root: Path, identity: dict[str, Any], plan: Plan, previous: Previous | None,
+           embedded: Any, started: float, params: ExtractParams, batch_size: int,
+           device: str) -> tuple[dict[str, Any], dict[str, int], list[dict[str, Any]]]:
+    """Assemble and commit the collection's next version: kept rows in id order, then the new images."""
+    failed = {e["id"] for e in embedded.skipped} if embedded is not None else set()
+    n_changed = len(plan.changed)
+    skipped = list(plan.still_skipped)
+    for e in (embedded.skipped if embedded is not None else []):
+        size, mtime = plan.stamps.get(e["path"], (None, None))
+        skipped.append({"path": e["path"], "reason": e["reason"], "size": size, "mtime_ns": mtime})
+    # where each embedded image's features are: (chunk file, row in it)
+    chunk = embedded.chunk if embedded is not None else 1
+    cache: dict[int, np.ndarray] = {}
+
+    def embedded_row(position: int) -> np.ndarray:
+        c = position // chunk
+        if c not in cache:
+            cache.clear()
+            cache[c] = np.load(embedded.files[c])
+        return cache[c][position % chunk]
+
+    old_n = len(previous.keys) if previous else 0
+    gone = np.zeros(old_n, dtype=bool)
+    gone[plan.removed] = True
+    changed_at = {int(row): pos for pos, row in enumerate(plan.changed)}
+    for row, pos in changed_at.items():
+        if pos in failed:
+            gone[row] = True  # changed into something unreadable: it leaves the collection
+    kept_rows = np.flatnonzero(~gone)
+    new_positions = [p for p in range(n_changed, len(plan.embed)) if p not in failed]
+    generation = int(previous.manifest["collection"]["generation"]) + 1 if previous else 1
+    next_id = int(previous.manifest["collection"]["next_id"]) if previous else 0
+    keys = [previous.keys[r] for r in kept_rows] + [plan.embed[p] for p in new_positions] if previous \
+        else [plan.embed[p] for p in new_positions]
+    n = len(keys)
+    if n == 0:
+        reason = skipped[0]["reason"] if skipped else "no readable images"
+        raise DataError(f"none of the images in {root} could be read: {reason}")
+    ids = np.concatenate([previous.ids[kept_rows] if previous else np.empty(0, np.int64),
+                          np.arange(next_id, next_id + len(new_positions), dtype=np.int64)])
+    versions = np.concatenate([previous.versions[kept_rows] if previous else np.empty(0, np.int64),
+                               np.full(len(new_positions), generation, dtype=np.int64)])
+    for i, row in enumerate(kept_rows):
+        if int(row) in changed_at:
+            versions[i] = generation
+    stamps = np.array([plan.stamps[k] for k in keys], dtype=np.int64).reshape(n, 2)
+    known = {k: bytes(d) for k, d in zip(previous.keys, previous.digests)} if previous else {}
+    # a file hashed now (new, changed or touched) has its new digest; the others keep theirs
+    digests = np.array([plan.digests.get(k) or known.get(k, b"") for k in keys], dtype="S32")
+    old_features = load_npy(folder, previous.manifest, "features", make_cmd=MAKE_CMD) if previous else None
+
+    def rows() -> Any:
+        """The features in id order, a block at a time (memory stays at one block)."""
+        block = 8192
+        for lo in range(0, len(kept_rows), block):
+            part = kept_rows[lo : lo + block]
+            out = np.array(old_features[part], dtype=np.float32)  # type: ignore[index]
+            for j, row in enumerate(part):
+                if int(row) in changed_at:
+                    out[j] = embedded_row(changed_at[int(row)])
+            yield out
+        for lo in range(0, len(new_positions), block):
+            yield np.stack([embedded_row(p) for p in new_positions[lo : lo + block]])
+
+    labels, class_names = folder_labels(keys)
+    staging = staging_dir(folder)
+    write_npy_chunks(staging / "features.npy", (n, DIM), np.float32, rows())
+    write_npy(staging / "labels.npy", labels)
+    write_npy(staging / "ids.npy", ids)
+    write_npy(staging / "keys.npy", np.array(keys, dtype=str))
+    write_npy(staging / "stamps.npy", stamps)
+    write_npy(staging / "digests.npy", digests)
+    write_npy(staging / "versions.npy", versions)
+    del old_features
+    files = commit_staged(folder, staging)
+    counts = {"new": len(new_positions), "changed": int(sum(1 for r in changed_at if not gone[r])),
+              "removed": int(gone.sum()), "unchanged": plan.unchanged}
+    lineage = previous.manifest["collection"]["lineage"] if previous else uuid.uuid4().hex
+    manifest = write_manifest(
+        folder, stage="extract",
+        params={**identity, "weights_source": _weights_source(params.weights), "batch_size": batch_size,
+                "device": device},
+        files=files,
+        inputs={"source": {"kind": "folder", "root": str(root), "side": identity["side"], "files": n}},
+        n=n, started=started, versions=library_versions("torch", "torchvision"),
+        extra={"class_names": class_names, "skipped": skipped,
+               "collection": {"lineage": lineage, "generation": generation, "next_id": int(next_id + len(new_positions))},
+               "update": counts},
+    )
+    return manifest, counts, skipped
+
+
+def summary_line(counts: dict[str, int]) -> str:
+    return ", ".join(f"{counts[k]} {k}" for k in ("new", "changed", "removed", "unchanged"))
+
