@@ -225,6 +225,9 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
             raise click.UsageError("--archive and --no-verify are for STL-10, not for --images collections")
         if split != P.ExtractParams.split or limit is not None:
             raise click.UsageError("--split and --limit are for STL-10: a folder collection holds every image in it")
+        given = {name for name in ("weights", "image_size", "precision")
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+        params = _as_before(home, params, given) if not force else params
         _extract_folder(home, _folder_root(home, images), params, force, no_wait, progress)
         return
     result = run_extract(source, home, params, force=force, wait=not no_wait, progress=progress)
@@ -251,6 +254,22 @@ def _extract_folder(home: Path, root: Path, params: P.ExtractParams, force: bool
     resumed = f", resumed after {result.resumed_chunks} chunks" if result.resumed_chunks else ""
     done = "up to date" if result.cached else f"{result.seconds:.1f} s{resumed}"
     click.echo(f"{summary_line(result.counts)}: {result.n} images in {result.folder} ({done})")
+
+
+def _as_before(home: Path, params: P.ExtractParams, given: set[str]) -> P.ExtractParams:
+    """An update embeds new files as the collection's others were: the weights, input size and precision
+    of its last extraction, unless given on the command line."""
+    from dataclasses import replace
+
+    from .extract import load_manifest
+
+    try:
+        recorded = load_manifest(home)["params"]
+        before = {"weights": recorded["weights_source"], "image_size": recorded["image_size"],
+                  "precision": recorded["precision"]}
+    except (Stl10SimError, KeyError, TypeError):
+        return params  # a new collection (or one that can't be built on): the options as given
+    return replace(params, **{name: value for name, value in before.items() if name not in given})
 
 
 def _folder_root(home: Path, images: Path | None) -> Path:

@@ -45,8 +45,8 @@ def _photos(root: Path, n: int, seed: int, start: int = 0) -> list[str]:
     return names
 
 
-def _extract(root: Path, cache: Path, *extra: str):
-    result = CliRunner().invoke(main, ["extract", "--images", str(root), "--collection", "mine", *FAST, *extra,
+def _extract(root: Path, cache: Path, *options: str):
+    result = CliRunner().invoke(main, ["extract", "--images", str(root), "--collection", "mine", *(options or FAST),
                                        "--cache-dir", str(cache)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result
@@ -111,7 +111,8 @@ def test_removed_ids_are_refused_and_never_given_again(updated):
     assert all(r["id"] not in (0, 13, 29) for r in doc["results"])  # the removed images
     (root / "ship/img102.png").unlink()  # the newest image goes; the next new one still gets a new id
     _photos(root, 1, seed=9, start=200)
-    assert _extract(root, cache).stdout.startswith("1 new, 0 changed, 1 removed, 31 unchanged")
+    # no model options: the update embeds as the collection was (--weights none, 64 px), not with the defaults
+    assert _extract(root, cache, "--batch-size", "8").stdout.startswith("1 new, 0 changed, 1 removed, 31 unchanged")
     assert _id_by_path(cache)["cat/img200.png"] == 35
 
 

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Which candidates rerank re-ranks: the pool's best MinHash estimates, its best exact set Jaccard, or all of it.
+
+    python benchmarks/explore_ranking.py CACHE_DIR [CACHE_DIR ...] [--queries 500]
+
+For each CACHE_DIR (features from `stl10sim extract`), builds the default index in memory and, on the same
+seeded queries, gathers the forest pool of POOL_FACTOR x candidates exactly as `rerank` does, then keeps
+`candidates` of it by (a) estimated Jaccard from the signatures (today), (b) exact Jaccard of the stored top-K
+sets, or (c) keeps the whole pool, and ranks what was kept by cosine. Prints recall@10 against exact cosine,
+precision@10 and the median in-process search time of each, beside exact search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stl10_similarity import evaluate as ev
+from stl10_similarity.index import index_in_memory
+from stl10_similarity.params import POOL_FACTOR, IndexParams
+from stl10_similarity.search import Searcher
+from stl10_similarity.signatures import set_intersections
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("caches", type=Path, nargs="+")
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--budgets", default="100,200,400")
+    parser.add_argument("--pool-factors", default=str(POOL_FACTOR))
+    args = parser.parse_args()
+    k = 10
+    for cache in args.caches:
+        folder = cache / "features"
+        feats = np.ascontiguousarray(np.load(folder / "features.npy"), dtype=np.float32)
+        labels = np.load(folder / "labels.npy")
+        names = json.loads((folder / "manifest.json").read_text())["class_names"]
+        index = index_in_memory(feats, labels, names, IndexParams())
+        queries = ev.choose_queries(len(feats), args.queries)
+        sims = feats[queries] @ feats.T
+        sims[np.arange(len(queries)), queries] = -np.inf
+        truth = np.argsort(-sims, axis=1)[:, :k]
+        kth = np.take_along_axis(sims, truth[:, -1:], axis=1)[:, 0]
+        print(f"\n{cache}: {len(feats)} images, {len(queries)} queries, k={k}")
+        print("| pool factor | candidates | kept by | recall@10 | P@10 | exact P@10 | pool | p50 ms | exact p50 ms |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        exact_p = np.mean([(labels[t] == labels[q]).mean() for q, t in zip(queries, truth)])
+        searcher = Searcher(index)
+        exact_times = []
+        for q in queries[:100]:
+            v = searcher.for_row(int(q))
+            t0 = time.perf_counter()
+            searcher.search_ids(v, k, "exact")
+            exact_times.append(time.perf_counter() - t0)
+        exact_ms = 1e3 * float(np.median(exact_times))
+        for factor in [int(x) for x in args.pool_factors.split(",")]:
+            for budget in [int(x) for x in args.budgets.split(",")]:
+                for how in ("estimate", "jaccard", "pool"):
+                    recalls, precisions, pools, times = [], [], [], []
+                    for r, q in enumerate(queries):
+                        v = searcher.for_row(int(q))
+                        t0 = time.perf_counter()
+                        ids = searcher.forest_candidates(v, factor * budget)
+                        if how == "estimate":
+                            kept = searcher._top(ids, searcher.estimated_jaccard(v, ids), budget)
+                        elif how == "jaccard":
+                            inter = set_intersections(v.topk, index.topk[ids])
+                            kept = searcher._top(ids, inter.astype(np.float64), budget)
+                        else:
+                            kept = ids
+                        got = searcher._top(kept, searcher.cosine(v, kept), k)
+                        times.append(time.perf_counter() - t0)
+                        recalls.append(float((feats[got] @ feats[q] >= kth[r] - 1e-6).sum()) / k)
+                        precisions.append(float((labels[got] == labels[q]).mean()))
+                        pools.append(len(ids))
+                    print(f"| {factor} | {budget} | {how} | {np.mean(recalls):.3f} | {np.mean(precisions):.3f} | "
+                          f"{exact_p:.3f} | {np.mean(pools):.0f} | {1e3 * np.median(times):.2f} | {exact_ms:.2f} |",
+                          flush=True)
+
+
+if __name__ == "__main__":
+    main()
