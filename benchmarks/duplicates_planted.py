@@ -2,12 +2,22 @@
 """Planted near-duplicates: does `stl10sim duplicates` find them, and what else does it group?
 
     python benchmarks/duplicates_planted.py PHOTO_FOLDER --weights PATH [--plant 1000] [--image-size 224]
+        [--upscale 256] [--worlds 10] [--keep DIR] [--out results.json]
+    python benchmarks/duplicates_planted.py --reuse DIR [--worlds 10] [--out results.json]
 
 Copies the photos of PHOTO_FOLDER (say the dev photos' train/, frog left out) into a new folder and plants
 --plant copies of distinct photos, each resized (x1.5), re-encoded at JPEG quality 40, or cropped by 2 pixels
-on every side, in turn. Extracts and indexes it as a collection, runs `stl10sim duplicates` (timed, whole
-process) and exact all-pairs search at the same threshold (timed, in blocks), and reports the share of planted
-pairs found, the pairs exact search finds that the forest misses, and groups with no planted pair.
+on every side, in turn. --upscale SIDE first resizes every photo to SIDE x SIDE (bicubic, JPEG quality 95), so
+that "a few pixels" and "x1.5" mean what they do for photo-sized images rather than for 32 px thumbnails.
+Extracts and indexes it as a collection, runs `stl10sim duplicates` (timed, whole process) and exact all-pairs
+search at the same threshold (timed, in blocks), and reports the share of planted pairs found (per kind), the
+pairs exact search finds that the forest misses, and groups with no planted pair. --keep DIR saves the features
+and the planted list; --reuse DIR starts from them (no extraction).
+
+--worlds W measures the same search in-process at W times the size: the collection's real features plus W - 1
+copies of them, each with the dimensions of its centred features shuffled by its own fixed permutation. Each
+copy keeps the collection's neighbourhoods (its planted pairs stay planted pairs) while looking like no other
+copy, so this is a collection of real feature statistics W times larger, with W times the planted pairs.
 """
 
 from __future__ import annotations
@@ -24,11 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
+KINDS = ("resized x1.5", "JPEG quality 40", "cropped 2 px")
 
-def plant(source: Path, target: Path, count: int, seed: int = 0) -> list[tuple[str, str]]:
+
+def plant(source: Path, target: Path, count: int, seed: int = 0, upscale: int | None = None) -> list[list]:
     from PIL import Image
 
     shutil.copytree(source, target)
+    if upscale:
+        for path in target.rglob("*.jpg"):
+            with Image.open(path) as img:
+                big = img.convert("RGB").resize((upscale, upscale), Image.Resampling.BICUBIC)
+            big.save(path, quality=95)
     files = sorted(p.relative_to(target).as_posix() for p in target.rglob("*.jpg"))
     rng = np.random.default_rng(seed)
     planted = []
@@ -45,59 +62,128 @@ def plant(source: Path, target: Path, count: int, seed: int = 0) -> list[tuple[s
                 copy, options = img.crop((2, 2, img.width - 2, img.height - 2)), {"quality": 90}
         name = original.replace(".jpg", f"_dup{n}.jpg")
         copy.save(target / name, **options)
-        planted.append((original, name))
+        planted.append([str(original), name, kind])
     return planted
+
+
+def exact_pairs_of(feats: np.ndarray, threshold: float, block: int = 2048) -> set[tuple[int, int]]:
+    pairs: set[tuple[int, int]] = set()
+    for lo in range(0, len(feats), block):
+        scores = feats[lo : lo + block] @ feats.T
+        rows, cols = np.nonzero(scores >= threshold)
+        keep = cols > rows + lo
+        pairs.update(zip((rows[keep] + lo).tolist(), cols[keep].tolist()))
+    return pairs
+
+
+def worlds(feats: np.ndarray, count: int, seed: int = 1) -> np.ndarray:
+    """``feats`` and ``count - 1`` copies whose centred features have their dimensions permuted."""
+    rng = np.random.default_rng(seed)
+    mean = feats.mean(axis=0)
+    out = [feats]
+    for _ in range(count - 1):
+        copy = np.maximum(mean + (feats - mean)[:, rng.permutation(feats.shape[1])], 0.0)
+        out.append((copy / np.linalg.norm(copy, axis=1, keepdims=True)).astype(np.float32))
+    return np.concatenate(out)
+
+
+def measure(feats: np.ndarray, planted: list[tuple[int, int, int]], threshold: float) -> dict:
+    """The duplicate search in-process (the code `stl10sim duplicates` runs) against exact all pairs."""
+    from stl10_similarity.duplicates import find_duplicates
+    from stl10_similarity.index import index_in_memory
+    from stl10_similarity.params import DuplicatesParams
+
+    t0 = time.perf_counter()
+    index = index_in_memory(feats, np.full(len(feats), -1, np.int16), [])
+    index_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    groups = find_duplicates(index, DuplicatesParams(threshold=threshold))
+    search_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    exact = exact_pairs_of(feats, threshold)
+    exact_seconds = time.perf_counter() - t0
+    return {"images": len(feats), "index_build_seconds": round(index_seconds, 2),
+            "duplicates_seconds": round(search_seconds, 2), "exact_all_pairs_seconds": round(exact_seconds, 2),
+            **score(feats, groups, planted, exact, threshold)}
+
+
+def score(feats: np.ndarray, groups: list, planted: list[tuple[int, int, int]], exact: set[tuple[int, int]],
+          threshold: float) -> dict:
+    group_of = {i: g for g, group in enumerate(groups) for i in group.ids}
+    hit = [a in group_of and group_of.get(a) == group_of.get(b) for a, b, _ in planted]
+    cos = np.array([float(feats[a] @ feats[b]) for a, b, _ in planted])
+    kinds = np.array([k for _, _, k in planted])
+    linked = {(a, b) for g in groups for a in g.ids for b in g.ids if a < b}
+    with_planted = {group_of[a] for (a, b, _), h in zip(planted, hit) if h}
+    return {
+        "planted_pairs": len(planted), "planted_found": int(sum(hit)),
+        "planted_found_share": round(sum(hit) / len(planted), 4),
+        "planted_at_or_above_threshold": int((cos >= threshold).sum()),
+        "planted_found_of_those": round(sum(hit) / max(1, int((cos >= threshold).sum())), 4),
+        "per_kind": {KINDS[k]: {"found": int(np.array(hit)[kinds == k].sum()), "of": int((kinds == k).sum()),
+                                "cosine_min_median": [round(float(cos[kinds == k].min()), 4),
+                                                      round(float(np.median(cos[kinds == k])), 4)]}
+                     for k in range(3)},
+        "groups": len(groups), "groups_without_a_planted_pair": len(groups) - len(with_planted),
+        "exact_pairs": len(exact), "exact_pairs_found": len(exact & linked),
+        "exact_pairs_found_share": round(len(exact & linked) / max(1, len(exact)), 4),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("photos", type=Path)
-    parser.add_argument("--weights", required=True)
+    parser.add_argument("photos", type=Path, nargs="?")
+    parser.add_argument("--weights")
     parser.add_argument("--plant", type=int, default=1000)
     parser.add_argument("--threshold", type=float, default=0.95)
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--upscale", type=int, default=None)
+    parser.add_argument("--worlds", type=int, default=1)
+    parser.add_argument("--keep", type=Path, default=None)
+    parser.add_argument("--reuse", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="stl10sim-dups-"))
-    planted = plant(args.photos, work / "photos", args.plant)
-    env = {**os.environ, "STL10SIM_CACHE_DIR": str(work / "cache")}
-    cli = [sys.executable, "-m", "stl10_similarity", "-q"]
-    subprocess.run([*cli, "extract", "--images", str(work / "photos"), "--collection", "dups", "--weights", args.weights,
-                    "--image-size", str(args.image_size)], env=env, check=True)
-    subprocess.run([*cli, "index", "--collection", "dups"], env=env, check=True)
-    t0 = time.perf_counter()
-    out = subprocess.run([*cli, "duplicates", "--collection", "dups", "--json", "--threshold", str(args.threshold)],
-                         env=env, check=True, capture_output=True, text=True).stdout
-    forest_seconds = time.perf_counter() - t0
-    groups = [json.loads(line) for line in out.splitlines()]
-    group_of = {p: g for g, doc in enumerate(groups) for p in doc["paths"]}
-    found = sum(1 for a, b in planted if a in group_of and group_of.get(a) == group_of.get(b))
-    planted_groups = {group_of[a] for a, b in planted if a in group_of and group_of.get(a) == group_of.get(b)}
-
-    folder = work / "cache" / "collections" / "dups" / "features"
-    feats = np.load(folder / "features.npy")
-    keys = np.load(folder / "keys.npy")
-    t0 = time.perf_counter()
-    exact_pairs = []
-    for lo in range(0, len(feats), 2048):
-        scores = feats[lo : lo + 2048] @ feats.T
-        rows, cols = np.nonzero(scores >= args.threshold)
-        keep = cols > rows + lo
-        exact_pairs += list(zip((rows[keep] + lo).tolist(), cols[keep].tolist()))
-    exact_seconds = time.perf_counter() - t0
-    forest_pairs = {(a, b) for doc in groups for a in doc["ids"] for b in doc["ids"] if a < b}
-    missed = [p for p in exact_pairs if p not in forest_pairs]
-    index = {k: i for i, k in enumerate(keys.tolist())}
-    planted_cos = [float(feats[index[a]] @ feats[index[b]]) for a, b in planted]
-    print(json.dumps({
-        "images": len(feats), "planted_pairs": len(planted), "threshold": args.threshold, "image_size": args.image_size,
-        "planted_found": found, "planted_found_share": round(found / len(planted), 4),
-        "planted_pairs_below_threshold": sum(c < args.threshold for c in planted_cos),
-        "planted_cosine_min_median": [round(min(planted_cos), 4), round(float(np.median(planted_cos)), 4)],
-        "groups": len(groups), "groups_without_a_planted_pair": len(groups) - len(planted_groups),
-        "exact_pairs": len(exact_pairs), "exact_pairs_missed_by_forest": len(missed),
-        "duplicates_process_seconds": round(forest_seconds, 2), "exact_all_pairs_seconds": round(exact_seconds, 2),
-    }, indent=2))
-    shutil.rmtree(work, ignore_errors=True)
+    report: dict = {"threshold": args.threshold}
+    if args.reuse:
+        feats = np.load(args.reuse / "features.npy")
+        keys = np.load(args.reuse / "keys.npy")
+        planted = json.loads((args.reuse / "planted.json").read_text())
+        report.update(json.loads((args.reuse / "setup.json").read_text()))
+    else:
+        if args.photos is None or args.weights is None:
+            parser.error("PHOTO_FOLDER and --weights are needed unless --reuse is given")
+        work = Path(tempfile.mkdtemp(prefix="stl10sim-dups-"))
+        planted = plant(args.photos, work / "photos", args.plant, upscale=args.upscale)
+        env = {**os.environ, "STL10SIM_CACHE_DIR": str(work / "cache")}
+        cli = [sys.executable, "-m", "stl10_similarity", "-q"]
+        subprocess.run([*cli, "extract", "--images", str(work / "photos"), "--collection", "dups", "--weights",
+                        args.weights, "--image-size", str(args.image_size)], env=env, check=True)
+        subprocess.run([*cli, "index", "--collection", "dups"], env=env, check=True)
+        t0 = time.perf_counter()
+        subprocess.run([*cli, "duplicates", "--collection", "dups", "--json", "--threshold", str(args.threshold)],
+                       env=env, check=True, capture_output=True, text=True)
+        report["duplicates_process_seconds"] = round(time.perf_counter() - t0, 2)
+        folder = work / "cache" / "collections" / "dups" / "features"
+        feats, keys = np.load(folder / "features.npy"), np.load(folder / "keys.npy")
+        setup = {"image_size": args.image_size, "upscale": args.upscale}
+        report.update(setup)
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for name in ("features", "keys"):
+                shutil.copy(folder / f"{name}.npy", args.keep / f"{name}.npy")
+            (args.keep / "planted.json").write_text(json.dumps(planted))
+            (args.keep / "setup.json").write_text(json.dumps(setup))
+        shutil.rmtree(work, ignore_errors=True)
+    row = {k: i for i, k in enumerate(keys.tolist())}
+    pairs = [(row[a], row[b], kind) for a, b, kind in planted]
+    report["at_collection_size"] = measure(feats, pairs, args.threshold)
+    if args.worlds > 1:
+        n = len(feats)
+        many = [(a + w * n, b + w * n, kind) for w in range(args.worlds) for a, b, kind in pairs]
+        report[f"x{args.worlds}"] = measure(worlds(feats, args.worlds), many, args.threshold)
+    print(json.dumps(report, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
