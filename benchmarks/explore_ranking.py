@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--budgets", default="100,200,400")
     parser.add_argument("--pool-factors", default=str(POOL_FACTOR))
+    parser.add_argument("--trees", default="8")
+    parser.add_argument("--ways", default="estimate,jaccard,pool")
     args = parser.parse_args()
     k = 10
     for cache in args.caches:
@@ -39,27 +41,29 @@ def main() -> None:
         feats = np.ascontiguousarray(np.load(folder / "features.npy"), dtype=np.float32)
         labels = np.load(folder / "labels.npy")
         names = json.loads((folder / "manifest.json").read_text())["class_names"]
-        index = index_in_memory(feats, labels, names, IndexParams())
         queries = ev.choose_queries(len(feats), args.queries)
         sims = feats[queries] @ feats.T
         sims[np.arange(len(queries)), queries] = -np.inf
         truth = np.argsort(-sims, axis=1)[:, :k]
         kth = np.take_along_axis(sims, truth[:, -1:], axis=1)[:, 0]
         print(f"\n{cache}: {len(feats)} images, {len(queries)} queries, k={k}")
-        print("| pool factor | candidates | kept by | recall@10 | P@10 | exact P@10 | pool | p50 ms | exact p50 ms |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| trees | pool factor | candidates | kept by | recall@10 | P@10 | exact P@10 | pool | p50 ms | exact p50 ms |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         exact_p = np.mean([(labels[t] == labels[q]).mean() for q, t in zip(queries, truth)])
-        searcher = Searcher(index)
         exact_times = []
+        searcher = Searcher(index_in_memory(feats, labels, names, IndexParams()))
         for q in queries[:100]:
             v = searcher.for_row(int(q))
             t0 = time.perf_counter()
             searcher.search_ids(v, k, "exact")
             exact_times.append(time.perf_counter() - t0)
         exact_ms = 1e3 * float(np.median(exact_times))
-        for factor in [int(x) for x in args.pool_factors.split(",")]:
+        for trees in [int(x) for x in args.trees.split(",")]:
+          index = index_in_memory(feats, labels, names, IndexParams(trees=trees))
+          searcher = Searcher(index)
+          for factor in [int(x) for x in args.pool_factors.split(",")]:
             for budget in [int(x) for x in args.budgets.split(",")]:
-                for how in ("estimate", "jaccard", "pool"):
+                for how in args.ways.split(","):
                     recalls, precisions, pools, times = [], [], [], []
                     for r, q in enumerate(queries):
                         v = searcher.for_row(int(q))
@@ -77,7 +81,7 @@ def main() -> None:
                         recalls.append(float((feats[got] @ feats[q] >= kth[r] - 1e-6).sum()) / k)
                         precisions.append(float((labels[got] == labels[q]).mean()))
                         pools.append(len(ids))
-                    print(f"| {factor} | {budget} | {how} | {np.mean(recalls):.3f} | {np.mean(precisions):.3f} | "
+                    print(f"| {trees} | {factor} | {budget} | {how} | {np.mean(recalls):.3f} | {np.mean(precisions):.3f} | "
                           f"{exact_p:.3f} | {np.mean(pools):.0f} | {1e3 * np.median(times):.2f} | {exact_ms:.2f} |",
                           flush=True)
 

@@ -111,8 +111,8 @@ def _home(cache_dir: Path | None, collection: str) -> Path:
 no_wait_option = click.option("--no-wait", is_flag=True, help="Fail at once if another command holds the cache dir.")
 candidates_option = param_option(
     P.SearchParams, "candidates",
-    help=f"rerank: how many forest candidates (best by estimated Jaccard, from a pool of {P.POOL_FACTOR}x as many) "
-    f"are re-ranked by cosine; forest: the pool is {P.POOL_FACTOR}x this.",
+    help=f"rerank: how many forest candidates (those whose sets overlap the query's most, from a pool of "
+    f"{P.POOL_FACTOR}x as many) are re-ranked by cosine; forest: the pool is {P.POOL_FACTOR}x this.",
 )
 force_option = click.option("--force", is_flag=True, help="Rebuild even if a matching cached result exists.")
 device_option = param_option(P.ExtractParams, "device", help="auto: a CUDA GPU, else Apple's MPS, else the CPU.")
@@ -406,8 +406,9 @@ def _png_path(png: Path, result: Any, several: bool) -> Path:
 @click.option("--image", "images", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
               help="An image file not in the collection (JPEG, PNG, WebP, ...); repeat for several.")
 @param_option(P.SearchParams, "k", "-k", "k", help="Results per query.")
-@param_option(P.SearchParams, "method", help="forest: LSH forest by estimated Jaccard; rerank: its candidates by "
-              "cosine; exact: brute-force cosine; forest-query: datasketch's own query().")
+@param_option(P.SearchParams, "method", help=f"auto: exact up to {P.SCAN_LIMIT:,} images, rerank beyond; rerank: the "
+              "forest's candidates by cosine; forest: LSH forest by estimated Jaccard; exact: brute-force cosine; "
+              "forest-query: datasketch's own query().")
 @candidates_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query on stdout (NDJSON for several).")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -421,10 +422,12 @@ def query(ctx: click.Context, image_ids: tuple[int, ...], images: tuple[Path, ..
           cache_dir: Path | None) -> None:
     """Find the k images most similar to each query image.
 
-    Methods: rerank (default) takes the forest's candidates, gathered from every tree at the deepest
-    shared prefix first, keeps the --candidates best by estimated Jaccard and orders them by exact
-    cosine; forest orders the candidates by estimated Jaccard; exact is brute-force cosine over all
-    features (the baseline); forest-query is datasketch's own MinHashLSHForest.query(). Never returns
+    Methods: auto (default) scans every image (exact) while the collection is small enough for a scan to
+    take a few milliseconds, and uses rerank beyond. rerank takes the forest's candidates, gathered from
+    every tree at the deepest shared prefix first, keeps the --candidates whose top-K sets overlap the
+    query's most and orders them by exact cosine; forest orders the candidates by estimated Jaccard;
+    exact is brute-force cosine over all features (the baseline); forest-query is datasketch's own
+    MinHashLSHForest.query(). Never returns
     the query itself, never fewer than min(k, N-1) results. Builds the index first when it is missing or
     out of date (one line on stderr). With several queries and --png grid.png, grids are grid-<id>.png.
     """

@@ -142,7 +142,8 @@ class Session:
             image_id: id of a collection image (0-based); it is never among its own results.
             image: an image file's path, its encoded bytes, or uint8 pixels ``(3, H, W)`` / ``(H, W, 3)``.
             k: results wanted (fewer only when the collection is smaller).
-            method: ``rerank`` (default), ``forest``, ``exact`` or ``forest-query`` (docs/cli.md).
+            method: ``auto`` (default: ``exact`` up to ``params.SCAN_LIMIT`` images, else ``rerank``), ``rerank``,
+                ``forest``, ``exact`` or ``forest-query`` (docs/cli.md).
             candidates: how many forest candidates ``rerank`` re-ranks by cosine.
             name: how ``image`` is named in the result (default: its path).
             device: where an ``image`` is embedded.

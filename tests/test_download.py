@@ -139,4 +139,4 @@ def test_first_run_is_two_commands(tmp_path, archive):
     doc = json.loads(query.stdout)
     assert list(doc) == ["query", "results", "params", "timing_ms", "candidates"]
     assert doc["query"] == {"id": 42, "label": "car", "class_index": 2} and len(doc["results"]) == 5
-    assert doc["params"]["n"] == 100 and doc["params"]["method"] == "rerank"
+    assert doc["params"]["n"] == 100 and doc["params"]["method"] == "auto"

@@ -72,7 +72,7 @@ def test_evaluate_cli_table_and_json(built_cache, tmp_path):
     assert text.exit_code == 0
     lines = text.stdout.splitlines()
     assert lines[1].split()[:4] == ["method", "P@k", "mAP@k", "kNN"]
-    assert [line.split()[0] for line in lines[3:]] == ["forest", "rerank", "exact"]
+    assert [line.split()[0] for line in lines[3:]] == ["forest", "rerank", "auto", "exact"]
     assert png.is_file()
     doc = json.loads(invoke("-q", "evaluate", "--queries", "all", "--json", "--method", "exact",
                             "--cache-dir", str(built_cache)).stdout)

@@ -38,7 +38,7 @@ def test_results_are_complete_sorted_and_exclude_the_query(n, seed, k, method, c
     assert len(ids) == len(set(ids)) == min(k, n - 1)
     assert [m.rank for m in result.results] == list(range(1, len(ids) + 1))
     # each method's own ranking score never increases down the list
-    score = {"exact": "cosine", "rerank": "cosine"}.get(method, "jaccard_estimate")
+    score = {"exact": "cosine", "rerank": "cosine", "auto": "cosine"}.get(method, "jaccard_estimate")
     values = [getattr(m, score) for m in result.results]
     assert values == sorted(values, reverse=True)
 
@@ -82,3 +82,17 @@ def test_extract_bench_smoke(built_cache):
     assert result.exit_code == 0
     for row in ("naive PIL fp32", "tensor fp32, BN kept", "tensor fp32, BN folded"):
         assert row in result.stdout
+
+
+def test_auto_scans_small_collections_and_uses_the_forest_beyond(monkeypatch):
+    index = _index(120, 0)
+    searcher = Searcher(index, 10)
+    q = searcher.for_row(5)
+    exact = searcher.query(q, 7, "exact")
+    auto = searcher.query(q, 7, "auto")
+    assert auto.params["method"] == "auto" and auto.params["answered_by"] == "exact"
+    assert [m.id for m in auto.results] == [m.id for m in exact.results]
+    monkeypatch.setattr("stl10_similarity.search.SCAN_LIMIT", 100)  # 120 images is now "large"
+    auto = searcher.query(q, 7, "auto")
+    assert auto.params["answered_by"] == "rerank" and auto.candidates < index.n
+    assert [m.id for m in auto.results] == [m.id for m in searcher.query(q, 7, "rerank").results]

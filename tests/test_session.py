@@ -17,7 +17,8 @@ def session(built_cache):
 
 def test_query_by_id_is_the_cli_default(session):
     result = session.query(image_id=42)
-    assert len(result.results) == SearchParams.k and result.params["method"] == "rerank"
+    assert len(result.results) == SearchParams.k and result.params["method"] == "auto"
+    assert result.params["answered_by"] == "exact"  # 100 images: a scan is cheapest and always right
     assert result.params["candidates"] == SearchParams.candidates  # one default for every caller
     assert 42 not in [m.id for m in result.results]
     assert set(result.timing_ms) == {"search", "describe", "load"}
@@ -28,7 +29,7 @@ def test_query_by_id_is_the_cli_default(session):
     ({"image_id": 1, "image": b"x"}, "image_id or image must be given, and not both"),
     ({"image_id": 100}, "image_id 100 is out of range: the collection has 100 images (ids 0..99)"),
     ({"image_id": 1, "k": 0}, "k must be at least 1, got 0"),
-    ({"image_id": 1, "method": "fastest"}, "method 'fastest' is not one of forest, rerank, exact, forest-query"),
+    ({"image_id": 1, "method": "fastest"}, "method 'fastest' is not one of auto, rerank, forest, exact, forest-query"),
     ({"image_id": 1, "candidates": 0}, "candidates must be at least 1, got 0"),
     ({"image": np.zeros((5, 5), np.uint8)}, "image array must be uint8 (3, H, W) or (H, W, 3), got uint8 (5, 5)"),
     ({"image": 3.5}, "image must be a path, bytes or a uint8 array, got float"),

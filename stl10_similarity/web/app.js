@@ -12,7 +12,7 @@ function state() {
   const p = new URLSearchParams(location.search);
   const int = (name, fallback) => (/^\d+$/.test(p.get(name) || "") ? Number(p.get(name)) : fallback);
   return { label: p.get("label") || "", page: int("page", 0), q: p.has("q") ? int("q", null) : null,
-           k: int("k", 5), method: p.get("method") || "rerank" };
+           k: int("k", 5), method: p.get("method") || "auto" };
 }
 
 function go(changes, force = false) {
@@ -24,7 +24,7 @@ function go(changes, force = false) {
   if (next.page) p.set("page", next.page);
   if (next.q !== null && next.q !== undefined) p.set("q", next.q);
   if (next.k !== 5) p.set("k", next.k);
-  if (next.method !== "rerank") p.set("method", next.method);
+  if (next.method !== "auto") p.set("method", next.method);
   const url = `${location.pathname}${p.toString() ? "?" + p : ""}`;
   history.pushState(null, "", url);
   render();
@@ -86,7 +86,9 @@ function renderResults(doc, queryCard, roundTripMs) {
   }
   $("neighbours").replaceChildren(...cards);
   const t = doc.timing_ms;
-  $("timing").textContent = `${doc.params.method}, ${doc.candidates.toLocaleString()} candidates examined; ` +
+  const how = doc.params.method === doc.params.answered_by ? doc.params.method
+    : `${doc.params.method} (${doc.params.answered_by})`;
+  $("timing").textContent = `${how}, ${doc.candidates.toLocaleString()} candidates examined; ` +
     `search ${(t.search + t.describe).toFixed(2)} ms on the server` + (t.embed ? `, embedding ${t.embed.toFixed(0)} ms` : "") +
     `, ${roundTripMs.toFixed(0)} ms round trip`;
   $("results").hidden = false;
