@@ -367,7 +367,11 @@ def index(ctx: click.Context, top_k: int, num_perm: int, trees: int, basis: str,
 
     params = P.IndexParams(top_k=top_k, num_perm=num_perm, trees=trees, basis=basis)
     result = build_index(_home(cache_dir, collection), params, force=force, wait=not no_wait, progress=_progress(ctx))
-    state = "already built (cached; --force rebuilds)" if result.cached else f"built in {result.seconds:.1f} s"
+    if result.cached:
+        state = "already built (cached; --force rebuilds)"
+    else:
+        how = "updated in place" if result.manifest.get("updated") else "built"
+        state = f"{how} in {result.seconds:.1f} s"
     click.echo(f"index of {result.n} images in {result.folder}: {state}")
 
 

@@ -115,8 +115,8 @@ def ensure_index(cache_dir: Path, *, progress: Progress = SILENT) -> IndexResult
         return None  # a corrupt manifest is reported by load_index, naming the command that fixes it
     features_stage.load_manifest(cache_dir)  # no features: say `stl10sim extract`, not "building the index"
     params = last_params(cache_dir)
-    what = "no index yet" if state == "missing" else "the index is out of date"
-    progress.note(f"{what}: building it (top_k {params.top_k}, num_perm {params.num_perm}, trees {params.trees}, "
+    what = "no index yet: building it" if state == "missing" else "the index is out of date: bringing it up to date"
+    progress.note(f"{what} (top_k {params.top_k}, num_perm {params.num_perm}, trees {params.trees}, "
                   f"basis {params.basis}) ...")
     return build_index(cache_dir, params, progress=_WaitsOnly(progress))
 

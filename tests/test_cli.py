@@ -114,7 +114,7 @@ def test_query_rebuilds_a_stale_index_with_its_last_parameters(cache):
     result = CliRunner().invoke(main, ["query", "--image-id", "1", "--json", "--cache-dir", str(cache)])
     assert result.exit_code == 0, result.output
     assert result.stderr.strip().splitlines() == [
-        "the index is out of date: building it (top_k 50, num_perm 128, trees 8, basis centered) ..."]
+        "the index is out of date: bringing it up to date (top_k 50, num_perm 128, trees 8, basis centered) ..."]
     doc = json.loads(result.stdout)
     assert doc["params"]["top_k"] == 50 and doc["params"]["n"] == 50
     again = CliRunner().invoke(main, ["query", "--image-id", "1", "--json", "--cache-dir", str(cache)])
