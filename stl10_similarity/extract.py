@@ -173,6 +173,7 @@ class Embedded:
     chunk: int  # images per chunk
     skipped: list[dict[str, Any]]  # {"id": position in the source, "path", "reason"}
     resumed: int  # chunks found done from an earlier (killed) run
+    digests: dict[int, str]  # position -> SHA-256 of the file's bytes, for sources that read files
 
 
 def embed_chunks(source: Source, partial: Path, identity: dict[str, Any], model: FeatureModel, batch_size: int,
@@ -192,7 +193,8 @@ def embed_chunks(source: Source, partial: Path, identity: dict[str, Any], model:
     starts = range(0, source.size, chunk)
 
     def chunk_file(start: int, suffix: str = ".npy") -> Path:
-        """The chunk holding image ``start`` (its features; ``.skipped.json``: the files it could not read)."""
+        """The chunk holding image ``start`` (its features; ``.skipped.json``: the files it could not read;
+        ``.digests.json``: the SHA-256 of the files it read, for sources that read files)."""
         return partial / f"chunk_{start // chunk:06d}{suffix}"
 
     done = [s for s in starts if chunk_file(s).is_file()]
@@ -207,6 +209,7 @@ def embed_chunks(source: Source, partial: Path, identity: dict[str, Any], model:
     parts: list[np.ndarray] = []
     keys = source.keys()
     unreadable: dict[int, str] = getattr(source, "unreadable", {})  # filled as a folder source decodes
+    digests: dict[int, str] = getattr(source, "digests", {})
     try:
         for lo, hi, images in prefetched(reads) if pipelined else reads:
             parts.append(model(images))
@@ -218,7 +221,10 @@ def embed_chunks(source: Source, partial: Path, identity: dict[str, Any], model:
                     progress.note(f"warning: skipped {entry['path']}: {entry['reason']}")
                 jobs = [(write_json, chunk_file(first, ".skipped.json"), bad),
                         (write_npy, chunk_file(first), np.concatenate(parts))]
-                for job in jobs:  # the skipped list first: a chunk's .npy on disk means the chunk is done
+                if digests:
+                    hashed = {str(i): digests[i] for i in range(first, hi) if i in digests}
+                    jobs.insert(0, (write_json, chunk_file(first, ".digests.json"), hashed))
+                for job in jobs:  # the lists first: a chunk's .npy on disk means the chunk is done
                     if writer is not None:
                         writer.submit(*job)
                     else:
@@ -228,15 +234,16 @@ def embed_chunks(source: Source, partial: Path, identity: dict[str, Any], model:
         if writer is not None:
             writer.close()  # every finished chunk is on disk before we go on (or give up)
     bar.close()
-    skipped = [entry for s in starts for entry in _read_skipped(chunk_file(s, ".skipped.json"))]
-    return Embedded(partial, [chunk_file(s) for s in starts], chunk, skipped, len(done))
+    skipped = [entry for s in starts for entry in _read_list(chunk_file(s, ".skipped.json"), [])]
+    hashed = {int(i): d for s in starts for i, d in _read_list(chunk_file(s, ".digests.json"), {}).items()}
+    return Embedded(partial, [chunk_file(s) for s in starts], chunk, skipped, len(done), hashed)
 
 
-def _read_skipped(path: Path) -> list[dict[str, Any]]:
+def _read_list(path: Path, empty: Any) -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        return []  # a chunk written before skipped lists existed, or with nothing to skip
+        return empty  # a chunk written before these lists existed, or with nothing in them
 
 
 def _same_run(partial: Path, run: dict[str, Any]) -> bool:

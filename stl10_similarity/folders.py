@@ -47,13 +47,16 @@ def folder_labels(keys: list[str]) -> tuple[np.ndarray, list[str]]:
     return np.array([index[p[0]] for p in parts], dtype=np.int16), names
 
 
-def decode_square(path: Path, side: int) -> np.ndarray:
-    """One image file as uint8 ``(3, side, side)``: oriented, RGB, shorter side resized to ``side``, centre-cropped."""
+def decode_square(image: Path | bytes, side: int) -> np.ndarray:
+    """One image file (its path or its bytes) as uint8 ``(3, side, side)``: oriented, RGB, shorter side resized
+    to ``side``, centre-cropped."""
+    import io
+
     from PIL import Image, ImageOps
 
     from .images import MAX_PIXELS, _to_rgb
 
-    with Image.open(path) as img:
+    with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as img:
         if img.width * img.height > MAX_PIXELS:
             raise ValueError(f"{img.width} x {img.height} pixels is over the {MAX_PIXELS:,} pixel limit")
         if img.format == "JPEG":
@@ -81,6 +84,7 @@ class FolderSource:
             raise DataError(f"{self.root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         self.threads = threads or min(8, os.cpu_count() or 1)
         self.unreadable: dict[int, str] = {}
+        self.digests: dict[int, str] = {}  # SHA-256 of each file read, from the same bytes that were decoded
         self._pool: ThreadPoolExecutor | None = None
         self._labels, self._class_names = folder_labels(self._keys)
 
@@ -104,7 +108,9 @@ class FolderSource:
 
         def load(i: int) -> np.ndarray:
             try:
-                return decode_square(self.root / self._keys[i], self.side)
+                data = (self.root / self._keys[i]).read_bytes()  # read once: hashed and decoded from memory
+                self.digests[i] = hashlib.sha256(data).hexdigest()
+                return decode_square(data, self.side)
             except Exception as exc:  # Pillow raises many kinds for a broken file; none may stop the run
                 self.unreadable[i] = f"{exc.__class__.__name__}: {exc}"[:200]
                 return np.zeros((3, self.side, self.side), np.uint8)

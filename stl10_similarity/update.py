@@ -59,7 +59,7 @@ class Plan:
     changed: np.ndarray  # rows (of the previous features) whose file's content changed
     removed: np.ndarray  # rows whose file is gone
     stamps: dict[str, tuple[int, int]]  # (size, mtime_ns) of every file found
-    digests: dict[str, bytes]  # SHA-256 of every file hashed now (new, changed, or touched but the same)
+    digests: dict[str, bytes]  # SHA-256 of the files whose size or mtime moved (changed, or touched but the same)
     still_skipped: list[dict[str, Any]]  # files unreadable before and not touched since: not tried again
     unchanged: int
 
@@ -146,8 +146,8 @@ def plan_update(root: Path, previous: Previous | None, threads: int = 8) -> Plan
         except OSError:
             return key, None  # unreadable now: embedding will say why and skip it
 
-    with ThreadPoolExecutor(threads) as pool:
-        digests = {key: digest for key, digest in pool.map(hashed, suspects + new) if digest is not None}
+    with ThreadPoolExecutor(threads) as pool:  # new files are hashed as they are decoded (one read each)
+        digests = {key: digest for key, digest in pool.map(hashed, suspects) if digest is not None}
     changed = sorted(old_rows[k] for k in suspects if digests.get(k) != bytes(previous.digests[old_rows[k]]))  # type: ignore[union-attr]
     removed = sorted(row for key, row in old_rows.items() if key not in stamps)
     unchanged = len(old_rows) - len(changed) - len(removed)
@@ -202,7 +202,7 @@ def update_folder(
             assert model is not None
             source = FolderSource(root, side, keys=plan.embed)
             fingerprint = hashlib.sha256("\n".join(
-                f"{k}\t{plan.digests.get(k, b'').hex()}" for k in plan.embed).encode()).hexdigest()
+                f"{k}\t{plan.stamps[k][0]}\t{plan.stamps[k][1]}" for k in plan.embed).encode()).hexdigest()
             embedded = embed_chunks(source, folder / "partial", {**identity, "embed_sha256": fingerprint}, model,
                                     batch_size, params.chunk_size, force=force, pipelined=pipelined,
                                     progress=progress)
@@ -263,8 +263,9 @@ def _write(folder: Path, root: Path, identity: dict[str, Any], plan: Plan, previ
             versions[i] = generation
     stamps = np.array([plan.stamps[k] for k in keys], dtype=np.int64).reshape(n, 2)
     known = {k: bytes(d) for k, d in zip(previous.keys, previous.digests)} if previous else {}
-    # a file hashed now (new, changed or touched) has its new digest; the others keep theirs
-    digests = np.array([plan.digests.get(k) or known.get(k, b"") for k in keys], dtype="S32")
+    read = {plan.embed[pos]: bytes.fromhex(d) for pos, d in embedded.digests.items()} if embedded is not None else {}
+    # a file embedded now has the digest of the bytes that were decoded; a touched one, the one just computed
+    digests = np.array([read.get(k) or plan.digests.get(k) or known.get(k, b"") for k in keys], dtype="S32")
     old_features = load_npy(folder, previous.manifest, "features", make_cmd=MAKE_CMD) if previous else None
 
     def rows() -> Any:

@@ -3,6 +3,7 @@ updated in place with the answers of a full rebuild, and a killed update loses n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -96,6 +97,9 @@ def test_update_embeds_only_new_and_changed_files_and_keeps_ids(updated, tmp_pat
     f = _collection(fresh)
     row = {str(k): r for r, k in enumerate(f["keys"])}
     assert np.allclose(c["features"], f["features"][[row[str(k)] for k in c["keys"]]], atol=1e-5)
+    # every image's recorded SHA-256 is its file's (hashed from the bytes that were decoded)
+    digests = np.load(cache / "collections" / "mine" / "features" / "digests.npy")
+    assert [bytes(d) for d in digests] == [hashlib.sha256((root / str(k)).read_bytes()).digest() for k in c["keys"]]
     # unchanged again: nothing to do
     assert _extract(root, cache).stdout.startswith("0 new, 0 changed, 0 removed, 32 unchanged: 32 images")
 
