@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .artifacts import (
+    MANIFEST,
     cache_lock,
     commit_staged,
     library_versions,
@@ -180,6 +181,9 @@ def update_folder(
     folder = features_dir(cache_dir)
     with cache_lock(cache_dir, wait=wait, progress=progress):
         previous = None if force else load_previous(cache_dir, identity)
+        if previous is None and not force and (folder / MANIFEST).is_file():
+            progress.note("the collection was made from another folder, other weights, input size or precision, "
+                          "or by an older version: embedding every image again (ids start over)")
         progress.note("comparing the folder with the collection ...")
         plan = plan_update(root, previous)
         if not plan.stamps:
@@ -193,19 +197,16 @@ def update_folder(
             return ExtractResult(folder, manifest["n"], time.time() - started, True, 0, manifest,
                                  skipped=tuple(manifest.get("skipped", [])), counts=counts)
         model_started = time.perf_counter()
-        embedded = None
-        model = None
-        if plan.embed:
-            model = FeatureModel(params.weights, params.image_size, device, precision)
+        model = FeatureModel(params.weights, params.image_size, device, precision) if plan.embed else None
         work_started = time.perf_counter()
-        if plan.embed:
-            assert model is not None
-            source = FolderSource(root, side, keys=plan.embed)
+        embedded = None
+        if model is not None:
+            # the run's identity names exactly the files to embed: a rerun after a kill resumes only the same work
             fingerprint = hashlib.sha256("\n".join(
                 f"{k}\t{plan.stamps[k][0]}\t{plan.stamps[k][1]}" for k in plan.embed).encode()).hexdigest()
-            embedded = embed_chunks(source, folder / "partial", {**identity, "embed_sha256": fingerprint}, model,
-                                    batch_size, params.chunk_size, force=force, pipelined=pipelined,
-                                    progress=progress)
+            embedded = embed_chunks(FolderSource(root, side, keys=plan.embed), folder / "partial",
+                                    {**identity, "embed_sha256": fingerprint}, model, batch_size, params.chunk_size,
+                                    force=force, pipelined=pipelined, progress=progress)
         manifest, counts, skipped = _write(folder, root, identity, plan, previous, embedded, started, params,
                                            batch_size, model.device if model else device)
         if embedded is not None:

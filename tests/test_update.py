@@ -175,3 +175,12 @@ def test_a_killed_update_resumes_without_losing_embedded_chunks(tmp_path):
     subprocess.run([*args, str(clean)], check=True, capture_output=True)  # the same update, never killed
     a, b = _collection(cache), _collection(clean)
     assert all(np.array_equal(a[name], b[name]) for name in a)  # bit-identical
+
+
+def test_other_model_options_embed_everything_again_and_say_so(tmp_path):
+    root, cache = tmp_path / "photos", tmp_path / "cache"
+    _photos(root, 6, seed=1)
+    _extract(root, cache)
+    again = _extract(root, cache, "--weights", "none", "--image-size", "96", "--batch-size", "8")
+    assert again.stdout.startswith("6 new, 0 changed, 0 removed, 0 unchanged")
+    assert "embedding every image again (ids start over)" in again.stderr
