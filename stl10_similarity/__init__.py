@@ -19,7 +19,8 @@ _EXPORTS = {
     "Session": "session", "QueryResult": "search", "Match": "search", "QueryInfo": "search",
     "ExtractParams": "params", "IndexParams": "params", "SearchParams": "params", "EvaluateParams": "params",
     "Stl10SimError": "errors", "InputError": "errors", "ParameterError": "errors",
-    "resolve_cache_dir": "paths", "resolve_data_dir": "paths",
+    "resolve_cache_dir": "paths", "resolve_data_dir": "paths", "collection_home": "paths",
+    "update_folder": "update",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -243,11 +243,9 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
 def _extract_folder(home: Path, root: Path, params: P.ExtractParams, force: bool, no_wait: bool,
                     progress: ConsoleProgress) -> None:
     """Create or update a folder collection: one summary line on stdout, warnings on stderr."""
-    from .model import resize_side
     from .update import summary_line, update_folder
 
-    result = update_folder(root, resize_side(params.image_size), home, params, force=force, wait=not no_wait,
-                           progress=progress)
+    result = update_folder(root, home, params, force=force, wait=not no_wait, progress=progress)
     if result.skipped:
         progress.note(f"skipped {len(result.skipped)} unreadable file(s); they are listed in the features manifest")
     assert result.counts is not None

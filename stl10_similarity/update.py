@@ -44,7 +44,7 @@ from .extract import (
     load_manifest,
 )
 from .folders import FolderSource, folder_labels, scan
-from .model import FeatureModel, default_batch_size, pick_device, resolve_precision, weights_identity
+from .model import FeatureModel, default_batch_size, pick_device, resize_side, resolve_precision, weights_identity
 from .params import DIM, ExtractParams
 from .paths import features_dir
 from .progress import SILENT, Progress
@@ -159,7 +159,6 @@ def plan_update(root: Path, previous: Previous | None, threads: int = 8) -> Plan
 
 def update_folder(
     root: Path,
-    side: int,
     cache_dir: Path,
     params: ExtractParams = ExtractParams(),
     *,
@@ -168,12 +167,14 @@ def update_folder(
     progress: Progress = SILENT,
     pipelined: bool | None = None,
 ) -> ExtractResult:
-    """Create or bring up to date the folder collection in ``cache_dir`` from the images below ``root``.
+    """Create or bring up to date the folder collection in ``cache_dir`` (its home: ``paths.collection_home``)
+    from the images below ``root``; ``result.counts`` says how many were new, changed, removed and unchanged.
 
     ``force`` embeds every file again and starts the collection over (new ids from 0).
     """
     started = time.time()
     root = Path(root).resolve()
+    side = resize_side(params.image_size)  # images are decoded straight to the square the model's transform wants
     device = pick_device(params.device)
     precision = resolve_precision(params.precision, device)
     batch_size = params.batch_size or default_batch_size(precision, device, params.image_size)
