@@ -161,7 +161,7 @@ def build_index(
         base = None if force else _base_for_update(folder, recorded, features_manifest)
         step = lambda what: progress.note(f"index: {what} ...")  # noqa: E731
         if base is not None:
-            step(f"updating the index built {base.generation_note}")
+            step(f"updating in place the index built at update {base.generation}")
             versions = load_npy(source, features_manifest, "versions", make_cmd=features_stage.MAKE_CMD, mmap=False)
             sigs = _update(base, feats, ids, np.asarray(versions), params, staging)
         else:
@@ -217,11 +217,8 @@ class _Base:
 
     @property
     def generation(self) -> int:
+        """The collection's update count when this index was built: rows written later are recomputed."""
         return int(self.manifest["collection"]["generation"])
-
-    @property
-    def generation_note(self) -> str:
-        return f"at update {self.generation}"
 
 
 def _base_for_update(folder: Path, params: dict[str, Any], features_manifest: dict[str, Any]) -> _Base | None:
