@@ -113,6 +113,20 @@ def test_removed_ids_are_refused_and_never_given_again(updated):
                             "--cache-dir", str(cache)).stdout)
     assert doc["query"]["id"] == 34 and doc["query"]["path"] == "ship/img102.png"  # new ids in path order
     assert all(r["id"] not in (0, 13, 29) for r in doc["results"])  # the removed images
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from stl10_similarity.params import ServeParams
+    from stl10_similarity.server import create_app
+
+    with TestClient(create_app(cache / "collections" / "mine", ServeParams())) as client:
+        page = client.get("/api/v1/images", params={"limit": 100}).json()
+        listed = [image["id"] for image in page["images"]]
+        assert page["total"] == 32 and listed == sorted(set(range(35)) - {0, 13, 29})
+        missing = client.get("/api/v1/images/29")
+        assert missing.status_code == 404 and "removed from its folder" in missing.json()["error"]["message"]
+        assert client.get("/api/v1/images/34/image.png").status_code == 200
+        assert client.get("/api/v1/search", params={"image_id": 34}).json()["query"]["path"] == "ship/img102.png"
     (root / "ship/img102.png").unlink()  # the newest image goes; the next new one still gets a new id
     _photos(root, 1, seed=9, start=200)
     # no model options: the update embeds as the collection was (--weights none, 64 px), not with the defaults
