@@ -113,6 +113,16 @@ def test_removed_ids_are_refused_and_never_given_again(updated):
                             "--cache-dir", str(cache)).stdout)
     assert doc["query"]["id"] == 34 and doc["query"]["path"] == "ship/img102.png"  # new ids in path order
     assert all(r["id"] not in (0, 13, 29) for r in doc["results"])  # the removed images
+    report = json.loads(invoke("-q", "evaluate", "--collection", "mine", "-k", "3", "--json",
+                               "--cache-dir", str(cache)).stdout)
+    assert report["n"] == 32 and all(m["recall_vs_cosine"] == 1.0 for m in report["methods"] if m["name"] == "exact")
+    shutil.copy(root / "dog/img004.png", root / "dog/copy.png")  # a duplicate pair across the id gaps
+    _extract(root, cache)
+    groups = [json.loads(line) for line in invoke("-q", "duplicates", "--collection", "mine", "--json", "--threshold",
+                                                  "0.99999", "--cache-dir", str(cache)).stdout.splitlines()]
+    assert [(g["ids"], g["paths"]) for g in groups] == [([11, 35], ["dog/img004.png", "dog/copy.png"])]
+    (root / "dog/copy.png").unlink()
+    _extract(root, cache)
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
@@ -131,7 +141,7 @@ def test_removed_ids_are_refused_and_never_given_again(updated):
     _photos(root, 1, seed=9, start=200)
     # no model options: the update embeds as the collection was (--weights none, 64 px), not with the defaults
     assert _extract(root, cache, "--batch-size", "8").stdout.startswith("1 new, 0 changed, 1 removed, 31 unchanged")
-    assert _id_by_path(cache)["cat/img200.png"] == 35
+    assert _id_by_path(cache)["cat/img200.png"] == 36  # 35 was the copy's, removed above
 
 
 def test_index_follows_an_update_with_the_answers_of_a_full_rebuild(updated):
