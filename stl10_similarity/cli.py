@@ -206,6 +206,11 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
     --image-size) runs on whole uint8 batches read straight from STL-10's binary files; BatchNorm is
     folded into the convolutions; the pooled 1280 values are L2-normalised. Work is saved in chunks:
     rerunning after Ctrl-C or a kill resumes, and the same parameters again do nothing (--force redoes).
+
+    --images DIR --collection NAME makes a collection of your own photos. Rerunning extract --collection
+    NAME updates it: only new or changed files are embedded (with the collection's weights, size and
+    precision unless given), ids stay and are never reused, and one line says
+    "N new, C changed, R removed, U unchanged"; the index is then updated in place.
     """
     from . import stl10
     from .extract import extract as run_extract

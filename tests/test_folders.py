@@ -157,6 +157,7 @@ def test_collections_are_listed_and_kept_apart(folder_cache, archive, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["extract", "--images", "."], "--images makes a collection of your own"),
     (["extract", "--collection", "new", *FAST], "give its folder with --images DIR"),
+    (["extract", "--images", ".", "--collection", "new", "--limit", "5"], "--split and --limit are for STL-10"),
     (["query", "--collection", "../x", "--image-id", "0"], "--collection '../x' is not a collection name"),
     (["query", "--collection", "nothing", "--image-id", "0"], "run `stl10sim extract` first"),
 ])
