@@ -30,9 +30,10 @@ def _index(n: int = 600, copies: int = 20, seed: int = 0):
 def test_planted_copies_are_found_without_all_pairs():
     index, copies = _index(n=3000)
     n, trees = index.n, index.tree_order.shape[0]
-    pairs = candidate_pairs(index)
-    assert len(pairs) <= trees * n * (MAX_RUN - 1) // 2  # linear in n: each image joins one small run per tree
+    pairs = candidate_pairs(index, max_run=64)
+    assert len(pairs) <= trees * n * (64 - 1) // 2  # linear in n: each image joins one small run per tree
     assert len(pairs) < n * (n - 1) // 2 / 4
+    assert len(candidate_pairs(index)) <= trees * n * (MAX_RUN - 1) // 2
     groups = find_duplicates(index, DuplicatesParams(threshold=0.95))
     found = {tuple(g.ids) for g in groups}
     assert {(i, n - copies + i) for i in range(copies)} <= found
