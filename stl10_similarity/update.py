@@ -18,6 +18,7 @@ import shutil
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,17 +229,6 @@ def _write(folder: Path, root: Path, identity: dict[str, Any], plan: Plan, previ
     for e in (embedded.skipped if embedded is not None else []):
         size, mtime = plan.stamps.get(e["path"], (None, None))
         skipped.append({"path": e["path"], "reason": e["reason"], "size": size, "mtime_ns": mtime})
-    # where each embedded image's features are: (chunk file, row in it)
-    chunk = embedded.chunk if embedded is not None else 1
-    cache: dict[int, np.ndarray] = {}
-
-    def embedded_row(position: int) -> np.ndarray:
-        c = position // chunk
-        if c not in cache:
-            cache.clear()
-            cache[c] = np.load(embedded.files[c])
-        return cache[c][position % chunk]
-
     old_n = len(previous.keys) if previous else 0
     gone = np.zeros(old_n, dtype=bool)
     gone[plan.removed] = True
@@ -269,23 +259,10 @@ def _write(folder: Path, root: Path, identity: dict[str, Any], plan: Plan, previ
     # a file embedded now has the digest of the bytes that were decoded; a touched one, the one just computed
     digests = np.array([read.get(k) or plan.digests.get(k) or known.get(k, b"") for k in keys], dtype="S32")
     old_features = load_npy(folder, previous.manifest, "features", make_cmd=MAKE_CMD) if previous else None
-
-    def rows() -> Any:
-        """The features in id order, a block at a time (memory stays at one block)."""
-        block = 8192
-        for lo in range(0, len(kept_rows), block):
-            part = kept_rows[lo : lo + block]
-            out = np.array(old_features[part], dtype=np.float32)  # type: ignore[index]
-            for j, row in enumerate(part):
-                if int(row) in changed_at:
-                    out[j] = embedded_row(changed_at[int(row)])
-            yield out
-        for lo in range(0, len(new_positions), block):
-            yield np.stack([embedded_row(p) for p in new_positions[lo : lo + block]])
-
     labels, class_names = folder_labels(keys)
     staging = staging_dir(folder)
-    write_npy_chunks(staging / "features.npy", (n, DIM), np.float32, rows())
+    write_npy_chunks(staging / "features.npy", (n, DIM), np.float32,
+                     _feature_blocks(old_features, kept_rows, changed_at, new_positions, embedded))
     write_npy(staging / "labels.npy", labels)
     write_npy(staging / "ids.npy", ids)
     write_npy(staging / "keys.npy", np.array(keys, dtype=str))
@@ -309,6 +286,30 @@ def _write(folder: Path, root: Path, identity: dict[str, Any], plan: Plan, previ
                "update": counts},
     )
     return manifest, counts, skipped
+
+
+def _feature_blocks(old_features: np.ndarray | None, kept_rows: np.ndarray, changed_at: dict[int, int],
+                    new_positions: list[int], embedded: Any, block: int = 8192) -> Iterator[np.ndarray]:
+    """The updated collection's features in id order, a block at a time (memory stays at one block): kept rows
+    from the previous features (or, for changed files, from the chunks just embedded), then the new images."""
+    cache: dict[int, np.ndarray] = {}
+
+    def embedded_row(position: int) -> np.ndarray:
+        c = position // embedded.chunk  # embedded in order: chunk c holds positions c*chunk .. (c+1)*chunk-1
+        if c not in cache:
+            cache.clear()
+            cache[c] = np.load(embedded.files[c])
+        return cache[c][position % embedded.chunk]
+
+    for lo in range(0, len(kept_rows), block):
+        part = kept_rows[lo : lo + block]
+        out = np.array(old_features[part], dtype=np.float32)  # type: ignore[index]
+        for j, row in enumerate(part):
+            if int(row) in changed_at:
+                out[j] = embedded_row(changed_at[int(row)])
+        yield out
+    for lo in range(0, len(new_positions), block):
+        yield np.stack([embedded_row(p) for p in new_positions[lo : lo + block]])
 
 
 def summary_line(counts: dict[str, int]) -> str:
