@@ -47,44 +47,54 @@ def main() -> None:
         truth = np.argsort(-sims, axis=1)[:, :k]
         kth = np.take_along_axis(sims, truth[:, -1:], axis=1)[:, 0]
         print(f"\n{cache}: {len(feats)} images, {len(queries)} queries, k={k}")
-        print("| trees | pool factor | candidates | kept by | recall@10 | P@10 | exact P@10 | pool | p50 ms | exact p50 ms |")
+        print("| trees | pool factor | candidates | kept by | recall@10 | P@10 | exact P@10 | pool | p50 ms "
+              "| exact p50 ms |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         exact_p = np.mean([(labels[t] == labels[q]).mean() for q, t in zip(queries, truth)])
-        exact_times = []
-        searcher = Searcher(index_in_memory(feats, labels, names, IndexParams()))
-        for q in queries[:100]:
-            v = searcher.for_row(int(q))
-            t0 = time.perf_counter()
-            searcher.search_ids(v, k, "exact")
-            exact_times.append(time.perf_counter() - t0)
-        exact_ms = 1e3 * float(np.median(exact_times))
+        exact_ms = _exact_ms(Searcher(index_in_memory(feats, labels, names, IndexParams())), queries[:100], k)
         for trees in [int(x) for x in args.trees.split(",")]:
-          index = index_in_memory(feats, labels, names, IndexParams(trees=trees))
-          searcher = Searcher(index)
-          for factor in [int(x) for x in args.pool_factors.split(",")]:
-            for budget in [int(x) for x in args.budgets.split(",")]:
-                for how in args.ways.split(","):
-                    recalls, precisions, pools, times = [], [], [], []
-                    for r, q in enumerate(queries):
-                        v = searcher.for_row(int(q))
-                        t0 = time.perf_counter()
-                        ids = searcher.forest_candidates(v, factor * budget)
-                        if how == "estimate":
-                            kept = searcher._top(ids, searcher.estimated_jaccard(v, ids), budget)
-                        elif how == "jaccard":
-                            inter = set_intersections(v.topk, index.topk[ids])
-                            kept = searcher._top(ids, inter.astype(np.float64), budget)
-                        else:
-                            kept = ids
-                        got = searcher._top(kept, searcher.cosine(v, kept), k)
-                        times.append(time.perf_counter() - t0)
-                        recalls.append(float((feats[got] @ feats[q] >= kth[r] - 1e-6).sum()) / k)
-                        precisions.append(float((labels[got] == labels[q]).mean()))
-                        pools.append(len(ids))
-                    print(f"| {trees} | {factor} | {budget} | {how} | {np.mean(recalls):.3f} | {np.mean(precisions):.3f} | "
-                          f"{exact_p:.3f} | {np.mean(pools):.0f} | {1e3 * np.median(times):.2f} | {exact_ms:.2f} |",
-                          flush=True)
+            index = index_in_memory(feats, labels, names, IndexParams(trees=trees))
+            searcher = Searcher(index)
+            for factor in [int(x) for x in args.pool_factors.split(",")]:
+                for budget in [int(x) for x in args.budgets.split(",")]:
+                    for how in args.ways.split(","):
+                        recall, precision, pool, p50 = _row(searcher, feats, labels, queries, kth, k, factor * budget,
+                                                            budget, how)
+                        print(f"| {trees} | {factor} | {budget} | {how} | {recall:.3f} | {precision:.3f} | "
+                              f"{exact_p:.3f} | {pool:.0f} | {p50:.2f} | {exact_ms:.2f} |", flush=True)
 
+
+def _exact_ms(searcher: Searcher, queries: np.ndarray, k: int) -> float:
+    times = []
+    for q in queries:
+        v = searcher.for_row(int(q))
+        t0 = time.perf_counter()
+        searcher.search_ids(v, k, "exact")
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def _row(searcher: Searcher, feats: np.ndarray, labels: np.ndarray, queries: np.ndarray, kth: np.ndarray, k: int,
+         pool_size: int, budget: int, how: str) -> tuple[float, float, float, float]:
+    """Recall@k, precision@k, mean pool and p50 ms of one way of keeping ``budget`` of the forest's pool."""
+    recalls, precisions, pools, times = [], [], [], []
+    for r, q in enumerate(queries):
+        v = searcher.for_row(int(q))
+        t0 = time.perf_counter()
+        ids = searcher.forest_candidates(v, pool_size)
+        if how == "estimate":
+            kept = searcher._top(ids, searcher.estimated_jaccard(v, ids), budget)
+        elif how == "jaccard":
+            shared = set_intersections(v.topk, searcher.index.topk[ids])
+            kept = searcher._top(ids, shared.astype(np.float64), budget)
+        else:
+            kept = ids
+        got = searcher._top(kept, searcher.cosine(v, kept), k)
+        times.append(time.perf_counter() - t0)
+        recalls.append(float((feats[got] @ feats[q] >= kth[r] - 1e-6).sum()) / k)
+        precisions.append(float((labels[got] == labels[q]).mean()))
+        pools.append(len(ids))
+    return float(np.mean(recalls)), float(np.mean(precisions)), float(np.mean(pools)), 1e3 * float(np.median(times))
 
 if __name__ == "__main__":
     main()

@@ -106,7 +106,8 @@ def load_previous(cache_dir: Path, identity: dict[str, Any]) -> Previous | None:
     except (MissingArtifactError, IntegrityError):
         return None
     params = manifest.get("params", {})
-    if {k: params.get(k) for k in identity} != identity or not all(a in manifest["artifacts"] for a in UPDATE_ARTIFACTS):
+    if {k: params.get(k) for k in identity} != identity \
+            or not all(name in manifest["artifacts"] for name in UPDATE_ARTIFACTS):
         return None
 
     def load(name: str) -> np.ndarray:
@@ -282,7 +283,8 @@ def _write(folder: Path, root: Path, identity: dict[str, Any], plan: Plan, previ
         inputs={"source": {"kind": "folder", "root": str(root), "side": identity["side"], "files": n}},
         n=n, started=started, versions=library_versions("torch", "torchvision"),
         extra={"class_names": class_names, "skipped": skipped,
-               "collection": {"lineage": lineage, "generation": generation, "next_id": int(next_id + len(new_positions))},
+               "collection": {"lineage": lineage, "generation": generation,
+                              "next_id": int(next_id + len(new_positions))},
                "update": counts},
     )
     return manifest, counts, skipped
