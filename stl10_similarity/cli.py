@@ -553,6 +553,8 @@ def format_bench(report: Any) -> str:
     for r in report.methods:
         lines.append(f"{r.name:<28} {r.build_seconds:>8.1f} {r.peak_rss_mb:>8.0f} {r.p50_ms:>9.3f} {r.p99_ms:>9.3f} "
                      f"{r.qps:>8.1f} {r.recall_at_k:>8.3f} {r.mean_candidates:>8.0f}")
+    default = "exact (numpy)" if report.n <= P.SCAN_LIMIT else f"rerank (candidates {P.SearchParams.candidates})"
+    lines += ["", f"the default method (auto) at this size: {default} (exact up to {P.SCAN_LIMIT:,} images)"]
     return "\n".join(lines)
 
 

@@ -74,6 +74,8 @@ def test_bench_smoke_json(tmp_path):
         assert {"name", "build_seconds", "peak_rss_mb", "p50_ms", "p99_ms", "qps", "recall_at_k"} <= set(m)
         assert 0.0 <= m["recall_at_k"] <= 1.0 and m["p50_ms"] <= m["p99_ms"]
     assert doc["methods"][0]["recall_at_k"] == 1.0
+    text = invoke("-q", "bench", "--n", "400", "--queries", "5", "--baseline-n", "20").stdout
+    assert text.rstrip().endswith("the default method (auto) at this size: exact (numpy) (exact up to 25,000 images)")
 
 
 def test_extract_bench_smoke(built_cache):
