@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stl10_similarity.artifacts import library_versions, write_manifest
+from stl10_similarity.artifacts import describe_file, library_versions, write_manifest
 from stl10_similarity.bench import machine
 from stl10_similarity.params import DIM
 from stl10_similarity.synthetic import synthetic_chunks
@@ -46,7 +46,8 @@ def write_features(cache: Path, n: int) -> None:
     np.save(folder / "ids.npy", np.arange(n, dtype=np.int64))
     params = {"model": "synthetic", "split": "synthetic", "limit": None, "weights": "synthetic", "image_size": 0,
               "precision": "fp32", "dim": DIM, "normalised": "l2"}
-    write_manifest(folder, stage="extract", params=params, files=[folder / f for f in ("features.npy", "labels.npy", "ids.npy")],
+    artifacts = {f: describe_file(folder / f"{f}.npy") for f in ("features", "labels", "ids")}
+    write_manifest(folder, stage="extract", params=params, artifacts=artifacts,
                    inputs={"source": {"kind": "synthetic", "n": n}}, n=n, started=started, versions=library_versions(),
                    extra={"class_names": [f"cluster%10={i}" for i in range(10)]})
 

@@ -116,20 +116,21 @@ def staging_dir(folder: Path) -> Path:
     return staging
 
 
-def commit_staged(folder: Path, staging: Path) -> list[Path]:
-    """Move every staged file into ``folder``, retiring the old manifest first.
+def commit_staged(folder: Path, staging: Path) -> dict[str, dict[str, Any]]:
+    """Move every staged file into ``folder``, retiring the old manifest first; their manifest entries.
 
-    Until the caller writes the new manifest the stage reads as "not done", never as a mix of
-    two runs; if writing the staged files failed (disk full), the previous artifacts are intact.
+    The files are described (hashed) while still staged, so the stage reads as "not done" only for the
+    moment of the renames, never as a mix of two runs; if writing the staged files failed (disk full), the
+    previous artifacts are intact.
     """
+    staged = sorted(staging.iterdir())
+    described = {path.stem: describe_file(path) for path in staged}
     (folder / MANIFEST).unlink(missing_ok=True)
-    moved = []
-    for path in sorted(staging.iterdir()):
+    for path in staged:
         os.replace(path, folder / path.name)
-        moved.append(folder / path.name)
     staging.rmdir()
     _fsync_dir(folder)
-    return moved
+    return described
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -166,7 +167,7 @@ def write_manifest(
     *,
     stage: str,
     params: dict[str, Any],
-    files: list[Path],
+    artifacts: dict[str, dict[str, Any]],
     inputs: dict[str, str],
     n: int,
     started: float,
@@ -183,7 +184,7 @@ def write_manifest(
         "n": n,
         "wall_seconds": round(time.time() - started, 3),
         "versions": versions,
-        "artifacts": {p.stem: describe_file(p) for p in files},
+        "artifacts": artifacts,
         **(extra or {}),
     }
     write_json(folder / MANIFEST, manifest)

@@ -143,7 +143,7 @@ def extract(
         write_npy(staging / "labels.npy", source.labels()[keep])
         write_npy(staging / "ids.npy", np.arange(n, dtype=np.int64))
         write_npy(staging / "keys.npy", np.array([k for k, ok in zip(source.keys(), keep) if ok], dtype=str))
-        files = commit_staged(folder, staging)
+        artifacts = commit_staged(folder, staging)
         record = source.describe()
         listed = [{"path": e["path"], "reason": e["reason"]} for e in skipped]
         manifest = write_manifest(
@@ -151,7 +151,7 @@ def extract(
             stage="extract",
             params={**identity, "weights_source": _weights_source(params.weights), "batch_size": batch_size,
                     "device": model.device},
-            files=files,
+            artifacts=artifacts,
             inputs={"source": record},
             n=n,
             started=started,

@@ -170,9 +170,9 @@ def build_index(
         del feats
         with atomic_file(staging / "forest.pkl") as handle:
             pickle.dump(ForestPickle(sigs, trees), handle, protocol=pickle.HIGHEST_PROTOCOL)
-        files = commit_staged(folder, staging)
+        artifacts = commit_staged(folder, staging)
         manifest = write_manifest(
-            folder, stage="index", params=recorded, files=files, inputs=inputs, n=len(sigs),
+            folder, stage="index", params=recorded, artifacts=artifacts, inputs=inputs, n=len(sigs),
             started=started, versions=library_versions(),
             extra={"collection": features_manifest.get("collection"), "updated": base is not None},
         )

@@ -271,7 +271,7 @@ def _write(folder: Path, root: Path, identity: dict[str, Any], plan: Plan, previ
     write_npy(staging / "digests.npy", digests)
     write_npy(staging / "versions.npy", versions)
     del old_features
-    files = commit_staged(folder, staging)
+    artifacts = commit_staged(folder, staging)
     counts = {"new": len(new_positions), "changed": int(sum(1 for r in changed_at if not gone[r])),
               "removed": int(gone.sum()), "unchanged": plan.unchanged}
     lineage = previous.manifest["collection"]["lineage"] if previous else uuid.uuid4().hex
@@ -279,7 +279,7 @@ def _write(folder: Path, root: Path, identity: dict[str, Any], plan: Plan, previ
         folder, stage="extract",
         params={**identity, "weights_source": _weights_source(params.weights), "batch_size": batch_size,
                 "device": device},
-        files=files,
+        artifacts=artifacts,
         inputs={"source": {"kind": "folder", "root": str(root), "side": identity["side"], "files": n}},
         n=n, started=started, versions=library_versions("torch", "torchvision"),
         extra={"class_names": class_names, "skipped": skipped,
