@@ -120,7 +120,7 @@ def load_previous(cache_dir: Path, identity: dict[str, Any]) -> Previous | None:
         return None  # damaged: start the collection over rather than build on it
 
 
-def plan_update(root: Path, previous: Previous | None, threads: int = 8) -> Plan:
+def plan_update(root: Path, previous: Previous | None, threads: int = 8, progress: Progress = SILENT) -> Plan:
     """Compare the folder with the previous extraction (by path, size and mtime; by content when those moved)."""
     found = scan(root)
     stamps: dict[str, tuple[int, int]] = {}
@@ -149,8 +149,15 @@ def plan_update(root: Path, previous: Previous | None, threads: int = 8) -> Plan
         except OSError:
             return key, None  # unreadable now: embedding will say why and skip it
 
+    bar = progress.bar(len(suspects), "hash moved files", unit="file") if suspects else None
     with ThreadPoolExecutor(threads) as pool:  # new files are hashed as they are decoded (one read each)
-        digests = {key: digest for key, digest in pool.map(hashed, suspects) if digest is not None}
+        for key, digest in pool.map(hashed, suspects):
+            if digest is not None:
+                digests[key] = digest
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     changed = sorted(old_rows[k] for k in suspects if digests.get(k) != bytes(previous.digests[old_rows[k]]))  # type: ignore[union-attr]
     removed = sorted(row for key, row in old_rows.items() if key not in stamps)
     unchanged = len(old_rows) - len(changed) - len(removed)
@@ -188,7 +195,7 @@ def update_folder(
             progress.note("the collection was made from another folder, other weights, input size or precision, "
                           "or by an older version: embedding every image again (ids start over)")
         progress.note("comparing the folder with the collection ...")
-        plan = plan_update(root, previous)
+        plan = plan_update(root, previous, progress=progress)
         if not plan.stamps:
             raise DataError(f"{root} holds no images")
         counts = {"new": len(plan.new), "changed": len(plan.changed), "removed": len(plan.removed),
