@@ -29,7 +29,7 @@ from .artifacts import (
     write_npy_chunks,
 )
 from .errors import DataError, IntegrityError, MissingArtifactError
-from .model import FeatureModel, default_batch_size, pick_device, resolve_precision, weights_identity
+from .model import FeatureModel, run_settings, weights_identity
 from .params import DIM, ExtractParams
 from .pipeline import BackgroundWriter, prefetched
 from .paths import features_dir
@@ -55,11 +55,12 @@ class ExtractResult:
     counts: dict[str, int] | None = None  # folder collections: how many images were new, changed, removed, unchanged
 
 
-def identity_params(source: Source, weights: str, image_size: int, precision: str) -> dict[str, Any]:
-    """The parameters that decide what the features are (and so when the index is stale)."""
+def identity_params(source_identity: dict[str, Any], weights: str, image_size: int, precision: str) -> dict[str, Any]:
+    """The parameters that decide what the features are (and so when the index is stale): which images
+    (``Source.identity()``, or a folder collection's folder), the model and its input."""
     return {
         "model": FeatureModel.name,
-        **source.identity(),
+        **source_identity,
         "weights": weights_identity(weights),
         "image_size": image_size,
         "precision": precision,
@@ -116,10 +117,8 @@ def extract(
     started = time.time()
     if source.size == 0:
         raise DataError(f"the source has no images: {source.describe()}")
-    device = pick_device(params.device)
-    precision = resolve_precision(params.precision, device)
-    batch_size = params.batch_size or default_batch_size(precision, device, params.image_size)
-    identity = identity_params(source, params.weights, params.image_size, precision)
+    device, precision, batch_size = run_settings(params)
+    identity = identity_params(source.identity(), params.weights, params.image_size, precision)
     folder = features_dir(cache_dir)
     with cache_lock(cache_dir, wait=wait, progress=progress):
         if not force and (manifest := _cached(folder, identity)) is not None:

@@ -189,6 +189,13 @@ def default_batch_size(precision: str, device: str, image_size: int) -> int:
     return int(min(64, max(1, 2 ** math.ceil(math.log2(wanted)))))
 
 
+def run_settings(params: Any) -> tuple[str, str, int]:
+    """The device, precision and batch size an extraction with these ``ExtractParams`` runs with (``auto`` resolved)."""
+    device = pick_device(params.device)
+    precision = resolve_precision(params.precision, device)
+    return device, precision, params.batch_size or default_batch_size(precision, device, params.image_size)
+
+
 class FeatureModel:
     """MobileNetV2 up to global average pooling: uint8 images in, L2-normalised 1280-D features out.
 

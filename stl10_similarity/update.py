@@ -28,6 +28,7 @@ import numpy as np
 from .artifacts import (
     MANIFEST,
     cache_lock,
+    sha256_file,
     commit_staged,
     library_versions,
     load_npy,
@@ -40,12 +41,13 @@ from .errors import DataError, IntegrityError, MissingArtifactError
 from .extract import (
     MAKE_CMD,
     ExtractResult,
+    identity_params,
     _weights_source,
     embed_chunks,
     load_manifest,
 )
 from .folders import FolderSource, folder_labels, scan
-from .model import FeatureModel, default_batch_size, pick_device, resize_side, resolve_precision, weights_identity
+from .model import FeatureModel, resize_side, run_settings
 from .params import DIM, ExtractParams
 from .paths import features_dir
 from .progress import SILENT, Progress
@@ -82,20 +84,9 @@ class Previous:
     versions: np.ndarray  # (n,) int64
 
 
-def model_identity(root: Path, side: int, weights: str, image_size: int, precision: str) -> dict[str, Any]:
-    """What decides the features of one file: the model, its input size, and the folder (by path)."""
-    return {"model": FeatureModel.name, "images": str(root), "side": side, "weights": weights_identity(weights),
-            "image_size": image_size, "precision": precision, "dim": DIM, "normalised": "l2"}
-
-
 def file_stamp(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_size, st.st_mtime_ns
-
-
-def file_digest(path: Path) -> bytes:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").digest()
 
 
 def load_previous(cache_dir: Path, identity: dict[str, Any]) -> Previous | None:
@@ -145,7 +136,7 @@ def plan_update(root: Path, previous: Previous | None, threads: int = 8, progres
 
     def hashed(key: str) -> tuple[str, bytes | None]:
         try:
-            return key, file_digest(root / key)
+            return key, bytes.fromhex(sha256_file(root / key))
         except OSError:
             return key, None  # unreadable now: embedding will say why and skip it
 
@@ -184,10 +175,9 @@ def update_folder(
     started = time.time()
     root = Path(root).resolve()
     side = resize_side(params.image_size)  # images are decoded straight to the square the model's transform wants
-    device = pick_device(params.device)
-    precision = resolve_precision(params.precision, device)
-    batch_size = params.batch_size or default_batch_size(precision, device, params.image_size)
-    identity = model_identity(root, side, params.weights, params.image_size, precision)
+    device, precision, batch_size = run_settings(params)
+    # a folder collection is its folder (by path): which files it holds is the update's business, not the identity's
+    identity = identity_params({"images": str(root), "side": side}, params.weights, params.image_size, precision)
     folder = features_dir(cache_dir)
     with cache_lock(cache_dir, wait=wait, progress=progress):
         previous = None if force else load_previous(cache_dir, identity)
@@ -198,12 +188,10 @@ def update_folder(
         plan = plan_update(root, previous, progress=progress)
         if not plan.stamps:
             raise DataError(f"{root} holds no images")
-        counts = {"new": len(plan.new), "changed": len(plan.changed), "removed": len(plan.removed),
-                  "unchanged": plan.unchanged}
-        touched = previous is not None and any(
-            plan.stamps[k] != tuple(previous.stamps[r]) for r, k in enumerate(previous.keys) if k in plan.stamps)
-        if previous is not None and not plan.embed and not len(plan.removed) and not touched:
+        # nothing new, changed, removed, or touched (a moved size/mtime was hashed: its stamp must be recorded)
+        if previous is not None and not plan.embed and not len(plan.removed) and not plan.digests:
             manifest = previous.manifest
+            counts = {"new": 0, "changed": 0, "removed": 0, "unchanged": plan.unchanged}
             return ExtractResult(folder, manifest["n"], time.time() - started, True, 0, manifest,
                                  skipped=tuple(manifest.get("skipped", [])), counts=counts)
         model_started = time.perf_counter()
