@@ -61,17 +61,6 @@ def prefix_runs(index: LoadedIndex, max_run: int = MAX_RUN) -> Iterator[np.ndarr
                 yield np.sort(order[s : s + max_run])
 
 
-def candidate_pairs(index: LoadedIndex, max_run: int = MAX_RUN) -> np.ndarray:
-    """Distinct ``(i, j)`` row pairs, ``i < j``, that share a prefix run in some tree (what is compared)."""
-    pairs = []
-    for members in prefix_runs(index, max_run):
-        a, b = np.triu_indices(len(members), k=1)
-        pairs.append(np.stack([members[a], members[b]], axis=1))
-    if not pairs:
-        return np.empty((0, 2), dtype=np.int64)
-    return np.unique(np.concatenate(pairs), axis=0)
-
-
 def linked_pairs(index: LoadedIndex, threshold: float, max_run: int = MAX_RUN) -> np.ndarray:
     """Distinct row pairs ``(i, j)``, ``i < j``, of a prefix run whose cosine reaches ``threshold``.
 

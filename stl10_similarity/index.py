@@ -313,10 +313,16 @@ class LoadedIndex:
         return row if row < self.n and int(self.ids[row]) == image_id else None
 
     def rows_of(self, image_ids: np.ndarray) -> np.ndarray:
-        rows = [self.row_of(int(i)) for i in image_ids]
-        if any(r is None for r in rows):
+        """The rows holding ``image_ids`` (all of them must be in the collection)."""
+        wanted = np.asarray(image_ids, dtype=np.int64)
+        if self.ids is None:
+            rows, found = wanted, (wanted >= 0) & (wanted < self.n)
+        else:  # ids are stored in increasing order
+            rows = np.minimum(np.searchsorted(self.ids, wanted), self.n - 1)
+            found = self.ids[rows] == wanted
+        if not found.all():
             raise ValueError("not every id is in the collection")
-        return np.array(rows, dtype=np.int64)
+        return rows.astype(np.int64)
 
     @property
     def forest(self) -> Any:
