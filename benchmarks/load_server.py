@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Load test for `stl10sim serve`: K concurrent clients for T seconds against 127.0.0.1.
 
-    python benchmarks/load_server.py CACHE_DIR [--clients 16] [--seconds 20] [--k 10] [--method rerank]
+    python benchmarks/load_server.py CACHE_DIR [--clients 16] [--seconds 20] [--k 10] [--method auto]
 
 CACHE_DIR holds built features (and an index, or the server builds one): for 13,000 real photos use the cache
 of `stl10sim extract`; for 1,000,000 synthetic features build one with
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--method", default="rerank")
+    parser.add_argument("--method", default="auto")
     parser.add_argument("--max-concurrent", type=int, default=None)
     parser.add_argument("--warmup", type=float, default=3, help="seconds of load before memory is first read")
     args = parser.parse_args()
