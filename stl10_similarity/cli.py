@@ -655,7 +655,6 @@ def serve(ctx: click.Context, host: str, port: int, max_upload_mb: int, max_conc
     try:
         import fastapi  # noqa: F401
         import python_multipart  # noqa: F401  (uploads)
-        import threadpoolctl  # noqa: F401  (numpy's threads under concurrent queries)
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise click.UsageError(f"stl10sim serve needs the serve extra ({exc.name} is missing): "

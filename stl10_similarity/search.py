@@ -17,9 +17,8 @@ returns the query itself.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,28 +30,10 @@ from .params import POOL_FACTOR, SCAN_LIMIT, SearchParams
 from .signatures import minhash_signatures, set_intersections, top_k_sets
 
 OVERSHOOT = 2  # a depth may bring up to this many times the pool before it is trimmed
-
-Scan = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (features, vector) -> features @ vector
-
-
-class SplitScan:
-    """``features @ vector`` computed as up to ``threads`` blocks of rows at once: for callers whose BLAS runs on
-    one thread (the server), so that one query still uses every core. The scores equal one product's up to
-    float32 rounding, as BLAS's own do when its thread count changes (tests/test_search.py)."""
-
-    MIN_ROWS = 4096  # smaller blocks are not worth a thread hand-off
-
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="stl10sim-scan")
-
-    def __call__(self, features: np.ndarray, vector: np.ndarray) -> np.ndarray:
-        parts = max(1, min(self.threads, len(features) // self.MIN_ROWS))
-        if parts == 1:
-            return np.asarray(features) @ vector
-        bounds = np.linspace(0, len(features), parts + 1).astype(np.int64)
-        blocks = self._pool.map(lambda lo, hi: np.asarray(features[lo:hi]) @ vector, bounds[:-1], bounds[1:])
-        return np.concatenate(list(blocks))
+# One exact scan at a time in a process. A scan already runs on all of BLAS's threads; concurrent ones (the
+# server's worker threads) fought over them: 16 clients at 13,000 images got 102-129 requests/s without this
+# lock and 170-185 with it, one client the same (docs/server.md).
+_SCAN_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -115,11 +96,10 @@ class QueryVector:
 class Searcher:
     """Queries over a :class:`LoadedIndex`; one instance serves many queries."""
 
-    def __init__(self, index: LoadedIndex, candidates: int = SearchParams.candidates, scan: Scan = np.matmul) -> None:
+    def __init__(self, index: LoadedIndex, candidates: int = SearchParams.candidates) -> None:
         SearchParams(candidates=candidates)  # validates
         self.index = index
         self.candidates = candidates
-        self.scan = scan  # how ``exact`` computes every score: one product, or SplitScan in the server
         self._trees = index.tree_keys.shape[0]
         self._depth = index.signatures.shape[1] // self._trees
         self._width = 4 * self._depth
@@ -248,7 +228,8 @@ class Searcher:
         wanted = self._wanted(k, q)
         method = self.resolve(method)
         if method == "exact":
-            scores = self.scan(np.asarray(self.index.features), q.feature)
+            with _SCAN_LOCK:
+                scores = np.asarray(self.index.features) @ q.feature
             if q.exclude is not None:
                 scores[q.exclude] = -np.inf
             top = np.argpartition(-scores, wanted - 1)[:wanted] if wanted < len(scores) else np.arange(len(scores))

@@ -7,15 +7,13 @@ so re-indexing while it runs never mixes two indexes; ``/api/v1/health`` says wh
 Hardening: request bodies are capped (413), at most ``max_concurrent`` requests are worked on at once
 (503 beyond that, never an unbounded queue), uploads are decoded in memory with a pixel limit and never
 written to disk, nothing from a request is unpickled or used as a path, and every error is a JSON body.
-Needs the ``serve`` extra (FastAPI, uvicorn, python-multipart, threadpoolctl): only ``stl10sim serve`` imports
-this module.
+Needs the ``serve`` extra (FastAPI, uvicorn, python-multipart): only ``stl10sim serve`` imports this module.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,7 +32,6 @@ from .errors import InputError, ParameterError, Stl10SimError
 from .params import METHODS, SearchParams, ServeParams
 from .paths import features_dir, index_dir
 from .progress import SILENT, Progress
-from .search import SplitScan
 from .session import Session
 
 WEB = Path(__file__).parent / "web"
@@ -44,16 +41,12 @@ MAX_CANDIDATES = 100_000
 # Threads that run queries. A query is many small numpy calls that hold the GIL between them, so more threads
 # than cores only thrash: on 2 cores, 16 clients got 155 requests/s with anyio's default 40 threads (docs/server.md).
 WORKER_THREADS = 4
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 Method = Literal[METHODS]  # type: ignore[valid-type]
 
 
 def create_app(cache_dir: Path, params: ServeParams = ServeParams(), *, progress: Progress = SILENT) -> Any:
     """The ASGI app serving the collection in ``cache_dir`` (opened now: errors surface before serving)."""
-    session = Session.open(cache_dir, progress=progress, scan=SplitScan(_cores()))
+    session = Session.open(cache_dir, progress=progress)
     loaded = {"index": manifest_digest(index_dir(cache_dir)), "features": manifest_digest(features_dir(cache_dir))}
     max_body = params.max_upload_mb * 2**20
     # uploads stay in memory: the body is capped below this, so the spooled file never rolls over to disk
@@ -266,11 +259,7 @@ async def _reject(send: Any, status: int, message: str, extra: list[tuple[bytes,
 def serve(cache_dir: Path, params: ServeParams = ServeParams(), *, progress: Progress = SILENT) -> None:
     """Open the collection and serve it with uvicorn until interrupted."""
     import uvicorn
-    from threadpoolctl import threadpool_limits
 
-    # numpy's BLAS on one thread per call: concurrent queries each spreading a scan over every core made 16
-    # clients at 13,000 images 1.8x slower (docs/server.md); exact scans use every core through SplitScan instead.
-    threadpool_limits(1, user_api="blas")
     app = create_app(cache_dir, params, progress=progress)
     progress.note(f"serving {app.title} on http://{params.host}:{params.port}/ (Ctrl-C stops)")
     uvicorn.run(app, host=params.host, port=params.port, log_level="warning", access_log=False)

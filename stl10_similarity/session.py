@@ -20,7 +20,7 @@ from .extract import load_manifest, source_record
 from .index import LoadedIndex, ensure_index, load_index
 from .params import DEVICES, SearchParams
 from .progress import SILENT, Progress
-from .search import QueryResult, QueryVector, Scan, Searcher
+from .search import QueryResult, QueryVector, Searcher
 
 ImageInput = Union[str, Path, bytes, np.ndarray]
 
@@ -28,18 +28,16 @@ ImageInput = Union[str, Path, bytes, np.ndarray]
 class Session:
     """An opened collection: its verified index, its features and, on demand, its images and model."""
 
-    def __init__(self, index: LoadedIndex, extract_manifest: dict[str, Any], load_ms: float = 0.0,
-                 scan: Scan = np.matmul) -> None:
+    def __init__(self, index: LoadedIndex, extract_manifest: dict[str, Any], load_ms: float = 0.0) -> None:
         self.index = index
         self.extract_manifest = extract_manifest
         self.load_ms = load_ms
         self._searchers: dict[int, Searcher] = {}
-        self.scan = scan  # how exact searches compute every score (the server splits it over threads)
         self._model: Any = None
         self._source: Any = None
 
     @classmethod
-    def open(cls, cache_dir: Path, *, build: bool = True, progress: Progress = SILENT, scan: Scan = np.matmul) -> Session:
+    def open(cls, cache_dir: Path, *, build: bool = True, progress: Progress = SILENT) -> Session:
         """Open the collection in ``cache_dir``.
 
         Args:
@@ -47,7 +45,6 @@ class Session:
             build: build the index first when it is missing, or stale (with the parameters it was last
                 built with); otherwise such an index raises.
             progress: told when the index is built first.
-            scan: how exact searches compute ``features @ vector`` (``search.SplitScan`` in the server).
 
         Raises:
             MissingArtifactError: no features (run ``stl10sim extract``), or no index and ``build`` is False.
@@ -57,7 +54,7 @@ class Session:
         if build:
             ensure_index(cache_dir, progress=progress)
         index = load_index(cache_dir)
-        return cls(index, load_manifest(cache_dir), round((time.perf_counter() - started) * 1e3, 3), scan)
+        return cls(index, load_manifest(cache_dir), round((time.perf_counter() - started) * 1e3, 3))
 
     # ------------------------------------------------------------ the collection
 
@@ -110,7 +107,7 @@ class Session:
 
     def searcher(self, candidates: int = SearchParams.candidates) -> Searcher:
         if candidates not in self._searchers:
-            self._searchers[candidates] = Searcher(self.index, candidates, self.scan)
+            self._searchers[candidates] = Searcher(self.index, candidates)
         return self._searchers[candidates]
 
     def vector(self, image_id: int | None = None, image: ImageInput | None = None, *, name: str | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from conftest import invoke
 from stl10_similarity.index import index_in_memory
 from stl10_similarity.params import METHODS, IndexParams
-from stl10_similarity.search import Searcher, SplitScan
+from stl10_similarity.search import Searcher
 
 _CACHE: dict[tuple[int, int], object] = {}
 
@@ -53,24 +54,17 @@ def test_exact_method_is_brute_force():
     assert found.tolist() == np.argsort(-scores)[:5].tolist() and examined == 120
 
 
-@given(n=st.integers(1, 20_000), threads=st.integers(1, 5), seed=st.integers(0, 3))
-@settings(max_examples=25, deadline=None)
-def test_split_scan_gives_one_products_scores(n, threads, seed):
-    """The server splits exact scans over threads: every row's score is there, in order, to float32 rounding."""
-    rng = np.random.default_rng(seed)
-    features, vector = rng.random((n, 64), dtype=np.float32), rng.random(64, dtype=np.float32)
-    scores = SplitScan(threads)(features, vector)
-    assert scores.shape == (n,) and np.allclose(scores, features @ vector, rtol=1e-6, atol=0)
+def test_queries_on_many_threads_get_the_answers_they_get_alone():
+    """The server answers on several threads at once: no answer may depend on what else is being asked."""
+    searcher = Searcher(_index(120, 2), 20)
+    asks = [(row, method) for row in range(0, 120, 3) for method in ("exact", "rerank", "forest")]
 
+    def answer(ask: tuple[int, str]) -> list:
+        return searcher.query(searcher.for_row(ask[0]), 10, ask[1]).to_dict()["results"]
 
-def test_exact_answers_are_the_same_with_a_split_scan():
-    index = _index(120, 1)
-    scan = SplitScan(3)
-    scan.MIN_ROWS = 16  # split even these 120 rows
-    plain, split = Searcher(index), Searcher(index, scan=scan)
-    for row in range(0, 120, 7):
-        a = plain.query(plain.for_row(row), 10, "exact").to_dict()["results"]
-        assert split.query(split.for_row(row), 10, "exact").to_dict()["results"] == a
+    alone = [answer(ask) for ask in asks]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(answer, asks * 3)) == alone * 3
 
 
 def test_external_feature_gets_the_collection_treatment():
