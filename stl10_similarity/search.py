@@ -31,8 +31,8 @@ from .signatures import minhash_signatures, set_intersections, top_k_sets
 
 OVERSHOOT = 2  # a depth may bring up to this many times the pool before it is trimmed
 # One exact scan at a time in a process. A scan already runs on all of BLAS's threads; concurrent ones (the
-# server's worker threads) fought over them: 16 clients at 13,000 images got 102-129 requests/s without this
-# lock and 170-185 with it, one client the same (docs/server.md).
+# server's worker threads) fought over them: 16 clients at 13,000 images got 114-131 requests/s without this
+# lock and 233-269 with it, one client the same (docs/server.md).
 _SCAN_LOCK = threading.Lock()
 
 
