@@ -222,15 +222,18 @@ class FeatureModel:
         self.model = model.to(self.dtype)
         self._torch = torch
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Embed uint8 ``(n, 3, H, W)`` images."""
+    def stage(self, images: np.ndarray) -> Any:
+        """uint8 ``(n, 3, H, W)`` images as a host tensor ready to copy to the device: page-locked on CUDA, so the
+        copy runs without stalling the host. Extraction's reading thread calls this, off the compute path."""
+        batch = self._torch.from_numpy(np.ascontiguousarray(images))
+        return batch.pin_memory() if self.device == "cuda" else batch
+
+    def __call__(self, images: Any) -> np.ndarray:
+        """Embed uint8 ``(n, 3, H, W)`` images (an array, or what :meth:`stage` made of one)."""
         torch = self._torch
         with torch.inference_mode():
-            batch = torch.from_numpy(np.ascontiguousarray(images))
-            if self.device == "cuda":  # page-locked memory lets the copy run without stalling the host
-                batch = batch.pin_memory().to(self.device, non_blocking=True)
-            else:
-                batch = batch.to(self.device)
+            batch = images if isinstance(images, torch.Tensor) else self.stage(images)
+            batch = batch.to(self.device, non_blocking=True)
             x = self.transform(batch).to(self.dtype).contiguous(memory_format=torch.channels_last)
             pooled = torch.nn.functional.adaptive_avg_pool2d(self.model.features(x).float(), 1).flatten(1)
             out = pooled.cpu().numpy()

@@ -1,4 +1,4 @@
-"""Overlap work with a GPU's compute: read the next batches on a thread, write finished chunks on another.
+"""Overlap work with a GPU's compute: read (and pin) the next batches on a thread, write finished chunks on another.
 
 On a GPU the card otherwise waits for the host to read, lay out and fsync. On a 2-core CPU the threads
 only compete with torch for the same cores (measured slower: docs/decisions.md), so ``extract`` uses
