@@ -305,21 +305,26 @@ class LoadedIndex:
     def ids_of(self, rows: np.ndarray) -> np.ndarray:
         return np.asarray(rows, dtype=np.int64) if self.ids is None else self.ids[np.asarray(rows, dtype=np.intp)]
 
+    def _lookup(self, image_ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The rows that would hold ``image_ids``, and which of those ids the collection really holds."""
+        wanted = np.asarray(image_ids, dtype=np.int64).reshape(-1)
+        if self.ids is None:
+            return wanted, (wanted >= 0) & (wanted < self.n)
+        rows = np.searchsorted(self.ids, wanted)  # ids are stored in increasing order
+        found = rows < self.n
+        found[found] = self.ids[rows[found]] == wanted[found]
+        return rows, found
+
     def row_of(self, image_id: int) -> int | None:
         """The row holding image ``image_id``, or None when the collection has no such image."""
-        if self.ids is None:
-            return int(image_id) if 0 <= image_id < self.n else None
-        row = int(np.searchsorted(self.ids, image_id))
-        return row if row < self.n and int(self.ids[row]) == image_id else None
+        if not 0 <= image_id < 2**63:  # ids are non-negative int64: anything else is in no collection
+            return None
+        rows, found = self._lookup(image_id)
+        return int(rows[0]) if found[0] else None
 
     def rows_of(self, image_ids: np.ndarray) -> np.ndarray:
         """The rows holding ``image_ids`` (all of them must be in the collection)."""
-        wanted = np.asarray(image_ids, dtype=np.int64)
-        if self.ids is None:
-            rows, found = wanted, (wanted >= 0) & (wanted < self.n)
-        else:  # ids are stored in increasing order
-            rows = np.minimum(np.searchsorted(self.ids, wanted), self.n - 1)
-            found = self.ids[rows] == wanted
+        rows, found = self._lookup(image_ids)
         if not found.all():
             raise ValueError("not every id is in the collection")
         return rows.astype(np.int64)
