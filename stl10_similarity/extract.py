@@ -203,8 +203,8 @@ def embed_chunks(source: Source, partial: Path, identity: dict[str, Any], model:
                for lo in range(s, min(s + chunk, source.size), batch_size)]
     if pipelined is None:
         pipelined = model.device in PIPELINE_DEVICES
-    # pipelined, the reading thread also lays each batch out for the device (pinned memory on CUDA)
-    reads = ((lo, hi, model.stage(source.images(lo, hi)) if pipelined else source.images(lo, hi)) for lo, hi in batches)
+    # each batch read and laid out for the device (pinned memory on CUDA): on the reading thread when pipelined
+    reads = ((lo, hi, model.stage(source.images(lo, hi))) for lo, hi in batches)
     writer = BackgroundWriter() if pipelined else None
     parts: list[np.ndarray] = []
     keys = source.keys()
