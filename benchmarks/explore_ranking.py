@@ -23,7 +23,7 @@ from stl10_similarity import evaluate as ev
 from stl10_similarity.index import index_in_memory
 from stl10_similarity.params import POOL_FACTOR, IndexParams
 from stl10_similarity.search import Searcher
-from stl10_similarity.signatures import set_intersections
+from stl10_similarity.sets import set_intersections
 
 
 def main() -> None:
@@ -51,9 +51,10 @@ def main() -> None:
               "| exact p50 ms |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         exact_p = np.mean([(labels[t] == labels[q]).mean() for q, t in zip(queries, truth)])
-        exact_ms = _exact_ms(Searcher(index_in_memory(feats, labels, names, IndexParams())), queries[:100], k)
+        top_dims = IndexParams(sets="top-dims", trees=8)  # the sets this exploration is about
+        exact_ms = _exact_ms(Searcher(index_in_memory(feats, labels, names, top_dims)), queries[:100], k)
         for trees in [int(x) for x in args.trees.split(",")]:
-            index = index_in_memory(feats, labels, names, IndexParams(trees=trees))
+            index = index_in_memory(feats, labels, names, IndexParams(sets="top-dims", trees=trees))
             searcher = Searcher(index)
             for factor in [int(x) for x in args.pool_factors.split(",")]:
                 for budget in [int(x) for x in args.budgets.split(",")]:
@@ -85,7 +86,7 @@ def _row(searcher: Searcher, feats: np.ndarray, labels: np.ndarray, queries: np.
         if how == "estimate":
             kept = searcher._top(ids, searcher.estimated_jaccard(v, ids), budget)
         elif how == "jaccard":
-            shared = set_intersections(v.topk, searcher.index.topk[ids])
+            shared = set_intersections(v.topk, searcher.index.topk[ids], 1280)
             kept = searcher._top(ids, shared.astype(np.float64), budget)
         else:
             kept = ids

@@ -21,6 +21,7 @@ import numpy as np
 
 from stl10_similarity.forest import prefix_arrays
 from stl10_similarity.index import LoadedIndex
+from stl10_similarity.sets import bitmaps
 from stl10_similarity.search import Searcher
 from stl10_similarity.signatures import _fmix32, set_statistics
 
@@ -112,7 +113,7 @@ def main() -> None:
     from stl10_similarity.index import index_in_memory
     from stl10_similarity.params import IndexParams
 
-    base = index_in_memory(feats, labels, [], IndexParams(num_perm=args.num_perm, trees=args.trees))
+    base = index_in_memory(feats, labels, [], IndexParams(sets="top-dims", num_perm=args.num_perm, trees=args.trees))
     sets = base.topk
     dense = np.zeros((n, feats.shape[1]), np.float32)
     np.put_along_axis(dense, sets.astype(np.intp), 1.0, axis=1)
@@ -137,7 +138,9 @@ def main() -> None:
 
         keys, order = prefix_arrays(sigs, args.trees)
         index = LoadedIndex(params={}, features_params={}, class_names=[], features=feats, labels=labels,
-                            topk=sets, signatures=sigs, stats=stats, table=np.zeros((1, 1), np.uint32),
+                            topk=sets, topk_bits=bitmaps(sets, feats.shape[1]), sets=sets,
+                            vocabulary=np.zeros((0, feats.shape[1]), np.float32), signatures=sigs, stats=stats,
+                            table=np.zeros((1, 1), np.uint32),
                             tree_keys=keys, tree_order=order)
         print(json.dumps({"scale": scale, "max_level": max_level, "mean_tokens": round(float(levels.sum(1).mean()), 1),
                           "mean_active_dims": round(float((levels > 0).sum(1).mean()), 1),

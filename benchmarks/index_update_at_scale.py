@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--changed", type=int, default=100)
     parser.add_argument("--removed", type=int, default=100)
     args = parser.parse_args()
-    p = IndexParams()
+    p = IndexParams(sets="top-dims", trees=8)  # the top-dims index the docs' figures were measured with
     feats, _ = synthetic_features(args.n + args.new + args.changed, seed=3)
     old, extra = feats[: args.n], feats[args.n :]
     rng = np.random.default_rng(0)

@@ -46,7 +46,8 @@ def main() -> None:
           "| forest R@10 vs Jaccard | rerank p50 ms | exact p50 ms | examined |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for basis, top_k, num_perm, trees, candidates in GRID:
-        index = index_in_memory(feats, labels, names, IndexParams(top_k=top_k, num_perm=num_perm, trees=trees, basis=basis))
+        params = IndexParams(sets="top-dims", top_k=top_k, num_perm=num_perm, trees=trees, basis=basis)
+        index = index_in_memory(feats, labels, names, params)
         params = EvaluateParams(k=10, candidates=candidates, methods=("forest", "rerank", "exact"))
         forest, rerank, exact = ev.evaluate(Session(index, {}), params, query_ids=ids).methods
         print(f"| {basis} | {top_k} | {num_perm} | {trees} | {candidates} | {rerank.precision_at_k:.3f} | "

@@ -1,4 +1,4 @@
-"""``stl10sim bench``: index and query speed, memory and recall at scale, on synthetic features.
+"""``stl10sim bench``: index and query speed, memory and recall at scale, on synthetic features or yours.
 
 Every figure is measured in one process, side by side, on the same vectors and queries, so ratios
 hold even on a shared, noisy machine. The report says which machine it ran on.
@@ -19,13 +19,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .forest import build_forest, prefix_arrays
-from .index import LoadedIndex
-from .index import index_params as recorded_params
+from .forest import build_forest
+from .index import LoadedIndex, describe_params, index_in_memory
 from .params import BenchParams, IndexParams
 from .progress import SILENT, Progress
 from .search import Searcher
-from .signatures import SEED, datasketch_signature, minhash_signatures, permuted_token_table, set_statistics, top_k_sets
+from .signatures import datasketch_signature, minhash_signatures
 from .synthetic import synthetic_features
 
 EXACT_TIMED_QUERIES = 20  # brute force at 1M takes ~0.5 s a query: time a few, report batched qps too
@@ -95,6 +94,7 @@ class MethodResult:
     recall_at_k: float
     mean_candidates: float
     timed_queries: int
+    bytes_per_image: float  # index memory beyond the features
 
 
 @dataclass
@@ -128,8 +128,9 @@ def _recall(found: list[np.ndarray], truth: np.ndarray) -> float:
 
 
 def _method(name: str, build: float, rss: float, times: np.ndarray, found: list[np.ndarray], truth: np.ndarray,
-            candidates: float) -> MethodResult:
+            candidates: float, bytes_per_image: float) -> MethodResult:
     return MethodResult(name=name, build_seconds=round(build, 3), peak_rss_mb=rss,
+                        bytes_per_image=round(bytes_per_image, 1),
                         p50_ms=round(float(np.percentile(times, 50) * 1e3), 3),
                         p99_ms=round(float(np.percentile(times, 99) * 1e3), 3),
                         qps=round(float(len(times) / times.sum()), 1), recall_at_k=round(_recall(found, truth), 4),
@@ -151,52 +152,101 @@ def exact_knn(features: np.ndarray, query_ids: np.ndarray, k: int, batch: int = 
 
 # ---------------------------------------------------------------- the benchmark
 
+PREVIOUS_INDEX = IndexParams(sets="top-dims", trees=8)  # the index before learned sets: kept as a bench row
+PREVIOUS_CANDIDATES = 400
+
+
+def index_bytes(index: LoadedIndex) -> int:
+    """What the index holds in memory beyond the features (forest.pkl stays on disk)."""
+    arrays = (index.topk, index.topk_bits, index.sets, index.vocabulary, index.signatures, index.stats, index.table,
+              index.tree_keys, index.tree_order)
+    distinct = {id(a): a for a in arrays}  # top-dims indexes hold one array as both topk and sets
+    return int(sum(np.asarray(a).nbytes for a in distinct.values()))
+
+
+def bench_features(path: Any) -> np.ndarray:
+    """A user's features for ``bench --features``: a 2-D float32/float16 .npy, memory-mapped, checked, then
+    normalised to unit rows in memory (float32), as extraction stores them."""
+    from .errors import InputError
+
+    try:
+        raw = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{{features}} {path} is not a readable .npy array: {exc}", options=("features",)) from exc
+    if raw.ndim != 2 or raw.shape[0] < 16 or raw.shape[1] < 2:
+        raise InputError(f"{{features}} {path} must be (N, D) with N >= 16 and D >= 2, got shape {raw.shape}",
+                         options=("features",))
+    if raw.dtype not in (np.float32, np.float16):
+        raise InputError(f"{{features}} {path} must be float32 or float16, got {raw.dtype}", options=("features",))
+    feats = np.empty(raw.shape, dtype=np.float32)
+    for lo in range(0, len(raw), 65536):
+        block = np.asarray(raw[lo : lo + 65536], dtype=np.float32)
+        if not np.isfinite(block).all():
+            raise InputError(f"{{features}} {path} holds NaN or infinite values (rows from {lo})", options=("features",))
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        if (norms == 0).any():
+            row = lo + int(np.flatnonzero(norms[:, 0] == 0)[0])
+            raise InputError(f"{{features}} {path}: row {row} is all zeros", options=("features",))
+        feats[lo : lo + 65536] = block / norms
+    return feats
+
 
 def run_bench(
-    bench: BenchParams = BenchParams(), index_params: IndexParams = IndexParams(), *, use_faiss: bool = True,
-    progress: Progress = SILENT,
+    bench: BenchParams = BenchParams(), index_params: IndexParams = IndexParams(), *,
+    features: np.ndarray | None = None, use_faiss: bool = True, progress: Progress = SILENT,
 ) -> BenchReport:
-    """Build every method on ``bench.size`` synthetic vectors and measure it (see module docstring)."""
-    n, k, queries, seed, baseline_n = bench.size, bench.k, bench.queries, bench.seed, bench.baseline_n
+    """Build every method on ``features`` (default: ``bench.size`` synthetic vectors) and measure it side by
+    side: exact, the index with ``index_params`` (rerank at each budget, forest), the previous default index
+    (top-100 dims, 8 trees) and, when faiss is installed, HNSW and IVF-Flat."""
+    k, queries, seed, baseline_n = bench.k, bench.queries, bench.seed, bench.baseline_n
     budgets = tuple(sorted(bench.budgets))
-    top_k, num_perm, trees, basis = index_params.top_k, index_params.num_perm, index_params.trees, index_params.basis
     step = lambda what: progress.note(f"bench: {what} ...")  # noqa: E731
     rng = np.random.default_rng(seed)
-    step(f"generating {n:,} synthetic features")
     t0 = time.perf_counter()
-    feats, clusters = synthetic_features(n, seed)
+    if features is None:
+        step(f"generating {bench.size:,} synthetic features")
+        feats, clusters = synthetic_features(bench.size, seed)
+        labels = clusters.astype(np.int16)
+    else:
+        feats, labels = features, np.full(len(features), -1, dtype=np.int16)
     data_seconds = time.perf_counter() - t0
+    n = len(feats)
+    if k >= n:
+        from .errors import ParameterError
+
+        raise ParameterError("k", f"({k}) must be smaller than the number of features ({n})")
     query_ids = np.sort(rng.choice(n, size=min(queries, n), replace=False))
 
-    step("signatures: bulk (all) and datasketch's per-image update loop (baseline)")
-    t0 = time.perf_counter()
-    stats = set_statistics(feats)
-    sets = top_k_sets(feats, top_k, basis, stats)
-    sets_seconds = time.perf_counter() - t0
-    table = permuted_token_table(num_perm, SEED)
-    t0 = time.perf_counter()
-    sigs = minhash_signatures(sets, table)
-    sig_seconds = time.perf_counter() - t0
+    step(f"the index ({describe_params(index_params)})")
+    with peak_rss_growth() as rss:
+        t0 = time.perf_counter()
+        index = index_in_memory(feats, labels, [], index_params)
+        build = time.perf_counter() - t0
+    index_rss = rss["mb"]
+    sigs = np.asarray(index.signatures)
+    recorded = dict(index.params)
+
+    step("signatures: bulk and datasketch's per-image update loop (baseline), on the index's sets")
     baseline_n = min(baseline_n, n)
     t0 = time.perf_counter()
-    bulk_same = minhash_signatures(sets[:baseline_n], table)
+    bulk_same = minhash_signatures(index.sets[:baseline_n], index.table)
     bulk_same_seconds = time.perf_counter() - t0
+    universe = index.universe
     t0 = time.perf_counter()
-    baseline = [datasketch_signature(s, num_perm) for s in sets[:baseline_n]]
+    baseline = [datasketch_signature(row[row != universe], index_params.num_perm) for row in index.sets[:baseline_n]]
     baseline_seconds = time.perf_counter() - t0
     identical = bool(np.array_equal(np.stack(baseline[:1000]), bulk_same[:1000]))
     del baseline, bulk_same
     signatures = {
-        "seconds": round(sig_seconds, 3), "top_k_sets_seconds": round(sets_seconds, 3),
-        "baseline_seconds": round(baseline_seconds, 3), "baseline_n": baseline_n,
-        "bulk_seconds_on_baseline_sets": round(bulk_same_seconds, 3),
+        "index_build_seconds": round(build, 3), "baseline_seconds": round(baseline_seconds, 3),
+        "baseline_n": baseline_n, "bulk_seconds_on_baseline_sets": round(bulk_same_seconds, 3),
         "speedup": round(baseline_seconds / max(bulk_same_seconds, 1e-9), 1), "identical_to_datasketch": identical,
     }
 
-    step("forest: build, pickle, load")
+    step("datasketch forest: build, pickle, load")
     with peak_rss_growth() as rss:
         t0 = time.perf_counter()
-        forest = build_forest(sigs, trees)
+        forest = build_forest(sigs, index_params.trees)
         forest_seconds = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "forest.pkl")
@@ -209,54 +259,62 @@ def run_bench(
         with open(path, "rb") as handle:
             forest = pickle.load(handle)
         load_seconds = time.perf_counter() - t0
+    del forest
     forest_info = {"build_seconds": round(forest_seconds, 3), "peak_rss_mb": rss["mb"],
                    "pickle_mb": round(size_mb, 1), "pickle_seconds": round(dump_seconds, 3),
                    "load_seconds": round(load_seconds, 3)}
-
-    t0 = time.perf_counter()
-    tree_keys, tree_order = prefix_arrays(sigs, trees)  # the sorted trees queries search (index artifacts)
-    prepare_seconds = time.perf_counter() - t0
-    forest_info["tree_arrays_seconds"] = round(prepare_seconds, 3)
-    index = LoadedIndex(params=recorded_params(index_params),
-                        features_params={}, class_names=[], features=feats, labels=clusters.astype(np.int16),
-                        topk=sets, signatures=sigs, stats=stats, table=table, tree_keys=tree_keys,
-                        tree_order=tree_order, _forest=forest)
-    searcher = Searcher(index, budgets[0])
 
     step(f"exact cosine ground truth for {len(query_ids)} queries (batched)")
     with peak_rss_growth() as rss:
         t0 = time.perf_counter()
         truth = exact_knn(feats, query_ids, k)
         truth_seconds = time.perf_counter() - t0
+    searcher = Searcher(index, budgets[0])
     methods = []
     timed = query_ids[:EXACT_TIMED_QUERIES]
     times, found = _time_queries(lambda q: searcher.search_ids(searcher.for_row(q), k, "exact")[0], timed)
-    exact = _method("exact (numpy)", 0.0, rss["mb"], times, found, truth[: len(timed)], n)
+    exact = _method("exact (numpy)", 0.0, rss["mb"], times, found, truth[: len(timed)], n, 0)
     exact.qps = round(len(query_ids) / truth_seconds, 1)  # batched throughput
     methods.append(exact)
 
-    build = forest_seconds + sig_seconds + sets_seconds + prepare_seconds
-    for method, budget_list in (("forest", budgets[:1]), ("rerank", budgets)):
-        for budget in budget_list:
-            step(f"{method} (candidates {budget}): {len(query_ids)} queries")
-            searcher.candidates = budget
-            examined: list[int] = []
-
-            def run(q: int) -> np.ndarray:
-                ids, count = searcher.search_ids(searcher.for_row(q), k, method)
-                examined.append(count)
-                return ids
-
-            times, found = _time_queries(run, query_ids)
-            name = f"{method} (candidates {budget})" if method == "rerank" else f"{method} (pool {searcher.pool})"
-            methods.append(_method(name, build, forest_info["peak_rss_mb"], times, found, truth,
-                                   float(np.mean(examined))))
+    per_image = index_bytes(index) / n
+    runs = [("forest", b, searcher) for b in budgets[:1]] + [("rerank", b, searcher) for b in budgets]
+    for method, budget, s in runs:
+        methods.append(_run_method(method, budget, s, query_ids, truth, k, build, index_rss, per_image, step))
+    del searcher, index
+    step("the previous default index (top-100 dims, 8 trees)")
+    with peak_rss_growth() as rss:
+        t0 = time.perf_counter()
+        previous = index_in_memory(feats, labels, [], PREVIOUS_INDEX)
+        previous_build = time.perf_counter() - t0
+    methods.append(_run_method("rerank", PREVIOUS_CANDIDATES, Searcher(previous, PREVIOUS_CANDIDATES), query_ids,
+                               truth, k, previous_build, rss["mb"], index_bytes(previous) / n, step,
+                               name=f"previous: top-dims, 8 trees (candidates {PREVIOUS_CANDIDATES})"))
+    del previous
     if use_faiss:
         methods += _faiss_methods(feats, query_ids, truth, k, step)
     return BenchReport(n=n, k=k, queries=len(query_ids), machine=machine(),
-                       params={"top_k": top_k, "num_perm": num_perm, "trees": trees, "basis": basis, "seed": seed,
-                               "budgets": list(budgets), "exact_timed_queries": len(timed)},
+                       params={**recorded, "seed": seed, "budgets": list(budgets),
+                               "exact_timed_queries": len(timed),
+                               "features": "synthetic" if features is None else "given"},
                        data_seconds=round(data_seconds, 3), signatures=signatures, forest=forest_info, methods=methods)
+
+
+def _run_method(method: str, budget: int, searcher: Searcher, query_ids: np.ndarray, truth: np.ndarray, k: int,
+                build: float, rss: float, per_image: float, step: Callable[[str], None],
+                name: str | None = None) -> MethodResult:
+    searcher.candidates = budget
+    name = name or (f"rerank (candidates {budget})" if method == "rerank" else f"forest (pool {searcher.pool})")
+    step(f"{name}: {len(query_ids)} queries")
+    examined: list[int] = []
+
+    def run(q: int) -> np.ndarray:
+        ids, count = searcher.search_ids(searcher.for_row(q), k, method)
+        examined.append(count)
+        return ids
+
+    times, found = _time_queries(run, query_ids)
+    return _method(name, build, rss, times, found, truth, float(np.mean(examined)), per_image)
 
 
 def _faiss_methods(feats: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, k: int,
@@ -265,24 +323,52 @@ def _faiss_methods(feats: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, 
         import faiss  # optional extra: pip install 'stl10sim[faiss]'
     except ImportError:
         return []
+    n, dim = feats.shape
     out = []
-    kinds = [("faiss IndexFlatIP", lambda d: faiss.IndexFlatIP(d))]
-    if len(feats) <= 200_000:  # HNSW construction at 1M x 1280 takes far longer than this bench's budget
-        kinds.append(("faiss IndexHNSWFlat", lambda d: faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)))
-    for name, make in kinds:
-        step(f"{name}: build and queries")
-        with peak_rss_growth() as rss:
-            t0 = time.perf_counter()
-            index = make(feats.shape[1])
-            index.add(feats)
-            build = time.perf_counter() - t0
+    # 4 sqrt(N) lists, at most 1,024 (training more takes minutes on 2 cores); faiss wants >= 39 points per list
+    nlist = int(max(1, min(4 * np.sqrt(n), 1024, n // 39)))
+    kinds: list[tuple[str, Callable[[], Any], Callable[[Any], None]]] = [
+        ("faiss IndexFlatIP", lambda: faiss.IndexFlatIP(dim), lambda index: None)]
+    if n <= 300_000:  # HNSW construction at 1M x 1280 takes far longer than this bench's budget on 2 cores
+        for ef in (16, 64):
+            kinds.append((f"faiss HNSW M=32 efSearch {ef}",
+                          lambda: faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT),
+                          lambda index, ef=ef: setattr(index.hnsw, "efSearch", ef)))
+    for probe in sorted({min(16, nlist), min(64, nlist)}):
+        kinds.append((f"faiss IVF-Flat nlist {nlist} nprobe {probe}",
+                      lambda: faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT),
+                      lambda index, probe=probe: setattr(index, "nprobe", probe)))
+    built: dict[str, tuple[Any, float, float]] = {}
+    for name, make, tune in kinds:
+        family = name.split(" efSearch")[0].split(" nprobe")[0]
+        if family not in built:
+            step(f"{family}: build")
+            with peak_rss_growth() as rss:
+                t0 = time.perf_counter()
+                index = make()
+                if not index.is_trained:
+                    index.train(feats[np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)])
+                index.add(feats)
+                built[family] = (index, time.perf_counter() - t0, rss["mb"])
+        index, build, rss_mb = built[family]
+        tune(index)
 
-        def run(q: int) -> np.ndarray:
+        def run(q: int, index: Any = index) -> np.ndarray:
             _, ids = index.search(feats[q : q + 1], k + 1)
             return ids[0][ids[0] != q][:k]
 
-        timed = query_ids if "HNSW" in name else query_ids[:EXACT_TIMED_QUERIES]
+        step(f"{name}: queries")
+        flat = family == "faiss IndexFlatIP"
+        timed = query_ids[:EXACT_TIMED_QUERIES] if flat else query_ids
         times, found = _time_queries(run, timed)
-        # a flat index scans everything; HNSW's distance computations are not exposed: reported as 0
-        out.append(_method(name, build, rss["mb"], times, found, truth[: len(timed)], len(feats) if "Flat" in name and "HNSW" not in name else 0))
+        # a flat index scans everything; HNSW's and IVF's distance computations are not exposed: reported as 0
+        out.append(_method(name, build, rss_mb, times, found, truth[: len(timed)], n if flat else 0,
+                           _faiss_bytes(index, n)))
     return out
+
+
+def _faiss_bytes(index: Any, n: int) -> float:
+    """Bytes per image a faiss index holds beyond the vectors themselves (serialised size minus n x d x 4)."""
+    import faiss
+
+    return max(0.0, (len(faiss.serialize_index(index)) - n * index.d * 4) / n)

@@ -347,28 +347,54 @@ def collections(as_json: bool, cache_dir: Path | None) -> None:
 # ---------------------------------------------------------------- index
 
 
+def index_options(command: Any) -> Any:
+    """The options of every IndexParams field (index and bench share them)."""
+    options = [
+        param_option(P.IndexParams, "sets", help="What the forest indexes: each image's nearest learned centroids, "
+                                                  "or its top-K dimensions (the original project's sets)."),
+        param_option(P.IndexParams, "centroids", help="Centroids learned for --sets centroids "
+                                                       f"(default: one per {P.IMAGES_PER_CENTROID} images, "
+                                                       f"{P.MIN_CENTROIDS}..{P.MAX_CENTROIDS})."),
+        param_option(P.IndexParams, "set_size", help="How many nearest centroids form an image's set."),
+        param_option(P.IndexParams, "top_k", help="Size of each image's top-K set: its K most activated feature "
+                                                   "dimensions (shown with every result; indexed with --sets top-dims)."),
+        param_option(P.IndexParams, "num_perm", help="MinHash permutations."),
+        param_option(P.IndexParams, "trees", help="Prefix trees in the forest (depth: num_perm / trees)."),
+        param_option(P.IndexParams, "basis", help="Top-K sets from raw features, or centred / standardised per "
+                                                   "dimension."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def index_params_from(kwargs: dict[str, Any]) -> P.IndexParams:
+    return P.IndexParams(**{f: kwargs.pop(f) for f in ("sets", "centroids", "set_size", "top_k", "num_perm",
+                                                       "trees", "basis")})
+
+
 @main.command()
-@param_option(P.IndexParams, "top_k", help="Size of each image's set: its K most activated feature dimensions.")
-@param_option(P.IndexParams, "num_perm", help="MinHash permutations.")
-@param_option(P.IndexParams, "trees", help="Prefix trees in the forest.")
-@param_option(P.IndexParams, "basis", help="Form sets from raw features, or centred / standardised per dimension.")
+@index_options
 @collection_option
 @cache_dir_option
 @force_option
 @no_wait_option
 @click.pass_context
-def index(ctx: click.Context, top_k: int, num_perm: int, trees: int, basis: str, collection: str,
-          cache_dir: Path | None, force: bool, no_wait: bool) -> None:
-    """Build top-K sets, MinHash signatures and the LSH forest over the features.
+def index(ctx: click.Context, collection: str, cache_dir: Path | None, force: bool, no_wait: bool,
+          **kwargs: Any) -> None:
+    """Build the sets, MinHash signatures and the LSH forest over the features.
 
-    An image's set is its K largest feature dimensions after centring each dimension on its collection
-    mean (--basis); its MinHash (tokens str(dim).encode(), scheme affine32, seed 1) is bit-identical to
-    datasketch's; the forest is a datasketch MinHashLSHForest(num_perm, l=trees). `query` and
-    `evaluate` build the index with these defaults when it is missing: run this to choose others.
+    By default an image's set is the ids of its --set-size nearest centroids, learned by spherical
+    k-means on the collection's centred features (--sets centroids); --sets top-dims uses its K largest
+    feature dimensions after centring each on its collection mean (--basis). MinHash (tokens
+    str(token).encode(), scheme affine32, seed 1) is bit-identical to datasketch's; the forest is a
+    datasketch MinHashLSHForest(num_perm, l=trees). `query` and `evaluate` build the index with these
+    defaults when it is missing: run this to choose others. --force also fits the centroids again
+    (an update in place keeps them).
     """
     from .index import build_index
 
-    params = P.IndexParams(top_k=top_k, num_perm=num_perm, trees=trees, basis=basis)
+    params = index_params_from(kwargs)
     result = build_index(_home(cache_dir, collection), params, force=force, wait=not no_wait, progress=_progress(ctx))
     if result.cached:
         state = "already built (cached; --force rebuilds)"
@@ -534,25 +560,28 @@ def evaluate(ctx: click.Context, queries: int | None, k: int, methods: tuple[str
 def format_bench(report: Any) -> str:
     m, sig, forest = report.machine, report.signatures, report.forest
     p = report.params
+    sets = f"{p['set_size']} nearest of {p['vocabulary']['universe']} centroids" if p["sets"] == "centroids" else \
+        f"top {p['top_k']} {p['basis']} dims"
     lines = [
-        f"stl10sim bench: n={report.n:,} k={report.k} queries={report.queries} top_k={p['top_k']} "
-        f"num_perm={p['num_perm']} trees={p['trees']} basis={p['basis']}",
+        f"stl10sim bench: n={report.n:,} ({p['features']} features) k={report.k} queries={report.queries} "
+        f"sets: {sets}, num_perm={p['num_perm']} trees={p['trees']}",
         f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['date']}, numpy {m['numpy']}, "
         f"datasketch {m['datasketch']}",
-        f"synthetic features: {report.data_seconds:.1f} s",
-        f"top-K sets: {sig['top_k_sets_seconds']:.2f} s; MinHash signatures: {sig['seconds']:.2f} s for {report.n:,} "
-        f"(bulk {sig['bulk_seconds_on_baseline_sets']:.3f} s vs datasketch update loop {sig['baseline_seconds']:.2f} s "
-        f"on the same {sig['baseline_n']:,} sets: {sig['speedup']:.0f}x; identical: {sig['identical_to_datasketch']})",
-        f"forest: build {forest['build_seconds']:.1f} s, peak RSS growth {forest['peak_rss_mb']:.0f} MB, pickle "
-        f"{forest['pickle_mb']:.0f} MB written in {forest['pickle_seconds']:.1f} s, loaded in {forest['load_seconds']:.1f} s",
+        f"features: {report.data_seconds:.1f} s; index (sets, signatures, trees): {sig['index_build_seconds']:.1f} s",
+        f"MinHash signatures: bulk {sig['bulk_seconds_on_baseline_sets']:.3f} s vs datasketch update loop "
+        f"{sig['baseline_seconds']:.2f} s on the same {sig['baseline_n']:,} sets: {sig['speedup']:.0f}x; "
+        f"identical: {sig['identical_to_datasketch']}",
+        f"datasketch forest: build {forest['build_seconds']:.1f} s, peak RSS growth {forest['peak_rss_mb']:.0f} MB, "
+        f"pickle {forest['pickle_mb']:.0f} MB written in {forest['pickle_seconds']:.1f} s, loaded in "
+        f"{forest['load_seconds']:.1f} s",
         "",
     ]
-    header = (f"{'method':<28} {'build s':>8} {'RSS MB':>8} {'p50 ms':>9} {'p99 ms':>9} {'qps':>8} "
-              f"{'recall@k':>8} {'cand.':>8}")
+    header = (f"{'method':<46} {'build s':>8} {'B/image':>8} {'p50 ms':>8} {'p99 ms':>8} {'qps':>8} "
+              f"{'recall@k':>8} {'cand.':>7}")
     lines += [header, "-" * len(header)]
     for r in report.methods:
-        lines.append(f"{r.name:<28} {r.build_seconds:>8.1f} {r.peak_rss_mb:>8.0f} {r.p50_ms:>9.3f} {r.p99_ms:>9.3f} "
-                     f"{r.qps:>8.1f} {r.recall_at_k:>8.3f} {r.mean_candidates:>8.0f}")
+        lines.append(f"{r.name:<46} {r.build_seconds:>8.1f} {r.bytes_per_image:>8.0f} {r.p50_ms:>8.3f} "
+                     f"{r.p99_ms:>8.3f} {r.qps:>8.1f} {r.recall_at_k:>8.3f} {r.mean_candidates:>7.0f}")
     default = "exact (numpy)" if report.n <= P.SCAN_LIMIT else f"rerank (candidates {P.SearchParams.candidates})"
     lines += ["", f"the default method (auto) at this size: {default} (exact up to {P.SCAN_LIMIT:,} images)"]
     return "\n".join(lines)
@@ -584,10 +613,10 @@ def format_extract_bench(report: dict[str, Any]) -> str:
 @param_option(P.BenchParams, "queries")
 @param_option(P.BenchParams, "baseline_n",
               help="Sets on which datasketch's per-image MinHash.update loop is timed against the bulk encoder.")
-@param_option(P.IndexParams, "top_k")
-@param_option(P.IndexParams, "num_perm")
-@param_option(P.IndexParams, "trees")
-@param_option(P.IndexParams, "basis")
+@index_options
+@click.option("--features", "features_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="index stage: benchmark on your own (N, D) float32/float16 .npy features "
+                                 "(memory-mapped, normalised) instead of synthetic ones.")
 @click.option("--budget", "budgets", type=click.IntRange(min=1), multiple=True,
               help=f"Rerank candidate budgets to compare (repeat). Default: "
                    f"{', '.join(map(str, P.BenchParams.budgets))}.")
@@ -600,16 +629,20 @@ def format_extract_bench(report: dict[str, Any]) -> str:
 @cache_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.pass_context
-def bench(ctx: click.Context, stage: str, n: int | None, k: int, queries: int, baseline_n: int, top_k: int,
-          num_perm: int, trees: int, basis: str, budgets: tuple[int, ...], seed: int, weights: str, image_size: int,
-          device: str, data_dir: Path | None, cache_dir: Path | None, as_json: bool) -> None:
-    """Benchmark indexing and querying at scale (synthetic features), or feature extraction speed.
+def bench(ctx: click.Context, stage: str, n: int | None, k: int, queries: int, baseline_n: int,
+          features_path: Path | None, budgets: tuple[int, ...], seed: int, weights: str, image_size: int,
+          device: str, data_dir: Path | None, cache_dir: Path | None, as_json: bool, **kwargs: Any) -> None:
+    """Benchmark indexing and querying at scale (synthetic features or --features), or extraction speed.
 
-    index: N synthetic MobileNetV2-like vectors; bulk signatures vs datasketch's MinHash.update loop,
-    forest build/pickle/load, and per method p50/p99, queries/s and recall@k against exact cosine (FAISS
-    rows too if faiss-cpu is installed). extract: images/s of a naive PIL loop against our input path
-    at several batch sizes and precisions, with reduced precision's fidelity.
+    index: N synthetic MobileNetV2-like vectors (or your --features); bulk signatures vs datasketch's
+    MinHash.update loop, forest build/pickle/load, and per method build time, index bytes per image,
+    p50/p99, queries/s and recall@k against exact cosine, side by side: exact, the index (rerank at each
+    budget, forest), the previous default index (top-100 dims, 8 trees) and FAISS HNSW and IVF-Flat if
+    faiss-cpu is installed. extract: images/s of a naive PIL loop against our input path at several batch
+    sizes and precisions, with reduced precision's fidelity.
     """
+    if features_path is not None and (stage != "index" or n is not None):
+        raise click.UsageError("--features is for the index stage and replaces --n (the array's rows are used)")
     params = P.BenchParams(stage=stage, n=n, k=k, queries=queries, baseline_n=baseline_n,
                            budgets=budgets or P.BenchParams.budgets, seed=seed)
     if stage == "extract":
@@ -624,8 +657,11 @@ def bench(ctx: click.Context, stage: str, n: int | None, k: int, queries: int, b
         return
     from .bench import run_bench
 
-    index_params = P.IndexParams(top_k=top_k, num_perm=num_perm, trees=trees, basis=basis)
-    report = run_bench(params, index_params, progress=_progress(ctx))
+    from .bench import bench_features
+
+    index_params = index_params_from(kwargs)
+    features = None if features_path is None else bench_features(features_path)
+    report = run_bench(params, index_params, features=features, progress=_progress(ctx))
     if as_json:
         _echo_json(report.to_dict())
     else:

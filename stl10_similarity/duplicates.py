@@ -1,7 +1,7 @@
-"""Near-duplicate groups: pairs the forest puts in the same deep bucket, confirmed by cosine, joined into groups.
+"""Near-duplicate groups: pairs a forest puts in the same deep bucket, confirmed by cosine, joined into groups.
 
-Never all pairs: in every tree of the forest the sorted bands are walked once; images whose bands share a
-prefix land next to each other. A run of images sharing a prefix of some depth is taken as candidate pairs
+Never all pairs: in every tree of a forest over the images' top-K dimension sets the sorted bands are walked
+once; images whose bands share a prefix land next to each other. A run of images sharing a prefix of some depth is taken as candidate pairs
 once it is small enough (at most ``MAX_RUN`` images); larger runs are split by the next depth. Near-identical
 images (resized, re-encoded, cropped by a few pixels) share most MinHash values, so some tree almost always puts
 them in one run. Within a run all cosines come from one matrix product; a pair is kept when its cosine reaches
@@ -16,12 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .forest import prefix_arrays
 from .index import LoadedIndex
 from .params import DuplicatesParams
+from .signatures import minhash_signatures, token_table
 
 # images in one prefix run before it is split by the next depth; share of exact pairs found at 100,000 images:
 # 0.958 at 64, 0.977 at 256, 0.989 at 1024 (4.5 s), 0.992 at 2048 (6.5 s) (docs/collections.md)
 MAX_RUN = 1024
+TREES = 8  # trees of top-100 dimension sets (depth 16 at 128 permutations): what the figures above were measured on
 
 
 @dataclass(frozen=True)
@@ -31,18 +34,33 @@ class DuplicateGroup:
     paths: list[str] | None = None  # folder collections: each image's path
 
 
-def prefix_runs(index: LoadedIndex, max_run: int = MAX_RUN) -> Iterator[np.ndarray]:
+def duplicate_trees(index: LoadedIndex) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted trees near-duplicates are looked for in: MinHash of the top-K dimension sets, ``TREES`` trees.
+
+    Near-copies share 50-85 % of their top-100 dimensions, so deep prefixes of those sets single them out; the
+    search index's shallow trees over centroid sets put whole neighbourhoods in one run instead. An index of
+    top-K sets with ``TREES`` trees already holds these trees.
+    """
+    params = index.params
+    if params.get("sets") == "top-dims" and index.tree_keys.shape[0] == TREES:
+        return np.asarray(index.tree_keys), np.asarray(index.tree_order)
+    table = token_table(int(params["num_perm"]), index.features.shape[1])
+    return prefix_arrays(minhash_signatures(np.asarray(index.topk), table), TREES)
+
+
+def prefix_runs(trees: tuple[np.ndarray, np.ndarray], max_run: int = MAX_RUN) -> Iterator[np.ndarray]:
     """The rows of every run of at most ``max_run`` images that share a band prefix in some tree, sorted.
 
-    A run is taken at the shallowest depth where it is small enough (its parent run was not), so every image
-    takes part in at most one run per tree; runs still too large at full depth (identical bands) give their
-    first ``max_run`` members.
+    ``trees``: sorted bands and their rows per tree (``duplicate_trees``). A run is taken at the shallowest
+    depth where it is small enough (its parent run was not), so every image takes part in at most one run per
+    tree; runs still too large at full depth (identical bands) give their first ``max_run`` members.
     """
-    trees, n = index.tree_order.shape
-    depth_max = index.tree_keys.dtype.itemsize // 4
-    for t in range(trees):
-        keys = np.frombuffer(np.ascontiguousarray(index.tree_keys[t]).tobytes(), dtype=">u4").reshape(n, depth_max)
-        order = np.asarray(index.tree_order[t], dtype=np.int64)
+    tree_keys, tree_order = trees
+    count, n = tree_order.shape
+    depth_max = tree_keys.dtype.itemsize // 4
+    for t in range(count):
+        keys = np.frombuffer(np.ascontiguousarray(tree_keys[t]).tobytes(), dtype=">u4").reshape(n, depth_max)
+        order = np.asarray(tree_order[t], dtype=np.int64)
         change = np.zeros(n, dtype=bool)
         change[0] = True
         parent_size = np.full(n, np.iinfo(np.int64).max)  # the run each position was in one depth up (none yet)
@@ -69,7 +87,7 @@ def linked_pairs(index: LoadedIndex, threshold: float, max_run: int = MAX_RUN) -
     """
     feats = index.features
     kept = []
-    for members in prefix_runs(index, max_run):
+    for members in prefix_runs(duplicate_trees(index), max_run):
         vectors = np.asarray(feats[members])
         i, j = np.nonzero(np.triu(vectors @ vectors.T >= threshold, k=1))
         if len(i):

@@ -17,7 +17,7 @@ from .errors import InputError
 from .params import DIM, EvaluateParams
 from .progress import SILENT, Progress
 from .session import Session
-from .signatures import set_intersections
+from .sets import set_intersections
 
 # ---------------------------------------------------------------- metrics (pure)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pickle
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +36,30 @@ from .paths import features_dir, index_dir
 from .forest import ForestPickle, build_forest, merge_prefix_arrays, prefix_arrays
 from .params import IndexParams
 from .progress import SILENT, Progress
-from .signatures import SCHEME, SEED, minhash_signatures, permuted_token_table, set_statistics, top_k_sets
+from .sets import SetRepresentation, TopDims, bitmaps, representation
+from .signatures import SCHEME, SEED, minhash_signatures, set_statistics, token_table, top_k_sets
 
 MAKE_CMD = "stl10sim index"
 CHUNK_ROWS = 65536
-ARTIFACTS = {"topk", "signatures", "stats", "token_table", "tree_keys", "tree_order", "forest", "ids"}
+ARTIFACTS = {"topk", "topk_bits", "sets", "vocabulary", "signatures", "stats", "token_table", "tree_keys", "tree_order", "forest",
+             "ids"}
+# an index whose vocabulary was fitted on this many times fewer images than the collection now holds says so
+OUTGROWN_FACTOR = 4
 
 
 def index_params(params: IndexParams) -> dict[str, Any]:
     """What decides the index's content: recorded in its manifest and in every query's params."""
-    return {**asdict(params), "scheme": SCHEME, "seed": SEED, "token": "str(dim).encode()"}
+    return {**asdict(params), "scheme": SCHEME, "seed": SEED, "token": "str(token).encode()"}
+
+
+def params_of(recorded: dict[str, Any]) -> IndexParams:
+    """The :class:`IndexParams` in a recorded ``index_params`` dict."""
+    return IndexParams(**{f.name: recorded[f.name] for f in fields(IndexParams)})
+
+
+def vocabulary_record(rep: SetRepresentation, vocabulary: np.ndarray, fitted_on: int) -> dict[str, Any]:
+    """What the manifest (and every query's params) says about the sets: kind, universe, training size."""
+    return {"kind": rep.name, "universe": rep.universe(vocabulary), "fitted_on": fitted_on}
 
 
 @dataclass(frozen=True)
@@ -101,8 +115,7 @@ def index_state(cache_dir: Path, params: IndexParams | None = None) -> str:
 def last_params(cache_dir: Path) -> IndexParams:
     """The parameters the index was last built with (defaults if there is none, or it is unreadable)."""
     try:
-        recorded = read_manifest(index_dir(cache_dir), stage="index", make_cmd=MAKE_CMD)["params"]
-        return IndexParams(**{f.name: recorded[f.name] for f in fields(IndexParams)})
+        return params_of(read_manifest(index_dir(cache_dir), stage="index", make_cmd=MAKE_CMD)["params"])
     except (MissingArtifactError, IntegrityError, KeyError, TypeError, InputError):
         return IndexParams()
 
@@ -116,9 +129,15 @@ def ensure_index(cache_dir: Path, *, progress: Progress = SILENT) -> IndexResult
     features_stage.load_manifest(cache_dir)  # no features: say `stl10sim extract`, not "building the index"
     params = last_params(cache_dir)
     what = "no index yet: building it" if state == "missing" else "the index is out of date: bringing it up to date"
-    progress.note(f"{what} (top_k {params.top_k}, num_perm {params.num_perm}, trees {params.trees}, "
-                  f"basis {params.basis}) ...")
+    progress.note(f"{what} ({describe_params(params)}) ...")
     return build_index(cache_dir, params, progress=_WaitsOnly(progress))
+
+
+def describe_params(params: IndexParams) -> str:
+    """The index parameters in one phrase, for notes."""
+    sets = f"{params.set_size} nearest of {params.centroids or 'auto'} centroids" if params.sets == "centroids" \
+        else f"top {params.top_k} {params.basis} dims"
+    return f"sets: {sets}, num_perm {params.num_perm}, trees {params.trees}"
 
 
 class _WaitsOnly:
@@ -162,10 +181,15 @@ def build_index(
         step = lambda what: progress.note(f"index: {what} ...")  # noqa: E731
         if base is not None:
             step(f"updating in place the index built at update {base.generation}")
+            fitted_on = int(base.manifest["vocabulary"]["fitted_on"])
+            if len(ids) > OUTGROWN_FACTOR * fitted_on:
+                progress.note(f"the collection has {len(ids)} images, over {OUTGROWN_FACTOR}x the {fitted_on} its "
+                              f"set vocabulary was fitted on: `stl10sim index --force` fits it again")
             versions = load_npy(source, features_manifest, "versions", make_cmd=features_stage.MAKE_CMD, mmap=False)
             sigs = _update(base, feats, ids, np.asarray(versions), params, staging)
+            vocab = base.manifest["vocabulary"]
         else:
-            sigs = _build(path, dim, params, staging, step)
+            sigs, vocab = _build(feats, path, dim, params, staging, step)
         write_npy(staging / "ids.npy", ids)
         del feats
         with atomic_file(staging / "forest.pkl") as handle:
@@ -174,7 +198,8 @@ def build_index(
         manifest = write_manifest(
             folder, stage="index", params=recorded, artifacts=artifacts, inputs=inputs, n=len(sigs),
             started=started, versions=library_versions(),
-            extra={"collection": features_manifest.get("collection"), "updated": base is not None},
+            extra={"collection": features_manifest.get("collection"), "updated": base is not None,
+                   "vocabulary": vocab},
         )
         return IndexResult(folder, len(sigs), time.time() - started, False, manifest)
 
@@ -186,17 +211,30 @@ def feature_ids(folder: Path, manifest: dict[str, Any], n: int) -> np.ndarray:
     return np.asarray(load_npy(folder, manifest, "ids", make_cmd=features_stage.MAKE_CMD, mmap=False))
 
 
-def _build(path: Path, dim: int, params: IndexParams, staging: Path, step: Callable[[str], None]) -> np.ndarray:
-    """Everything from scratch; two streaming passes over the features keep memory at one chunk, whatever N is."""
+def _build(feats: np.ndarray, path: Path, dim: int, params: IndexParams, staging: Path,
+           step: Callable[[str], None]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Everything from scratch; streaming passes over the features keep memory at one chunk (plus the sample
+    the vocabulary is fitted on), whatever N is."""
+    n = len(feats)
     step("per-dimension statistics")
     stats = set_statistics(iter_npy_rows(path, CHUNK_ROWS // 4))
     step(f"top-{params.top_k} sets")
-    sets = np.concatenate([top_k_sets(block, params.top_k, params.basis, stats)
+    topk = np.concatenate([top_k_sets(block, params.top_k, params.basis, stats)
                            for block in iter_npy_rows(path, CHUNK_ROWS)])
+    write_npy(staging / "topk.npy", topk)
+    write_npy(staging / "topk_bits.npy", bitmaps(topk, dim))
+    rep = representation(params, n, dim)
+    step(f"fitting the {rep.name} vocabulary")
+    vocabulary = rep.fit(feats, stats, SEED)
+    step("sets")
+    sets = topk if isinstance(rep, TopDims) else \
+        np.concatenate([rep.sets(block, stats, vocabulary) for block in iter_npy_rows(path, CHUNK_ROWS)])
+    del topk
     step("MinHash signatures")
-    table = permuted_token_table(params.num_perm, SEED, dim)
+    table = token_table(params.num_perm, rep.universe(vocabulary))
     sigs = minhash_signatures(sets, table)
-    write_npy(staging / "topk.npy", sets)
+    write_npy(staging / "sets.npy", sets)
+    write_npy(staging / "vocabulary.npy", vocabulary)
     write_npy(staging / "signatures.npy", sigs)
     write_npy(staging / "stats.npy", stats)
     del sets  # the forest is the big one: hold nothing else while it is built
@@ -205,7 +243,7 @@ def _build(path: Path, dim: int, params: IndexParams, staging: Path, step: Calla
     tree_keys, tree_order = prefix_arrays(sigs, params.trees)
     write_npy(staging / "tree_keys.npy", tree_keys)
     write_npy(staging / "tree_order.npy", tree_order)
-    return sigs
+    return sigs, vocabulary_record(rep, vocabulary, n)
 
 
 @dataclass(frozen=True)
@@ -232,7 +270,7 @@ def _base_for_update(folder: Path, params: dict[str, Any], features_manifest: di
         if manifest.get("params") != params or set(manifest.get("artifacts", ())) != ARTIFACTS \
                 or built.get("lineage") != now["lineage"] or int(built["generation"]) > int(now["generation"]):
             return None
-        names = ("topk", "signatures", "stats", "token_table", "tree_keys", "tree_order", "ids")
+        names = ("topk", "topk_bits", "sets", "vocabulary", "signatures", "stats", "token_table", "tree_keys", "tree_order", "ids")
         arrays = {name: np.asarray(load_npy(folder, manifest, name, make_cmd=MAKE_CMD)) for name in names}
     except (MissingArtifactError, IntegrityError, KeyError, TypeError, ValueError):
         return None
@@ -242,8 +280,9 @@ def _base_for_update(folder: Path, params: dict[str, Any], features_manifest: di
 def _update(base: _Base, feats: np.ndarray, ids: np.ndarray, versions: np.ndarray, params: IndexParams,
             staging: Path) -> np.ndarray:
     """The index of the updated collection from ``base``: rows the updates since wrote get new sets and
-    signatures (with the statistics ``base`` froze), removed rows leave the trees, and the new rows' bands
-    are merged into the sorted trees. The result equals a build from scratch with those statistics."""
+    signatures (with the statistics and vocabulary ``base`` froze), removed rows leave the trees, and the new
+    rows' bands are merged into the sorted trees. The result equals a build from scratch with that frozen
+    statistics and vocabulary."""
     old = base.arrays
     old_ids = old["ids"]
     at = np.minimum(np.searchsorted(ids, old_ids), len(ids) - 1)  # both ascending: where each old id is now
@@ -252,23 +291,35 @@ def _update(base: _Base, feats: np.ndarray, ids: np.ndarray, versions: np.ndarra
     row_map = np.where(present & ~fresh[at], at, -1)  # old row -> new row, or -1 (removed or rewritten)
     fresh_rows = np.flatnonzero(fresh | ~np.isin(ids, old_ids))
     kept_old = np.flatnonzero(row_map >= 0)
-    stats, table = np.asarray(old["stats"]), np.asarray(old["token_table"])
-    topk = np.empty((len(ids), old["topk"].shape[1]), dtype=old["topk"].dtype)
-    sigs = np.empty((len(ids), old["signatures"].shape[1]), dtype=old["signatures"].dtype)
-    topk[row_map[kept_old]] = old["topk"][kept_old]
-    sigs[row_map[kept_old]] = old["signatures"][kept_old]
+    stats, table, vocabulary = np.asarray(old["stats"]), np.asarray(old["token_table"]), np.asarray(old["vocabulary"])
+    rep = frozen_representation(params, vocabulary, feats.shape[1])
+    out = {}
+    for name in ("topk", "sets", "signatures"):
+        out[name] = np.empty((len(ids), old[name].shape[1]), dtype=old[name].dtype)
+        out[name][row_map[kept_old]] = old[name][kept_old]
     if len(fresh_rows):
-        topk[fresh_rows] = top_k_sets(np.asarray(feats[fresh_rows]), params.top_k, params.basis, stats)
-        sigs[fresh_rows] = minhash_signatures(topk[fresh_rows], table)
+        new_feats = np.asarray(feats[fresh_rows])
+        out["topk"][fresh_rows] = top_k_sets(new_feats, params.top_k, params.basis, stats)
+        out["sets"][fresh_rows] = rep.sets(new_feats, stats, vocabulary)
+        out["signatures"][fresh_rows] = minhash_signatures(out["sets"][fresh_rows], table)
+    sigs = out["signatures"]
     tree_keys, tree_order = merge_prefix_arrays(old["tree_keys"], old["tree_order"], row_map, sigs, fresh_rows,
                                                 params.trees)
-    write_npy(staging / "topk.npy", topk)
-    write_npy(staging / "signatures.npy", sigs)
+    for name in ("topk", "sets", "signatures"):
+        write_npy(staging / f"{name}.npy", out[name])
+    write_npy(staging / "topk_bits.npy", bitmaps(out["topk"], feats.shape[1]))
+    write_npy(staging / "vocabulary.npy", vocabulary)
     write_npy(staging / "stats.npy", stats)
     write_npy(staging / "token_table.npy", table)
     write_npy(staging / "tree_keys.npy", tree_keys)
     write_npy(staging / "tree_order.npy", tree_order)
     return sigs
+
+
+def frozen_representation(params: IndexParams, vocabulary: np.ndarray, dim: int) -> SetRepresentation:
+    """The representation an index was built with, for its frozen ``vocabulary``."""
+    return representation(params if params.sets != "centroids" or params.centroids else
+                          replace(params, centroids=len(vocabulary)), 0, dim)
 
 
 @dataclass
@@ -284,20 +335,35 @@ class LoadedIndex:
     class_names: list[str]
     features: np.ndarray
     labels: np.ndarray
-    topk: np.ndarray
+    topk: np.ndarray  # each image's top-K dimensions: the set statistics every result shows
+    topk_bits: np.ndarray  # the same sets as bitmaps, for counting shared dimensions over thousands of candidates
+    sets: np.ndarray  # each image's tokens, the sets the forest indexes (sets.py)
+    vocabulary: np.ndarray  # the frozen state the sets came from (centroids, or empty)
     signatures: np.ndarray
     stats: np.ndarray
-    table: np.ndarray
+    table: np.ndarray  # token table: each token's hash under each permutation, padding row last
     tree_keys: np.ndarray
     tree_order: np.ndarray
     forest_loader: Callable[[], Any] | None = None
     _forest: Any = None
     paths: np.ndarray | None = None  # each image's path, for folder collections
     ids: np.ndarray | None = None  # each row's image id when they differ (folder collections after removals)
+    set_representation: SetRepresentation | None = None  # one of the caller's own (index_in_memory's ``rep``)
 
     @property
     def n(self) -> int:
         return len(self.signatures)
+
+    @property
+    def universe(self) -> int:
+        """How many tokens the sets can hold (the token table's last row is the padding token)."""
+        return len(self.table) - 1
+
+    def representation(self) -> SetRepresentation:
+        """How a new image's set is formed: the representation the index was built with, frozen."""
+        if self.set_representation is not None:
+            return self.set_representation
+        return frozen_representation(params_of(self.params), np.asarray(self.vocabulary), self.features.shape[1])
 
     def id_of(self, row: int) -> int:
         return int(row) if self.ids is None else int(self.ids[row])
@@ -338,20 +404,30 @@ class LoadedIndex:
 
 def index_in_memory(
     features: np.ndarray, labels: np.ndarray, class_names: list[str], params: IndexParams = IndexParams(),
-    stats: np.ndarray | None = None,
+    stats: np.ndarray | None = None, vocabulary: np.ndarray | None = None, rep: SetRepresentation | None = None,
 ) -> LoadedIndex:
-    """Build an index without touching disk (for sweeps, benchmarks and tests); ``stats``: the set
-    statistics to use instead of these features' own."""
+    """Build an index without touching disk (for sweeps, benchmarks and tests); ``stats`` and ``vocabulary``:
+    the set statistics and vocabulary to use instead of fitting them on these features; ``rep``: a set
+    representation of your own instead of the one ``params`` name."""
     trees = params.trees
     stats = set_statistics(features) if stats is None else stats
-    sets = top_k_sets(features, params.top_k, params.basis, stats)
-    table = permuted_token_table(params.num_perm, SEED, features.shape[1])
+    topk = top_k_sets(features, params.top_k, params.basis, stats)
+    if rep is None:
+        rep = representation(params, len(features), features.shape[1]) if vocabulary is None else \
+            frozen_representation(params, vocabulary, features.shape[1])
+    if vocabulary is None:
+        vocabulary = rep.fit(features, stats, SEED)
+    sets = topk if isinstance(rep, TopDims) else rep.sets(features, stats, vocabulary)
+    table = token_table(params.num_perm, rep.universe(vocabulary))
     sigs = minhash_signatures(sets, table)
     tree_keys, tree_order = prefix_arrays(sigs, trees)
-    return LoadedIndex(params=index_params(params), features_params={}, class_names=class_names,
-                       features=features, labels=labels, topk=sets, signatures=sigs, stats=stats, table=table,
-                       tree_keys=tree_keys, tree_order=tree_order,
-                       forest_loader=lambda: build_forest(sigs, trees))  # only forest-query needs the object
+    recorded = {**index_params(params), "vocabulary": vocabulary_record(rep, vocabulary, len(features))}
+    return LoadedIndex(params=recorded, features_params={}, class_names=class_names,
+                       features=features, labels=labels, topk=topk, topk_bits=bitmaps(topk, features.shape[1]),
+                       sets=sets, vocabulary=vocabulary,
+                       signatures=sigs, stats=stats, table=table, tree_keys=tree_keys, tree_order=tree_order,
+                       forest_loader=lambda: build_forest(sigs, trees),  # only forest-query needs the object
+                       set_representation=rep)
 
 
 def load_index(cache_dir: Path) -> LoadedIndex:
@@ -377,9 +453,11 @@ def load_index(cache_dir: Path) -> LoadedIndex:
     feats = np.asarray(load_npy(source, features_manifest, "features", make_cmd=fmake))
     labels = np.asarray(load_npy(source, features_manifest, "labels", make_cmd=fmake))
     index = LoadedIndex(
-        params=manifest["params"], features_params=features_manifest["params"],
+        params={**manifest["params"], "vocabulary": manifest["vocabulary"]}, features_params=features_manifest["params"],
         class_names=list(features_manifest.get("class_names", [])), features=feats, labels=labels,
-        topk=artifact("topk"), signatures=artifact("signatures"), stats=artifact("stats"),
+        topk=artifact("topk"), topk_bits=artifact("topk_bits"), sets=artifact("sets"),
+        vocabulary=artifact("vocabulary"),
+        signatures=artifact("signatures"), stats=artifact("stats"),
         table=artifact("token_table"), tree_keys=artifact("tree_keys"), tree_order=artifact("tree_order"),
     )
     if features_manifest.get("inputs", {}).get("source", {}).get("kind") == "folder":
@@ -387,7 +465,7 @@ def load_index(cache_dir: Path) -> LoadedIndex:
     ids = feature_ids(source, features_manifest, len(feats))
     if not np.array_equal(ids, np.arange(len(ids))):
         index.ids = ids
-    if not (len(feats) == len(labels) == len(index.topk) == index.n == index.tree_order.shape[1]):
+    if not (len(feats) == len(labels) == len(index.topk) == len(index.sets) == index.n == index.tree_order.shape[1]):
         raise IntegrityError("features and index disagree on the number of images: run `stl10sim index --force`")
     forest_path = verified_path(folder, manifest, "forest", make_cmd=MAKE_CMD)  # hash checked before unpickling
 

@@ -17,15 +17,23 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 METHODS = ("auto", "rerank", "forest", "exact", "forest-query")
 BASES = ("raw", "centered", "standardized")
+SET_KINDS = ("centroids", "top-dims")  # how images become the sets the forest indexes (sets.py)
 SPLITS = ("train", "test", "train+test", "unlabeled", "all")
 STAGES = ("index", "extract")
 DEFAULT_COLLECTION = "stl10"  # STL-10, in the cache dir itself; others live in collections/NAME
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # what a folder collection reads
-POOL_FACTOR = 10  # the forest gathers this many times the candidate budget before picking the best candidates
+POOL_FACTOR = 5  # the forest gathers this many times the candidate budget before picking the best candidates ...
+# ... and, beyond POOL_GROWTH_FROM images, (N / POOL_GROWTH_FROM) ** POOL_GROWTH times more: at a fixed pool recall
+# falls as N grows; 4,000 found 0.97 at 50,000 real photos and ~8,000 0.97-0.98 at a simulated million
+POOL_GROWTH_FROM = 50_000
+POOL_GROWTH = 0.25
 # `auto` scans every image (exact) up to this many, and uses the forest (rerank) beyond: a scan's p50 was
 # 4.8 ms at 25,000 images against rerank's 3.8 ms, 9.1 vs 3.4 ms at 50,000 (2-core EPYC,
 # benchmarks/scan_limit.py), while rerank's recall@10 on real photos is 0.84 at 9,000 (docs/quality.md)
 SCAN_LIMIT = 25_000
+IMAGES_PER_CENTROID = 50  # `centroids` sets: one learned centroid per this many images ...
+MIN_CENTROIDS = 64  # ... but at least this many ...
+MAX_CENTROIDS = 4096  # ... and at most this many (fitting and assigning cost grows with it)
 
 
 def _spec(default: Any, *, choices: tuple[str, ...] | None = None, low: int | None = None,
@@ -77,12 +85,20 @@ class ExtractParams:
 
 @dataclass(frozen=True)
 class IndexParams:
-    """How images become sets, signatures and a forest."""
+    """How images become sets, signatures and a forest.
+
+    ``sets``: ``centroids`` indexes each image's ``set_size`` nearest of ``centroids`` learned centroids
+    (None: about one per ``IMAGES_PER_CENTROID`` images); ``top-dims`` its ``top_k`` largest dimensions in
+    ``basis``. The top-``top_k`` sets are kept either way: every result shows their Jaccard.
+    """
 
     top_k: int = _spec(100, low=1, high=DIM)
     num_perm: int = _spec(128, low=1)
-    trees: int = _spec(8, low=1)
+    trees: int = _spec(32, low=1)
     basis: str = _spec("centered", choices=BASES)
+    sets: str = _spec("centroids", choices=SET_KINDS)
+    centroids: int | None = _spec(None, low=2, high=65_534)
+    set_size: int = _spec(12, low=1, high=256)
 
     def __post_init__(self) -> None:
         _check(self)
@@ -100,7 +116,7 @@ class SearchParams:
 
     k: int = _spec(5, low=1)
     method: str = _spec("auto", choices=METHODS)
-    candidates: int = _spec(400, low=1)
+    candidates: int = _spec(800, low=1)
 
     def __post_init__(self) -> None:
         _check(self)
@@ -134,7 +150,7 @@ class BenchParams:
     k: int = _spec(10, low=1, high=100)
     queries: int = _spec(1000, low=1)
     baseline_n: int = _spec(100_000, low=1)
-    budgets: tuple[int, ...] = (100, 400, 1600)
+    budgets: tuple[int, ...] = (400, 800, 1600)
     seed: int = 0
 
     def __post_init__(self) -> None:

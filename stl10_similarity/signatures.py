@@ -1,10 +1,10 @@
 """Sets and MinHash signatures, in bulk.
 
-An image's set is the K feature dimensions with the largest values (optionally after
-centring or standardising each dimension with collection statistics). Its token for
-dimension ``i`` is ``str(i).encode()``, hashed as datasketch's ``MinHash.update`` would.
-The universe is only 1280 tokens, so each token is hashed and permuted once into a
-``1280 x num_perm`` table and a signature is the column-wise minimum over the set's rows:
+A set is a row of integer tokens (``sets.py`` says which: nearest centroids, or the K feature dimensions
+with the largest values after centring or standardising each dimension with collection statistics).
+Token ``i`` is ``str(i).encode()``, hashed as datasketch's ``MinHash.update`` would. The universe is
+small (hundreds to thousands of tokens), so each token is hashed and permuted once into a
+``universe x num_perm`` table and a signature is the column-wise minimum over the set's rows:
 bit-identical to datasketch, without a Python loop per image.
 """
 
@@ -44,6 +44,16 @@ def permuted_token_table(num_perm: int, seed: int = SEED, dim: int = DIM) -> np.
     hashed = _fmix32(np.array([sha1_hash32(token(i)) for i in range(dim)], dtype=np.uint32))
     with np.errstate(over="ignore"):  # uint32 wrap-around is the scheme's modulo 2**32
         return (hashed[:, None] * a.astype(np.uint32)[None, :] + b.astype(np.uint32)[None, :]).astype(np.uint32)
+
+
+def token_table(num_perm: int, universe: int, seed: int = SEED) -> np.ndarray:
+    """The table signatures are computed with: ``universe`` token rows, then the padding token's row.
+
+    The padding row holds datasketch's initial hash value (2**32 - 1) everywhere, so padding never lowers a
+    minimum: a padded set's signature is its real tokens' (and an empty set's is datasketch's empty MinHash).
+    """
+    table = permuted_token_table(num_perm, seed, universe)
+    return np.vstack([table, np.full((1, num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)])
 
 
 def set_statistics(features: np.ndarray | Iterable[np.ndarray], chunk: int = 16384) -> np.ndarray:
@@ -129,13 +139,6 @@ def minhash_signatures(sets: np.ndarray, table: np.ndarray, chunk: int = _CHUNK,
 
     _run_chunks(run, n, chunk, threads)
     return out
-
-
-def set_intersections(query: np.ndarray, sets: np.ndarray, dim: int = DIM) -> np.ndarray:
-    """How many members each row of ``sets`` (``(n, K)`` dimension indices) shares with ``query`` (``(K,)``)."""
-    member = np.zeros(dim, dtype=bool)
-    member[np.asarray(query, dtype=np.intp)] = True
-    return member[np.asarray(sets, dtype=np.intp)].sum(axis=1) if len(sets) else np.zeros(0, dtype=np.int64)
 
 
 def datasketch_signature(token_ids: np.ndarray, num_perm: int, seed: int = SEED) -> np.ndarray:

@@ -16,7 +16,7 @@ from conftest import FAST, invoke
 from stl10_similarity.cli import main
 
 RESULT_KEYS = ["rank", "id", "label", "class_index", "jaccard", "jaccard_estimate", "cosine", "intersection",
-               "union", "unique_to_query", "unique_to_match"]
+               "union", "unique_to_query", "unique_to_match", "set_jaccard"]
 
 
 def test_end_to_end_from_archive(tmp_path, archive):
@@ -52,9 +52,13 @@ def test_query_json_schema(built_cache):
         assert r["union"] == 2 * size - r["intersection"] and r["unique_to_query"] == size - r["intersection"]
         assert r["jaccard"] == pytest.approx(r["intersection"] / r["union"], abs=1e-6)
         assert 0.0 <= r["jaccard_estimate"] <= 1.0 and -1.0 <= r["cosine"] <= 1.0001
-    for key in ("method", "k", "top_k", "num_perm", "trees", "scheme", "seed", "weights", "split", "n"):
+        assert 0.0 <= r["set_jaccard"] <= 1.0
+    for key in ("method", "k", "top_k", "num_perm", "trees", "scheme", "seed", "weights", "split", "n", "sets",
+                "centroids", "set_size", "vocabulary"):
         assert key in doc["params"]
     assert doc["params"]["scheme"] == "affine32" and doc["params"]["n"] == 100
+    # the index's sets are described: 12 nearest of the centroids learned on these 100 images
+    assert doc["params"]["vocabulary"] == {"kind": "centroids", "universe": 64, "fitted_on": 100}
 
 
 def test_several_ids_give_ndjson(built_cache):
@@ -114,7 +118,8 @@ def test_query_rebuilds_a_stale_index_with_its_last_parameters(cache):
     result = CliRunner().invoke(main, ["query", "--image-id", "1", "--json", "--cache-dir", str(cache)])
     assert result.exit_code == 0, result.output
     assert result.stderr.strip().splitlines() == [
-        "the index is out of date: bringing it up to date (top_k 50, num_perm 128, trees 8, basis centered) ..."]
+        "the index is out of date: bringing it up to date (sets: 12 nearest of auto centroids, num_perm 128, "
+        "trees 32) ..."]
     doc = json.loads(result.stdout)
     assert doc["params"]["top_k"] == 50 and doc["params"]["n"] == 50
     again = CliRunner().invoke(main, ["query", "--image-id", "1", "--json", "--cache-dir", str(cache)])
@@ -304,7 +309,8 @@ def test_query_and_evaluate_build_a_missing_index_first(tmp_path, archive):
     invoke("-q", "extract", *FAST, "--cache-dir", cache)
     result = CliRunner().invoke(main, ["query", "--image-id", "1", "--json", "--cache-dir", cache])
     assert result.exit_code == 0
-    assert result.stderr.startswith("no index yet: building it (top_k 100, num_perm 128, trees 8, basis centered)")
+    assert result.stderr.startswith("no index yet: building it (sets: 12 nearest of auto centroids, num_perm 128, "
+                                    "trees 32)")
     assert json.loads(result.stdout)["query"]["id"] == 1
     shutil.rmtree(tmp_path / "c" / "index")
     result = CliRunner().invoke(main, ["-q", "evaluate", "--queries", "5", "--json", "--cache-dir", cache])

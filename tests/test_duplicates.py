@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from conftest import invoke
 from stl10_fixture import make_images
 from stl10_similarity.cli import main
-from stl10_similarity.duplicates import MAX_RUN, find_duplicates, prefix_runs
+from stl10_similarity.duplicates import MAX_RUN, duplicate_trees, find_duplicates, prefix_runs
 from stl10_similarity.index import index_in_memory
 from stl10_similarity.params import DuplicatesParams, IndexParams
 
@@ -29,10 +29,11 @@ def _index(n: int = 600, copies: int = 20, seed: int = 0):
 
 def test_planted_copies_are_found_without_all_pairs():
     index, copies = _index(n=3000)
-    n, trees = index.n, index.tree_order.shape[0]
+    forest = duplicate_trees(index)
+    n, trees = index.n, forest[1].shape[0]
 
     def compared(max_run: int) -> int:  # pairs whose cosine is computed (a pair may be counted in several trees)
-        return sum(len(m) * (len(m) - 1) // 2 for m in prefix_runs(index, max_run))
+        return sum(len(m) * (len(m) - 1) // 2 for m in prefix_runs(forest, max_run))
 
     assert compared(64) <= trees * n * (64 - 1) // 2  # linear in n: each image joins one small run per tree
     assert compared(64) < n * (n - 1) // 2 / 4

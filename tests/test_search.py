@@ -9,7 +9,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from click.testing import CliRunner
+
 from conftest import invoke
+from stl10_similarity.cli import main
 from stl10_similarity.index import index_in_memory
 from stl10_similarity.params import METHODS, IndexParams
 from stl10_similarity.search import Searcher
@@ -80,16 +83,61 @@ def test_bench_smoke_json(tmp_path):
     doc = json.loads(invoke("-q", "bench", "--n", "400", "--queries", "20", "--baseline-n", "50", "--json").stdout)
     assert {"n", "k", "queries", "machine", "signatures", "methods"} <= set(doc)
     assert doc["n"] == 400 and doc["signatures"]["baseline_n"] == 50 and doc["signatures"]["identical_to_datasketch"]
-    for key in ("seconds", "baseline_seconds", "speedup"):
+    for key in ("index_build_seconds", "baseline_seconds", "speedup"):
         assert doc["signatures"][key] > 0
     names = [m["name"] for m in doc["methods"]]
     assert names[0] == "exact (numpy)" and any(n.startswith("rerank") for n in names)
+    assert any(n.startswith("previous: top-dims, 8 trees") for n in names)  # the index before, side by side
     for m in doc["methods"]:
-        assert {"name", "build_seconds", "peak_rss_mb", "p50_ms", "p99_ms", "qps", "recall_at_k"} <= set(m)
+        assert {"name", "build_seconds", "peak_rss_mb", "p50_ms", "p99_ms", "qps", "recall_at_k",
+                "bytes_per_image"} <= set(m)
         assert 0.0 <= m["recall_at_k"] <= 1.0 and m["p50_ms"] <= m["p99_ms"]
     assert doc["methods"][0]["recall_at_k"] == 1.0
+    assert doc["params"]["sets"] == "centroids" and doc["params"]["features"] == "synthetic"
     text = invoke("-q", "bench", "--n", "400", "--queries", "5", "--baseline-n", "20").stdout
     assert text.rstrip().endswith("the default method (auto) at this size: exact (numpy) (exact up to 25,000 images)")
+
+
+def test_bench_on_features_the_user_brings(tmp_path):
+    from stl10_similarity.synthetic import synthetic_features
+
+    feats, _ = synthetic_features(300, 4)
+    path = tmp_path / "mine.npy"
+    np.save(path, (feats * 3).astype(np.float16))  # float16 and not normalised: the bench normalises them
+    doc = json.loads(invoke("-q", "bench", "--features", str(path), "--queries", "30", "--baseline-n", "20",
+                            "--budget", "50", "--json").stdout)
+    assert doc["n"] == 300 and doc["queries"] == 30 and doc["params"]["features"] == "given"
+    methods = {m["name"]: m for m in doc["methods"]}
+    assert methods["exact (numpy)"]["recall_at_k"] == 1.0
+    assert 0.0 < methods["rerank (candidates 50)"]["recall_at_k"] <= 1.0
+    assert methods["rerank (candidates 50)"]["bytes_per_image"] > 0
+    if _has_faiss():
+        assert any(name.startswith("faiss HNSW") for name in methods)
+        assert any(name.startswith("faiss IVF-Flat") for name in methods)
+    text = invoke("-q", "bench", "--features", str(path), "--queries", "5", "--baseline-n", "5").stdout
+    assert "n=300 (given features)" in text
+    # bad arrays are refused with one line and exit 2
+    np.save(tmp_path / "ints.npy", np.ones((300, 8), dtype=np.int64))
+    bad = np.ones((300, 8), dtype=np.float32)
+    bad[7] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    np.save(tmp_path / "zero.npy", np.zeros((300, 8), dtype=np.float32))
+    np.save(tmp_path / "flat.npy", np.ones(300, dtype=np.float32))
+    for name, says in (("ints", "must be float32 or float16"), ("nan", "NaN or infinite"), ("zero", "row 0 is all zeros"),
+                       ("flat", "must be (N, D)")):
+        result = CliRunner().invoke(main, ["bench", "--features", str(tmp_path / f"{name}.npy")])
+        assert result.exit_code == 2 and says in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    (tmp_path / "junk.npy").write_bytes(b"not an array")
+    result = CliRunner().invoke(main, ["bench", "--features", str(tmp_path / "junk.npy")])
+    assert result.exit_code == 2 and "not a readable .npy" in result.stderr
+
+
+def _has_faiss() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def test_extract_bench_smoke(built_cache):

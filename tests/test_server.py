@@ -45,7 +45,8 @@ def _error(response, status: int) -> str:
 def test_health(client):
     doc = client.get("/api/v1/health").json()
     assert doc["status"] == "ok" and doc["n"] == 100
-    assert doc["top_k"] == 100 and doc["num_perm"] == 128 and doc["trees"] == 8 and doc["basis"] == "centered"
+    assert doc["top_k"] == 100 and doc["num_perm"] == 128 and doc["trees"] == 32 and doc["basis"] == "centered"
+    assert doc["sets"] == "centroids" and doc["vocabulary"]["universe"] == 64
     assert doc["class_names"][:3] == ["airplane", "bird", "car"] and doc["newer_index_on_disk"] is False
 
 

@@ -37,10 +37,32 @@ def test_any_set_matches_datasketch(members, num_perm):
 
 
 def test_pipeline_signatures_match_datasketch(built_cache):
-    sets = np.load(built_cache / "index" / "topk.npy")
+    """Each stored signature is datasketch's MinHash of the image's tokens (its nearest centroids' ids)."""
+    sets = np.load(built_cache / "index" / "sets.npy")
     sigs = np.load(built_cache / "index" / "signatures.npy")
+    universe = len(np.load(built_cache / "index" / "token_table.npy")) - 1
+    assert universe == len(np.load(built_cache / "index" / "vocabulary.npy"))
     for row in range(0, len(sets), 9):
-        assert np.array_equal(sigs[row], datasketch_signature(sets[row], sigs.shape[1]))
+        tokens = sets[row][sets[row] != universe]
+        assert len(tokens) == 12 and np.all(tokens < universe)
+        assert np.array_equal(sigs[row], datasketch_signature(tokens, sigs.shape[1]))
+
+
+def test_padded_sets_of_any_size_match_datasketch():
+    """Rows shorter than the array are padded with the padding token, which never changes a signature."""
+    from stl10_similarity.signatures import token_table
+
+    rng = np.random.default_rng(5)
+    universe, width = 300, 20
+    table = token_table(64, universe)
+    rows, members = [], []
+    for size in [0, 1, 5, 19, 20] * 4:
+        tokens = np.sort(rng.choice(universe, size, replace=False))
+        members.append(tokens)
+        rows.append(np.concatenate([tokens, np.full(width - size, universe)]))
+    ours = minhash_signatures(np.array(rows, dtype=np.uint16), table, chunk=7)
+    for sig, tokens in zip(ours, members):
+        assert np.array_equal(sig, datasketch_signature(tokens, 64))  # the empty set: datasketch's empty MinHash
 
 
 def test_top_k_sets_are_the_largest_dimensions():
@@ -106,10 +128,13 @@ def test_index_pickle_is_a_datasketch_forest_of_the_signatures(built_cache):
 
 
 def test_set_intersections_count_shared_members():
-    from stl10_similarity.signatures import set_intersections
+    from stl10_similarity.sets import set_intersections, set_sizes
 
     rng = np.random.default_rng(4)
     sets = np.sort(np.stack([rng.choice(1280, 50, replace=False) for _ in range(30)]), axis=1).astype(np.uint16)
-    counts = set_intersections(sets[0], sets)
+    counts = set_intersections(sets[0], sets, 1280)
     assert counts.tolist() == [len(np.intersect1d(sets[0], s)) for s in sets] and counts[0] == 50
-    assert set_intersections(sets[0], sets[:0]).shape == (0,)
+    assert set_intersections(sets[0], sets[:0], 1280).shape == (0,)
+    padded = sets.copy()
+    padded[:, 40:] = 1280  # the padding token: never shared, never counted
+    assert set_intersections(padded[0], padded, 1280)[0] == 40 and set_sizes(padded, 1280).tolist() == [40] * 30

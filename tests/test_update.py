@@ -149,12 +149,16 @@ def test_index_follows_an_update_with_the_answers_of_a_full_rebuild(updated):
     _extract(root, cache)
     home = cache / "collections" / "mine"
     stats = np.load(home / "index" / "stats.npy")
+    centroids = np.load(home / "index" / "vocabulary.npy")
     built = invoke("index", "--collection", "mine", "--cache-dir", str(cache))
     assert "index of 32 images" in built.stdout and "updated in place" in built.stdout
     index = load_index(home)
-    # the same trees and answers as a build from scratch over today's features with the frozen statistics
+    assert np.array_equal(index.vocabulary, centroids)  # an update keeps the learned centroids
+    # the same sets, trees and answers as a build from scratch over today's features with the frozen statistics
+    # and centroids
     scratch = index_in_memory(np.asarray(index.features), np.asarray(index.labels), index.class_names,
-                              IndexParams(), stats=stats)
+                              IndexParams(), stats=stats, vocabulary=centroids)
+    assert np.array_equal(index.sets, scratch.sets) and np.array_equal(index.topk, scratch.topk)
     assert np.array_equal(index.signatures, scratch.signatures)
     keys, order = prefix_arrays(np.asarray(index.signatures), IndexParams().trees)
     assert np.array_equal(index.tree_keys, keys) and np.array_equal(index.tree_order, order)
@@ -168,8 +172,9 @@ def test_index_follows_an_update_with_the_answers_of_a_full_rebuild(updated):
     doc = json.loads(invoke("-q", "query", "--collection", "mine", "--image-id", "30", "-k", "31", "--json",
                             "--method", "exact", "--cache-dir", str(cache)).stdout)
     assert doc["query"]["path"] == "cat/img100.png" and len(doc["results"]) == 31
-    # --force starts over: new statistics, a full build
-    assert build_index(home, force=True).manifest["updated"] is False
+    # --force starts over: new statistics and centroids, a full build
+    rebuilt = build_index(home, force=True).manifest
+    assert rebuilt["updated"] is False and rebuilt["vocabulary"]["fitted_on"] == 32
 
 
 def test_a_killed_update_resumes_without_losing_embedded_chunks(tmp_path):
