@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Where a full scan stops paying: exact search against rerank by collection size, with rerank's recall.
 
-    python benchmarks/scan_limit.py [--features F.npy] [--sizes 12500,25000,50000] [--queries 500] [--out F.json]
+    python benchmarks/scan_limit.py [--features F.npy] [--sizes 12500,25000,50000] [--offset 0] [--queries 500]
+                                    [--out F.json]
 
 With --features (e.g. the 50,000 CIFAR-10 photos embedded by `stl10sim extract --images`), each size is a nested
-random subset of those real features; without, the bench's synthetic features. At each size: the default index
-in memory (build seconds), the same seeded queries for both methods in one process, exact and rerank
-interleaved twice (the second pass is kept), rerank's recall@10 against exact cosine and its mean pool.
+random subset of those real features (rows ``offset .. offset + size`` of one fixed shuffle, so ``--sizes 25000
+--offset 25000`` is the other half: a second split with no photo in common); without, synthetic features. At each
+size: the default index in memory (build seconds), the same seeded queries for both methods in one process,
+exact and rerank interleaved twice (the second pass is kept), rerank's recall@10 against exact cosine and its
+mean pool.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", default=None, help="an (N, D) .npy of unit float32 features (real photos)")
     parser.add_argument("--sizes", default="12500,25000,50000")
+    parser.add_argument("--offset", type=int, default=0, help="where in the shuffled features the subsets start")
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--out", default=None, help="write the rows as JSON here too")
     args = parser.parse_args()
@@ -68,12 +72,12 @@ def main() -> None:
         if real is None:
             feats = synthetic_features(n)[0]
         else:
-            feats = np.ascontiguousarray(real[np.sort(order[:n])], dtype=np.float32)
+            feats = np.ascontiguousarray(real[np.sort(order[args.offset : args.offset + n])], dtype=np.float32)
         rows.append(measure(feats, args.queries))
         print(json.dumps(rows[-1]), flush=True)
     if args.out:
         with open(args.out, "w") as handle:
-            json.dump({"features": args.features or "synthetic", "rows": rows}, handle, indent=1)
+            json.dump({"features": args.features or "synthetic", "offset": args.offset, "rows": rows}, handle, indent=1)
 
 
 if __name__ == "__main__":

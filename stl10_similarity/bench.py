@@ -28,6 +28,9 @@ from .signatures import datasketch_signature, minhash_signatures
 from .synthetic import synthetic_features
 
 EXACT_TIMED_QUERIES = 20  # brute force at 1M takes ~0.5 s a query: time a few, report batched qps too
+# the datasketch forest object (millions of Python objects, ~10 GB at a million images and 32 trees) is timed on
+# at most this many signatures; queries never build it (only --method forest-query loads forest.pkl)
+FOREST_OBJECT_N = 100_000
 
 
 # ---------------------------------------------------------------- measuring helpers
@@ -153,7 +156,7 @@ def exact_knn(features: np.ndarray, query_ids: np.ndarray, k: int, batch: int = 
 # ---------------------------------------------------------------- the benchmark
 
 PREVIOUS_INDEX = IndexParams(sets="top-dims", trees=8)  # the index before learned sets: kept as a bench row
-PREVIOUS_CANDIDATES = 400
+PREVIOUS_CANDIDATES = 800  # its default pool was 4,000 (400 candidates x 10): the same pool as today's 800 x 5
 
 
 def index_bytes(index: LoadedIndex) -> int:
@@ -243,10 +246,11 @@ def run_bench(
         "speedup": round(baseline_seconds / max(bulk_same_seconds, 1e-9), 1), "identical_to_datasketch": identical,
     }
 
-    step("datasketch forest: build, pickle, load")
+    forest_n = min(n, FOREST_OBJECT_N)
+    step(f"datasketch forest of {forest_n:,} signatures: build, pickle, load")
     with peak_rss_growth() as rss:
         t0 = time.perf_counter()
-        forest = build_forest(sigs, index_params.trees)
+        forest = build_forest(sigs[:forest_n], index_params.trees)
         forest_seconds = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "forest.pkl")
@@ -260,7 +264,7 @@ def run_bench(
             forest = pickle.load(handle)
         load_seconds = time.perf_counter() - t0
     del forest
-    forest_info = {"build_seconds": round(forest_seconds, 3), "peak_rss_mb": rss["mb"],
+    forest_info = {"n": forest_n, "build_seconds": round(forest_seconds, 3), "peak_rss_mb": rss["mb"],
                    "pickle_mb": round(size_mb, 1), "pickle_seconds": round(dump_seconds, 3),
                    "load_seconds": round(load_seconds, 3)}
 
@@ -289,12 +293,12 @@ def run_bench(
         previous_build = time.perf_counter() - t0
     methods.append(_run_method("rerank", PREVIOUS_CANDIDATES, Searcher(previous, PREVIOUS_CANDIDATES), query_ids,
                                truth, k, previous_build, rss["mb"], index_bytes(previous) / n, step,
-                               name=f"previous: top-dims, 8 trees (candidates {PREVIOUS_CANDIDATES})"))
+                               name=f"previous index: top-dims, 8 trees (cand. {PREVIOUS_CANDIDATES})"))
     del previous
     if use_faiss:
         methods += _faiss_methods(feats, query_ids, truth, k, step)
     return BenchReport(n=n, k=k, queries=len(query_ids), machine=machine(),
-                       params={**recorded, "seed": seed, "budgets": list(budgets),
+                       params={**recorded, "minhash_seed": recorded["seed"], "seed": seed, "budgets": list(budgets),
                                "exact_timed_queries": len(timed),
                                "features": "synthetic" if features is None else "given"},
                        data_seconds=round(data_seconds, 3), signatures=signatures, forest=forest_info, methods=methods)
@@ -338,37 +342,43 @@ def _faiss_methods(feats: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, 
         kinds.append((f"faiss IVF-Flat nlist {nlist} nprobe {probe}",
                       lambda: faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT),
                       lambda index, probe=probe: setattr(index, "nprobe", probe)))
-    built: dict[str, tuple[Any, float, float]] = {}
-    for name, make, tune in kinds:
-        family = name.split(" efSearch")[0].split(" nprobe")[0]
-        if family not in built:
-            step(f"{family}: build")
-            with peak_rss_growth() as rss:
-                t0 = time.perf_counter()
-                index = make()
-                if not index.is_trained:
-                    index.train(feats[np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)])
-                index.add(feats)
-                built[family] = (index, time.perf_counter() - t0, rss["mb"])
-        index, build, rss_mb = built[family]
-        tune(index)
-
-        def run(q: int, index: Any = index) -> np.ndarray:
-            _, ids = index.search(feats[q : q + 1], k + 1)
-            return ids[0][ids[0] != q][:k]
-
-        step(f"{name}: queries")
+    families: dict[str, list[tuple[str, Callable[[], Any], Callable[[Any], None]]]] = {}
+    for kind in kinds:
+        families.setdefault(kind[0].split(" efSearch")[0].split(" nprobe")[0], []).append(kind)
+    for family, members in families.items():  # one family in memory at a time: each holds a copy of the vectors
+        step(f"{family}: build")
+        make = members[0][1]
+        with peak_rss_growth() as rss:
+            t0 = time.perf_counter()
+            index = make()
+            if not index.is_trained:
+                index.train(feats[np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)])
+            index.add(feats)
+            build = time.perf_counter() - t0
         flat = family == "faiss IndexFlatIP"
-        timed = query_ids[:EXACT_TIMED_QUERIES] if flat else query_ids
-        times, found = _time_queries(run, timed)
-        # a flat index scans everything; HNSW's and IVF's distance computations are not exposed: reported as 0
-        out.append(_method(name, build, rss_mb, times, found, truth[: len(timed)], n if flat else 0,
-                           _faiss_bytes(index, n)))
+        for name, _, tune in members:
+            tune(index)
+
+            def run(q: int, index: Any = index) -> np.ndarray:
+                _, ids = index.search(feats[q : q + 1], k + 1)
+                return ids[0][ids[0] != q][:k]
+
+            step(f"{name}: queries")
+            timed = query_ids[:EXACT_TIMED_QUERIES] if flat else query_ids
+            times, found = _time_queries(run, timed)
+            # a flat index scans everything; HNSW's and IVF's distance computations are not exposed: reported as 0
+            out.append(_method(name, build, rss["mb"], times, found, truth[: len(timed)], n if flat else 0,
+                               _faiss_bytes(index, n)))
+        del index
     return out
 
 
 def _faiss_bytes(index: Any, n: int) -> float:
-    """Bytes per image a faiss index holds beyond the vectors themselves (serialised size minus n x d x 4)."""
+    """Bytes per image a faiss index holds beyond the vectors themselves."""
     import faiss
 
-    return max(0.0, (len(faiss.serialize_index(index)) - n * index.d * 4) / n)
+    if isinstance(index, faiss.IndexFlat):
+        return 0.0
+    if isinstance(index, faiss.IndexIVF):  # an 8-byte id per vector, plus the coarse centroids
+        return 8.0 + index.nlist * index.d * 4 / n
+    return max(0.0, (len(faiss.serialize_index(index)) - n * index.d * 4) / n)  # HNSW: its links (N <= 300,000)

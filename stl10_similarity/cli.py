@@ -571,9 +571,9 @@ def format_bench(report: Any) -> str:
         f"MinHash signatures: bulk {sig['bulk_seconds_on_baseline_sets']:.3f} s vs datasketch update loop "
         f"{sig['baseline_seconds']:.2f} s on the same {sig['baseline_n']:,} sets: {sig['speedup']:.0f}x; "
         f"identical: {sig['identical_to_datasketch']}",
-        f"datasketch forest: build {forest['build_seconds']:.1f} s, peak RSS growth {forest['peak_rss_mb']:.0f} MB, "
-        f"pickle {forest['pickle_mb']:.0f} MB written in {forest['pickle_seconds']:.1f} s, loaded in "
-        f"{forest['load_seconds']:.1f} s",
+        f"datasketch forest of {forest['n']:,}: build {forest['build_seconds']:.1f} s, peak RSS growth "
+        f"{forest['peak_rss_mb']:.0f} MB, pickle {forest['pickle_mb']:.0f} MB written in {forest['pickle_seconds']:.1f} s, "
+        f"loaded in {forest['load_seconds']:.1f} s",
         "",
     ]
     header = (f"{'method':<46} {'build s':>8} {'B/image':>8} {'p50 ms':>8} {'p99 ms':>8} {'qps':>8} "

@@ -27,10 +27,11 @@ POOL_FACTOR = 5  # the forest gathers this many times the candidate budget befor
 # falls as N grows; 4,000 found 0.97 at 50,000 real photos and ~8,000 0.97-0.98 at a simulated million
 POOL_GROWTH_FROM = 50_000
 POOL_GROWTH = 0.25
-# `auto` scans every image (exact) up to this many, and uses the forest (rerank) beyond: a scan's p50 was
-# 4.8 ms at 25,000 images against rerank's 3.8 ms, 9.1 vs 3.4 ms at 50,000 (2-core EPYC,
-# benchmarks/scan_limit.py), while rerank's recall@10 on real photos is 0.84 at 9,000 (docs/quality.md)
-SCAN_LIMIT = 25_000
+# `auto` scans every image (exact) up to this many, and uses the forest (rerank) beyond. On nested subsets of
+# 50,000 real photos (benchmarks/scan_limit.py, 2-core Xeon): a scan's p50 was 1.3 ms at 12,500 images against
+# rerank's 1.7 ms, 3.1-4.5 vs 1.9 ms at 25,000 (rerank recall@10 0.98) and 10.1 vs 2.3 ms at 50,000 (0.97); up to
+# 20,000 a scan stays within ~1.3x of rerank's time and is always right
+SCAN_LIMIT = 20_000
 IMAGES_PER_CENTROID = 50  # `centroids` sets: one learned centroid per this many images ...
 MIN_CENTROIDS = 64  # ... but at least this many ...
 MAX_CENTROIDS = 4096  # ... and at most this many (fitting and assigning cost grows with it)

@@ -87,7 +87,7 @@ def test_bench_smoke_json(tmp_path):
         assert doc["signatures"][key] > 0
     names = [m["name"] for m in doc["methods"]]
     assert names[0] == "exact (numpy)" and any(n.startswith("rerank") for n in names)
-    assert any(n.startswith("previous: top-dims, 8 trees") for n in names)  # the index before, side by side
+    assert any(n.startswith("previous index: top-dims, 8 trees") for n in names)  # the index before, side by side
     for m in doc["methods"]:
         assert {"name", "build_seconds", "peak_rss_mb", "p50_ms", "p99_ms", "qps", "recall_at_k",
                 "bytes_per_image"} <= set(m)
@@ -95,7 +95,7 @@ def test_bench_smoke_json(tmp_path):
     assert doc["methods"][0]["recall_at_k"] == 1.0
     assert doc["params"]["sets"] == "centroids" and doc["params"]["features"] == "synthetic"
     text = invoke("-q", "bench", "--n", "400", "--queries", "5", "--baseline-n", "20").stdout
-    assert text.rstrip().endswith("the default method (auto) at this size: exact (numpy) (exact up to 25,000 images)")
+    assert text.rstrip().endswith("the default method (auto) at this size: exact (numpy) (exact up to 20,000 images)")
 
 
 def test_bench_on_features_the_user_brings(tmp_path):

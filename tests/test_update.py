@@ -213,3 +213,21 @@ def test_other_model_options_embed_everything_again_and_say_so(tmp_path):
     again = _extract(root, cache, "--weights", "none", "--image-size", "96", "--batch-size", "8")
     assert again.stdout.startswith("6 new, 0 changed, 0 removed, 0 unchanged")
     assert "embedding every image again (ids start over)" in again.stderr
+
+
+def test_an_update_says_when_the_collection_outgrew_its_centroids(tmp_path):
+    root, cache = tmp_path / "photos", tmp_path / "cache"
+    _photos(root, 6, seed=1)
+    _extract(root, cache)
+    assert invoke("-q", "index", "--collection", "mine", "--cache-dir", str(cache)).exit_code == 0
+    _photos(root, 12, seed=2, start=100)  # 6 -> 18 images: 3x, not yet outgrown
+    _extract(root, cache)
+    grown = CliRunner().invoke(main, ["index", "--collection", "mine", "--cache-dir", str(cache)])
+    assert grown.exit_code == 0 and "updated in place" in grown.stdout and "index --force" not in grown.stderr
+    _photos(root, 12, seed=3, start=200)  # 30 images: over 4x the 6 the centroids were learned on
+    _extract(root, cache)
+    outgrown = CliRunner().invoke(main, ["index", "--collection", "mine", "--cache-dir", str(cache)])
+    assert outgrown.exit_code == 0 and "updated in place" in outgrown.stdout
+    assert "over 4x the 6 its set vocabulary was fitted on: `stl10sim index --force` fits it again" in outgrown.stderr
+    refit = CliRunner().invoke(main, ["index", "--force", "--collection", "mine", "--cache-dir", str(cache)])
+    assert refit.exit_code == 0 and load_index(cache / "collections" / "mine").params["vocabulary"]["fitted_on"] == 30
