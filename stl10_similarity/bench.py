@@ -276,16 +276,15 @@ def run_bench(
     searcher = Searcher(index, budgets[0])
     methods = []
     timed = query_ids[:EXACT_TIMED_QUERIES]
-    times, found = _time_queries(lambda q: searcher.search_ids(searcher.for_row(q), k, "exact")[0], timed)
+    times, found = _time_queries(lambda q, s=searcher: s.search_ids(s.for_row(q), k, "exact")[0], timed)
     exact = _method("exact (numpy)", 0.0, rss["mb"], times, found, truth[: len(timed)], n, 0)
     exact.qps = round(len(query_ids) / truth_seconds, 1)  # batched throughput
     methods.append(exact)
 
     per_image = index_bytes(index) / n
-    runs = [("forest", b, searcher) for b in budgets[:1]] + [("rerank", b, searcher) for b in budgets]
-    for method, budget, s in runs:
-        methods.append(_run_method(method, budget, s, query_ids, truth, k, build, index_rss, per_image, step))
-    del searcher, index
+    for method, budget in [("forest", budgets[0])] + [("rerank", b) for b in budgets]:
+        methods.append(_run_method(method, budget, searcher, query_ids, truth, k, build, index_rss, per_image, step))
+    del searcher, index  # free the index before the previous one is built
     step("the previous default index (top-100 dims, 8 trees)")
     with peak_rss_growth() as rss:
         t0 = time.perf_counter()

@@ -111,8 +111,9 @@ def _home(cache_dir: Path | None, collection: str) -> Path:
 no_wait_option = click.option("--no-wait", is_flag=True, help="Fail at once if another command holds the cache dir.")
 candidates_option = param_option(
     P.SearchParams, "candidates",
-    help=f"rerank: how many forest candidates (those whose sets overlap the query's most, from a pool of "
-    f"{P.POOL_FACTOR}x as many) are re-ranked by cosine; forest: the pool is {P.POOL_FACTOR}x this.",
+    help=f"rerank: how many forest candidates (those sharing the most top-K dimensions with the query, from a "
+    f"pool of {P.POOL_FACTOR}x as many, growing as (N / {P.POOL_GROWTH_FROM:,})^{P.POOL_GROWTH} beyond "
+    f"{P.POOL_GROWTH_FROM:,} images) are re-ranked by cosine; forest: the pool's size.",
 )
 force_option = click.option("--force", is_flag=True, help="Rebuild even if a matching cached result exists.")
 device_option = param_option(P.ExtractParams, "device", help="auto: a CUDA GPU, else Apple's MPS, else the CPU.")
