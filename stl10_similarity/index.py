@@ -41,8 +41,8 @@ from .signatures import SCHEME, SEED, minhash_signatures, set_statistics, token_
 
 MAKE_CMD = "stl10sim index"
 CHUNK_ROWS = 65536
-ARTIFACTS = {"topk", "topk_bits", "sets", "vocabulary", "signatures", "stats", "token_table", "tree_keys", "tree_order", "forest",
-             "ids"}
+ARTIFACTS = {"topk", "topk_bits", "sets", "vocabulary", "signatures", "stats", "token_table", "tree_keys",
+             "tree_order", "forest", "ids"}
 # an index whose vocabulary was fitted on this many times fewer images than the collection now holds says so
 OUTGROWN_FACTOR = 4
 
@@ -443,6 +443,8 @@ def load_index(cache_dir: Path) -> LoadedIndex:
     manifest = read_manifest(folder, stage="index", make_cmd=MAKE_CMD)
     if manifest.get("inputs") != _inputs(cache_dir):
         raise StaleArtifactError("the index was built from other features than the ones extracted now: run `stl10sim index`")
+    if set(manifest.get("artifacts", ())) != ARTIFACTS or "vocabulary" not in manifest:
+        raise StaleArtifactError("the index was built by an older version of stl10sim: run `stl10sim index`")
     fmake = features_stage.MAKE_CMD
 
     # plain ndarray views of the memory maps: same pages, but slicing them costs no np.memmap bookkeeping

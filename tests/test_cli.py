@@ -104,10 +104,16 @@ def test_cached_rerun_does_no_work(cache):
 
 
 def test_index_from_an_older_layout_is_rebuilt(cache):
+    from stl10_similarity.errors import StaleArtifactError
+    from stl10_similarity.session import Session
+
     manifest = cache / "index" / "manifest.json"
     doc = json.loads(manifest.read_text())
-    del doc["artifacts"]["tree_keys"]
+    del doc["artifacts"]["vocabulary"]  # an index from before the learned centroids
+    del doc["vocabulary"]
     manifest.write_text(json.dumps(doc))
+    with pytest.raises(StaleArtifactError, match="older version"):  # not rebuilt when asked not to: one clear error
+        Session.open(cache, build=False)
     assert "built in" in invoke("index", "--cache-dir", str(cache)).stdout
     assert invoke("query", "--image-id", "1", "--cache-dir", str(cache)).exit_code == 0
 
