@@ -419,10 +419,10 @@ def format_text(result: Any) -> str:
         where = f"  {m.path}" if m.path else ""
         lines += [
             f"  {m.rank:>3}. image {m.id} (label: {m.label}){where}",
-            f"       estimated Jaccard (MinHash) {m.jaccard_estimate:.4f}   exact Jaccard {m.jaccard:.4f}   "
-            f"cosine {m.cosine:.4f}",
-            f"       intersection {m.intersection}   union {m.union}   unique to query {m.unique_to_query}   "
-            f"unique to match {m.unique_to_match}",
+            f"       cosine {m.cosine:.4f}   index sets: Jaccard {m.set_jaccard:.4f}, estimated Jaccard (MinHash) "
+            f"{m.jaccard_estimate:.4f}",
+            f"       top-{result.params['top_k']} dims: exact Jaccard {m.jaccard:.4f}   intersection {m.intersection}   "
+            f"union {m.union}   unique to query {m.unique_to_query}   unique to match {m.unique_to_match}",
         ]
     return "\n".join(lines)
 

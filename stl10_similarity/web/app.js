@@ -81,7 +81,8 @@ function renderResults(doc, queryCard, roundTripMs) {
     cards.push(card(m, cls, [
       [`#${m.rank} · id ${m.id}`], [m.label],
       [`cos ${m.cosine.toFixed(3)}`, "scores"],
-      [`J≈ ${m.jaccard_estimate.toFixed(2)} · J ${m.jaccard.toFixed(2)}`, "scores"],
+      [`sets J ${m.set_jaccard.toFixed(2)} · J≈ ${m.jaccard_estimate.toFixed(2)}`, "scores"],
+      [`top-K dims J ${m.jaccard.toFixed(2)}`, "scores"],
     ], () => pick(m.id)));
   }
   $("neighbours").replaceChildren(...cards);
