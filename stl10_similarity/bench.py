@@ -182,15 +182,16 @@ def bench_features(path: Any) -> np.ndarray:
     if raw.dtype not in (np.float32, np.float16):
         raise InputError(f"{{features}} {path} must be float32 or float16, got {raw.dtype}", options=("features",))
     feats = np.empty(raw.shape, dtype=np.float32)
-    for lo in range(0, len(raw), 65536):
-        block = np.asarray(raw[lo : lo + 65536], dtype=np.float32)
+    chunk = 65536  # rows read, checked and normalised at a time
+    for lo in range(0, len(raw), chunk):
+        block = np.asarray(raw[lo : lo + chunk], dtype=np.float32)
         if not np.isfinite(block).all():
             raise InputError(f"{{features}} {path} holds NaN or infinite values (rows from {lo})", options=("features",))
         norms = np.linalg.norm(block, axis=1, keepdims=True)
         if (norms == 0).any():
             row = lo + int(np.flatnonzero(norms[:, 0] == 0)[0])
             raise InputError(f"{{features}} {path}: row {row} is all zeros", options=("features",))
-        feats[lo : lo + 65536] = block / norms
+        feats[lo : lo + chunk] = block / norms
     return feats
 
 

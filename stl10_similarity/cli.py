@@ -357,8 +357,9 @@ def index_options(command: Any) -> Any:
                                                        f"(default: one per {P.IMAGES_PER_CENTROID} images, "
                                                        f"{P.MIN_CENTROIDS}..{P.MAX_CENTROIDS})."),
         param_option(P.IndexParams, "set_size", help="How many nearest centroids form an image's set."),
-        param_option(P.IndexParams, "top_k", help="Size of each image's top-K set: its K most activated feature "
-                                                   "dimensions (shown with every result; indexed with --sets top-dims)."),
+        param_option(P.IndexParams, "top_k", help="Size of each image's top-K set: its K most activated "
+                                                   "feature dimensions (shown with every result; indexed with "
+                                                   "--sets top-dims)."),
         param_option(P.IndexParams, "num_perm", help="MinHash permutations."),
         param_option(P.IndexParams, "trees", help="Prefix trees in the forest (depth: num_perm / trees)."),
         param_option(P.IndexParams, "basis", help="Top-K sets from raw features, or centred / standardised per "
@@ -370,8 +371,10 @@ def index_options(command: Any) -> Any:
 
 
 def index_params_from(kwargs: dict[str, Any]) -> P.IndexParams:
-    return P.IndexParams(**{f: kwargs.pop(f) for f in ("sets", "centroids", "set_size", "top_k", "num_perm",
-                                                       "trees", "basis")})
+    """The IndexParams among a command's options (those ``index_options`` added), taken out of ``kwargs``."""
+    from dataclasses import fields
+
+    return P.IndexParams(**{f.name: kwargs.pop(f.name) for f in fields(P.IndexParams)})
 
 
 @main.command()

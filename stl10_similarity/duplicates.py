@@ -1,8 +1,9 @@
 """Near-duplicate groups: pairs a forest puts in the same deep bucket, confirmed by cosine, joined into groups.
 
 Never all pairs: in every tree of a forest over the images' top-K dimension sets the sorted bands are walked
-once; images whose bands share a prefix land next to each other. A run of images sharing a prefix of some depth is taken as candidate pairs
-once it is small enough (at most ``MAX_RUN`` images); larger runs are split by the next depth. Near-identical
+once; images whose bands share a prefix land next to each other. A run of images sharing a prefix of some depth
+is taken as candidate pairs once it is small enough (at most ``MAX_RUN`` images); larger runs are split by the
+next depth. Near-identical
 images (resized, re-encoded, cropped by a few pixels) share most MinHash values, so some tree almost always puts
 them in one run. Within a run all cosines come from one matrix product; a pair is kept when its cosine reaches
 the threshold; groups are the connected components of the kept pairs (union-find). The work is at most

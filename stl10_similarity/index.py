@@ -270,7 +270,8 @@ def _base_for_update(folder: Path, params: dict[str, Any], features_manifest: di
         if manifest.get("params") != params or set(manifest.get("artifacts", ())) != ARTIFACTS \
                 or built.get("lineage") != now["lineage"] or int(built["generation"]) > int(now["generation"]):
             return None
-        names = ("topk", "topk_bits", "sets", "vocabulary", "signatures", "stats", "token_table", "tree_keys", "tree_order", "ids")
+        names = ("topk", "topk_bits", "sets", "vocabulary", "signatures", "stats", "token_table", "tree_keys",
+                 "tree_order", "ids")
         arrays = {name: np.asarray(load_npy(folder, manifest, name, make_cmd=MAKE_CMD)) for name in names}
     except (MissingArtifactError, IntegrityError, KeyError, TypeError, ValueError):
         return None
@@ -294,20 +295,21 @@ def _update(base: _Base, feats: np.ndarray, ids: np.ndarray, versions: np.ndarra
     stats, table, vocabulary = np.asarray(old["stats"]), np.asarray(old["token_table"]), np.asarray(old["vocabulary"])
     rep = frozen_representation(params, vocabulary, feats.shape[1])
     out = {}
-    for name in ("topk", "sets", "signatures"):
+    per_row = ("topk", "topk_bits", "sets", "signatures")
+    for name in per_row:
         out[name] = np.empty((len(ids), old[name].shape[1]), dtype=old[name].dtype)
         out[name][row_map[kept_old]] = old[name][kept_old]
     if len(fresh_rows):
         new_feats = np.asarray(feats[fresh_rows])
         out["topk"][fresh_rows] = top_k_sets(new_feats, params.top_k, params.basis, stats)
+        out["topk_bits"][fresh_rows] = bitmaps(out["topk"][fresh_rows], feats.shape[1])
         out["sets"][fresh_rows] = rep.sets(new_feats, stats, vocabulary)
         out["signatures"][fresh_rows] = minhash_signatures(out["sets"][fresh_rows], table)
     sigs = out["signatures"]
     tree_keys, tree_order = merge_prefix_arrays(old["tree_keys"], old["tree_order"], row_map, sigs, fresh_rows,
                                                 params.trees)
-    for name in ("topk", "sets", "signatures"):
+    for name in per_row:
         write_npy(staging / f"{name}.npy", out[name])
-    write_npy(staging / "topk_bits.npy", bitmaps(out["topk"], feats.shape[1]))
     write_npy(staging / "vocabulary.npy", vocabulary)
     write_npy(staging / "stats.npy", stats)
     write_npy(staging / "token_table.npy", table)
@@ -455,7 +457,8 @@ def load_index(cache_dir: Path) -> LoadedIndex:
     feats = np.asarray(load_npy(source, features_manifest, "features", make_cmd=fmake))
     labels = np.asarray(load_npy(source, features_manifest, "labels", make_cmd=fmake))
     index = LoadedIndex(
-        params={**manifest["params"], "vocabulary": manifest["vocabulary"]}, features_params=features_manifest["params"],
+        params={**manifest["params"], "vocabulary": manifest["vocabulary"]},
+        features_params=features_manifest["params"],
         class_names=list(features_manifest.get("class_names", [])), features=feats, labels=labels,
         topk=artifact("topk"), topk_bits=artifact("topk_bits"), sets=artifact("sets"),
         vocabulary=artifact("vocabulary"),
@@ -467,7 +470,8 @@ def load_index(cache_dir: Path) -> LoadedIndex:
     ids = feature_ids(source, features_manifest, len(feats))
     if not np.array_equal(ids, np.arange(len(ids))):
         index.ids = ids
-    if not (len(feats) == len(labels) == len(index.topk) == len(index.sets) == index.n == index.tree_order.shape[1]):
+    if not (len(feats) == len(labels) == len(index.topk) == len(index.sets) == index.n
+            == index.tree_order.shape[1]):
         raise IntegrityError("features and index disagree on the number of images: run `stl10sim index --force`")
     forest_path = verified_path(folder, manifest, "forest", make_cmd=MAKE_CMD)  # hash checked before unpickling
 

@@ -9,7 +9,7 @@ Sets are stored as ``(n, width)`` arrays. A row holds its tokens in increasing o
 (the padding token) where a set is smaller than ``width``: the padding row of the token table is all
 maximum hash values, so it never lowers a minimum, and a set's size is the count of its real tokens.
 
-Two representations, registered by name in ``REPRESENTATIONS``:
+Two representations, made by name (``IndexParams.sets``) in :func:`representation`:
 
 * ``centroids`` (the default): the ids of the image's ``set_size`` nearest centroids, the centroids
   learned by spherical k-means on a sample of the collection's centred features. Neighbours share most of
@@ -27,7 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .params import IndexParams
+from .params import IMAGES_PER_CENTROID, MAX_CENTROIDS, MIN_CENTROIDS, IndexParams
 from .signatures import to_set_basis, top_k_sets
 
 _CHUNK = 4096
@@ -73,7 +73,7 @@ def set_intersections(query: np.ndarray, sets: np.ndarray, universe: int) -> np.
 
 def bitmaps(sets: np.ndarray, universe: int) -> np.ndarray:
     """Each set as a bitmap ``(n, ceil(universe / 64))`` uint64 (padding dropped): intersections become a
-    popcount of an AND, 10x faster than looking members up when thousands of candidates are compared."""
+    popcount of an AND, 3x faster than looking members up (0.37 vs 1.08 ms for 4,700 sets of 100)."""
     n = len(sets)
     words = (universe + 63) // 64
     bits = np.zeros((n, words * 64), dtype=bool)
@@ -195,8 +195,6 @@ def nearest_centroids(features: np.ndarray, stats: np.ndarray, centroids: np.nda
 
 def centroid_count(n: int) -> int:
     """Centroids for a collection of ``n`` images when none is asked for: about one per ``IMAGES_PER_CENTROID``."""
-    from .params import IMAGES_PER_CENTROID, MAX_CENTROIDS, MIN_CENTROIDS
-
     return int(min(MAX_CENTROIDS, max(MIN_CENTROIDS, round(n / IMAGES_PER_CENTROID)), max(n, 1)))
 
 

@@ -159,6 +159,7 @@ def test_index_follows_an_update_with_the_answers_of_a_full_rebuild(updated):
     scratch = index_in_memory(np.asarray(index.features), np.asarray(index.labels), index.class_names,
                               IndexParams(), stats=stats, vocabulary=centroids)
     assert np.array_equal(index.sets, scratch.sets) and np.array_equal(index.topk, scratch.topk)
+    assert np.array_equal(index.topk_bits, scratch.topk_bits)
     assert np.array_equal(index.signatures, scratch.signatures)
     keys, order = prefix_arrays(np.asarray(index.signatures), IndexParams().trees)
     assert np.array_equal(index.tree_keys, keys) and np.array_equal(index.tree_order, order)
