@@ -40,7 +40,7 @@ def main() -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"),
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1100, "height": 820})
+        page = browser.new_page(viewport={"width": 1100, "height": 820}, bypass_csp=True)  # its waits evaluate strings
         page.goto(f"http://127.0.0.1:{port}/?q={args.query}&k={args.k}")
         page.wait_for_function(f"document.querySelectorAll('#neighbours .card').length === {args.k + 1}")
         page.wait_for_function("[...document.images].every((i) => i.complete)")

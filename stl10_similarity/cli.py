@@ -681,11 +681,15 @@ def bench(ctx: click.Context, stage: str, n: int | None, k: int, queries: int, b
 @param_option(P.ServeParams, "port", help="Port to listen on.")
 @param_option(P.ServeParams, "max_upload_mb", help="Largest request body (an uploaded image) in MB; larger: 413.")
 @param_option(P.ServeParams, "max_concurrent", help="Requests worked on at once; more are answered 503 at once.")
+@param_option(P.ServeParams, "body_timeout",
+              help="Seconds a request body may take to arrive; slower: 408 and the connection is closed.")
+@param_option(P.ServeParams, "header_timeout",
+              help="Seconds a request's headers may take to arrive; slower (or silent): the connection is closed.")
 @collection_option
 @cache_dir_option
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, max_upload_mb: int, max_concurrent: int, collection: str,
-          cache_dir: Path | None) -> None:
+def serve(ctx: click.Context, host: str, port: int, max_upload_mb: int, max_concurrent: int, body_timeout: int,
+          header_timeout: int, collection: str, cache_dir: Path | None) -> None:
     """Serve the collection: a JSON API (/api/v1/...) and a web page at / to browse and search it.
 
     Opens the index once (building it first if it is missing, like query) and answers from it until
@@ -701,7 +705,8 @@ def serve(ctx: click.Context, host: str, port: int, max_upload_mb: int, max_conc
                                "pip install -e '.[serve]'") from exc
     from .server import serve as run_server
 
-    params = P.ServeParams(host=host, port=port, max_upload_mb=max_upload_mb, max_concurrent=max_concurrent)
+    params = P.ServeParams(host=host, port=port, max_upload_mb=max_upload_mb, max_concurrent=max_concurrent,
+                           body_timeout=body_timeout, header_timeout=header_timeout)
     run_server(_home(cache_dir, collection), params, progress=_progress(ctx))
 
 

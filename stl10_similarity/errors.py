@@ -62,6 +62,10 @@ class DataError(InputError):
     """The source's files are missing, malformed or fail their checksums."""
 
 
+class ImageGoneError(InputError):
+    """A collection image's file changed or vanished since the collection was extracted."""
+
+
 class WeightsError(InputError):
     """A weights file cannot be read or does not fit MobileNetV2."""
 

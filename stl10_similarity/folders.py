@@ -1,12 +1,12 @@
 """A folder of your own images as a :class:`~stl10_similarity.sources.Source`.
 
-Recursive; JPEG, PNG, WebP, BMP, TIFF and GIF (first frame); EXIF orientation applied; any size and mode.
+Recursive; JPEG, PNG, WebP, BMP, TIFF and GIF (first frame); any mode; decoded by the one image decoder
+(``images.decode_square``: EXIF orientation, format whitelist and size limits, as for uploads).
 Labels follow torchvision's ImageFolder: when every image sits below a first-level subfolder, the subfolder
 names (sorted) are the classes; otherwise the images are unlabelled. Each image is decoded straight to the
-square the model's own transform starts from (shorter side resized to ``side``, centre crop), JPEGs at a
-reduced scale where the format allows (draft mode), on a pool of threads (Pillow decodes without the GIL).
-A file that can't be decoded becomes a blank image here and is listed in ``unreadable``; the extract stage
-leaves it out of the collection.
+square the model's own transform starts from, on a pool of threads (Pillow decodes without the GIL).
+A file that can't be decoded (or is over the decoder's limits) becomes a blank image here and is listed in
+``unreadable``; the extract stage leaves it out of the collection with a warning.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
+from .images import ImageError, decode_square
 from .params import IMAGE_SUFFIXES
 
 
@@ -45,30 +46,6 @@ def folder_labels(keys: list[str]) -> tuple[np.ndarray, list[str]]:
     names = sorted({p[0] for p in parts})
     index = {name: i for i, name in enumerate(names)}
     return np.array([index[p[0]] for p in parts], dtype=np.int16), names
-
-
-def decode_square(image: Path | bytes, side: int) -> np.ndarray:
-    """One image file (its path or its bytes) as uint8 ``(3, side, side)``: oriented, RGB, shorter side resized
-    to ``side``, centre-cropped."""
-    import io
-
-    from PIL import Image, ImageOps
-
-    from .images import MAX_PIXELS, _to_rgb
-
-    with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as img:
-        if img.width * img.height > MAX_PIXELS:
-            raise ValueError(f"{img.width} x {img.height} pixels is over the {MAX_PIXELS:,} pixel limit")
-        if img.format == "JPEG":
-            img.draft("RGB", (side, side))  # decode at 1/2, 1/4 or 1/8 scale while still >= side
-        img = ImageOps.exif_transpose(img)
-        rgb = _to_rgb(img)
-    scale = side / min(rgb.size)
-    size = (max(side, round(rgb.width * scale)), max(side, round(rgb.height * scale)))
-    rgb = rgb.resize(size, Image.Resampling.BILINEAR)
-    left, top = (size[0] - side) // 2, (size[1] - side) // 2
-    rgb = rgb.crop((left, top, left + side, top + side))
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
 class FolderSource:
@@ -110,10 +87,12 @@ class FolderSource:
             try:
                 data = (self.root / self._keys[i]).read_bytes()  # read once: hashed and decoded from memory
                 self.digests[i] = hashlib.sha256(data).hexdigest()
-                return decode_square(data, self.side)
-            except Exception as exc:  # Pillow raises many kinds for a broken file; none may stop the run
+                return decode_square(data, self.side, self._keys[i])
+            except ImageError as exc:
+                self.unreadable[i] = exc.reason[:200]
+            except Exception as exc:  # a read error, or anything a decoder raises: none may stop the run
                 self.unreadable[i] = f"{exc.__class__.__name__}: {exc}"[:200]
-                return np.zeros((3, self.side, self.side), np.uint8)
+            return np.zeros((3, self.side, self.side), np.uint8)
 
         if len(ids) > 1 and self.threads > 1:
             if self._pool is None:  # one pool for the source's life: starting threads per batch cost ~20 %

@@ -177,6 +177,8 @@ class ServeParams:
     port: int = _spec(8000, low=1, high=65535)
     max_upload_mb: int = _spec(10, low=1, high=1024)
     max_concurrent: int = _spec(32, low=1, high=1024)
+    body_timeout: int = _spec(30, low=1, high=3600)  # seconds for a request body to arrive: 10 MB at 3 Mbit/s
+    header_timeout: int = _spec(10, low=1, high=600)  # seconds for a request's headers to arrive
 
     def __post_init__(self) -> None:
         _check(self)

@@ -4,9 +4,13 @@ The server opens the collection once (hash checks once, building the index first
 answers from that snapshot until it is restarted: artifacts are memory-mapped and replaced by rename,
 so re-indexing while it runs never mixes two indexes; ``/api/v1/health`` says when a newer one exists.
 
-Hardening: request bodies are capped (413), at most ``max_concurrent`` requests are worked on at once
-(503 beyond that, never an unbounded queue), uploads are decoded in memory with a pixel limit and never
-written to disk, nothing from a request is unpickled or used as a path, and every error is a JSON body.
+Hardening (docs/server.md, "Security"): request bodies are counted as they arrive, whatever the headers say,
+and cut at the cap (413); a body must arrive within ``body_timeout`` (408) and a request's headers within
+``header_timeout`` (the connection is closed); bodies are read before a request takes one of the
+``max_concurrent`` slots (503 beyond that, never an unbounded queue), so stalled uploads can't starve queries;
+uploads are decoded in memory by the one image decoder (images.py) and never written to disk; nothing from a
+request is unpickled or used as a path; an artifact changed in place under the server gets 503, not a crash;
+every response carries security headers and every error is a JSON body, uvicorn's own 400s included.
 Needs the ``serve`` extra (FastAPI, uvicorn, python-multipart): only ``stl10sim serve`` imports this module.
 """
 
@@ -28,7 +32,8 @@ from starlette.formparsers import MultiPartParser
 
 from . import __version__
 from .artifacts import json_ready, manifest_digest
-from .errors import InputError, ParameterError, Stl10SimError
+from .errors import ImageGoneError, InputError, ParameterError, Stl10SimError
+from .images import ImageTooLarge
 from .params import METHODS, SearchParams, ServeParams
 from .paths import features_dir, index_dir
 from .progress import SILENT, Progress
@@ -38,10 +43,17 @@ WEB = Path(__file__).parent / "web"
 PAGE_LIMIT = 500  # most images one /api/v1/images page may list
 MAX_K = 1000
 MAX_CANDIDATES = 100_000
+KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this (uvicorn's default, stated here)
 # Threads that run queries. A query is many small numpy calls that hold the GIL between them, so more threads
 # than cores only thrash: on 2 cores, 16 clients got 155 requests/s with anyio's default 40 threads (docs/server.md).
 # Re-checked with one exact scan at a time (13,000 images, 16 clients): 2 threads 196-199, 4 213-223, 8 183-206.
 WORKER_THREADS = 4
+# The page's own files only: no inline script, no other origin, never framed.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"content-security-policy", CSP.encode()),
+                    (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer"),
+                    (b"cross-origin-resource-policy", b"same-origin")]
 Method = Literal[METHODS]  # type: ignore[valid-type]
 
 
@@ -52,7 +64,7 @@ def create_app(cache_dir: Path, params: ServeParams = ServeParams(), *, progress
     max_body = params.max_upload_mb * 2**20
     # uploads stay in memory: the body is capped below this, so the spooled file never rolls over to disk
     MultiPartParser.spool_max_size = max_body + 2**20
-    embed_lock = threading.Lock()  # one model, one embedding at a time
+    embedding: dict[str, Any] = {}  # one model, one embedding at a time: a limiter made in the event loop
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -62,8 +74,10 @@ def create_app(cache_dir: Path, params: ServeParams = ServeParams(), *, progress
         yield
 
     app = FastAPI(title="stl10sim", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
-                  description="Image similarity search over the collection this server opened.")
-    app.add_middleware(_Guard, max_body=max_body, max_concurrent=params.max_concurrent)
+                  description="Image similarity search over the collection this server opened.",
+                  redirect_slashes=False)  # its redirects are built from the Host header; a 404 is plainer
+    app.add_middleware(_Guard, max_body=max_body, max_concurrent=params.max_concurrent,
+                       body_timeout=params.body_timeout, changed=session.changed_on_disk)
 
     def error(status: int, message: str, **extra: Any) -> JSONResponse:
         return JSONResponse({"error": {"status": status, "message": message, **extra}}, status_code=status)
@@ -83,6 +97,10 @@ def create_app(cache_dir: Path, params: ServeParams = ServeParams(), *, progress
     async def library_error(request: Request, exc: Stl10SimError) -> JSONResponse:
         if isinstance(exc, ParameterError) and exc.param == "image_id":
             return error(404, exc.render())
+        if isinstance(exc, ImageGoneError):
+            return error(410, exc.render())
+        if isinstance(exc, ImageTooLarge):
+            return error(413, exc.render())
         return error(400 if isinstance(exc, InputError) else 500, exc.render())
 
     @app.exception_handler(Exception)
@@ -133,12 +151,13 @@ def create_app(cache_dir: Path, params: ServeParams = ServeParams(), *, progress
 
     @app.get("/api/v1/images/{image_id}/image.png")
     def image_png(image_id: int, request: Request) -> Response:
-        session.check_id(image_id)
-        etag = f'"{loaded["features"][:16]}-{image_id}"'
+        """The image as it was indexed (410 when its file changed or vanished since); the ETag follows its file."""
+        pixels, tag = session.indexed_image(image_id)
+        etag = f'"{tag}"'
         headers = {"ETag": etag, "Cache-Control": "public, max-age=86400"}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
-        return Response(_png(session.images([image_id])[0]), media_type="image/png", headers=headers)
+        return Response(_png(pixels), media_type="image/png", headers=headers)
 
     @app.get("/api/v1/search")
     def search(image_id: int = Query(...), k: int = Query(SearchParams.k, ge=1, le=MAX_K),
@@ -149,14 +168,20 @@ def create_app(cache_dir: Path, params: ServeParams = ServeParams(), *, progress
         return _json(result.to_dict())
 
     @app.post("/api/v1/search")
-    def search_upload(image: UploadFile = File(...), k: int = Form(SearchParams.k, ge=1, le=MAX_K),
-                      method: Method = Form(SearchParams.method),  # type: ignore[valid-type]
-                      candidates: int = Form(SearchParams.candidates, ge=1, le=MAX_CANDIDATES)) -> Response:
+    async def search_upload(image: UploadFile = File(...), k: int = Form(SearchParams.k, ge=1, le=MAX_K),
+                            method: Method = Form(SearchParams.method),  # type: ignore[valid-type]
+                            candidates: int = Form(SearchParams.candidates, ge=1, le=MAX_CANDIDATES)) -> Response:
         """The same document for an uploaded image (the model loads on first use)."""
-        data = image.file.read()
+        import anyio.to_thread
+
+        data = await image.read()
         name = Path(image.filename or "upload").name[:200] or "upload"  # a label only, never a path we open
-        with embed_lock:
-            result = session.query(image=data, name=name, k=k, method=method, candidates=candidates)
+        if "limiter" not in embedding:
+            embedding["limiter"] = anyio.CapacityLimiter(1)
+        # uploads wait for the model here, in the event loop, not in the worker threads id searches need
+        result = await anyio.to_thread.run_sync(
+            lambda: session.query(image=data, name=name, k=k, method=method, candidates=candidates),
+            limiter=embedding["limiter"])
         return _json(result.to_dict())
 
     # ------------------------------------------------------------ web page (every asset from the package)
@@ -187,46 +212,89 @@ def _png(image: np.ndarray) -> bytes:
 
 
 class _Guard:
-    """ASGI middleware: caps request bodies (413) and requests in progress (503), answering in JSON."""
+    """ASGI middleware: security headers on every response; bodies counted as they arrive and capped (413) or
+    timed out (408) before a request takes a slot; requests in progress capped (503); a collection changed on
+    disk under the server refused (503). Every answer in JSON."""
 
-    def __init__(self, app: Any, max_body: int, max_concurrent: int) -> None:
+    def __init__(self, app: Any, max_body: int, max_concurrent: int, body_timeout: float = 30.0,
+                 changed: Any = lambda: None) -> None:
         self.app = app
         self.max_body = max_body
         self.slots = threading.BoundedSemaphore(max_concurrent)
         self.max_concurrent = max_concurrent
+        self.body_timeout = body_timeout
+        self.changed = changed
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await _reject(send, 413, f"request body over the {self.max_body // 2**20} MB limit")
+        send = _with_security_headers(send)
+        headers = scope.get("headers") or []
+        lengths = {value for name, value in headers if name == b"content-length"}
+        chunked = any(name == b"transfer-encoding" for name, _ in headers)
+        too_large = f"request body over the {self.max_body // 2**20} MB limit"
+        if lengths and chunked:  # the two disagree on where the body ends: the classic request-smuggling setup
+            await _reject(send, 400, "a request may carry Content-Length or Transfer-Encoding, not both")
             return
+        if len(lengths) > 1 or not all(value.isdigit() for value in lengths):
+            await _reject(send, 400, "the request's Content-Length is not one whole number")
+            return
+        if lengths and int(next(iter(lengths))) > self.max_body:
+            await _reject(send, 413, too_large)
+            return
+        if scope.get("path", "").startswith("/api/"):
+            changed = self.changed()
+            if changed:
+                await _reject(send, 503, f"the collection changed on disk under the server ({Path(changed).name} "
+                                         "was truncated or rewritten in place): restart stl10sim serve")
+                return
+        if chunked or (lengths and int(next(iter(lengths))) > 0):
+            import anyio
+
+            try:  # the whole body, counted as it arrives (h11 never delivers more than a Content-Length says)
+                with anyio.fail_after(self.body_timeout):
+                    body = await _read_capped(receive, self.max_body)
+            except TimeoutError:
+                await _reject(send, 408, f"the request body did not arrive within {self.body_timeout:g} s",
+                              [(b"connection", b"close")])
+                return
+            except _Disconnected:
+                return
+            if body is None:
+                await _reject(send, 413, too_large, [(b"connection", b"close")])
+                return
+            receive = _replay(body, receive)
         if not self.slots.acquire(blocking=False):
             await _reject(send, 503, f"busy: {self.max_concurrent} requests in progress; retry shortly",
                           [(b"retry-after", b"1")])
             return
         try:
-            if length is None and scope.get("method") in ("POST", "PUT", "PATCH"):
-                # no Content-Length (a chunked body): read it here, within the cap, then hand it on
-                body = await _read_capped(receive, self.max_body)
-                if body is None:
-                    await _reject(send, 413, f"request body over the {self.max_body // 2**20} MB limit")
-                    return
-                receive = _replay(body, receive)
             await self.app(scope, receive, send)
         finally:
             self.slots.release()
 
 
+class _Disconnected(Exception):
+    """The client went away while sending its body."""
+
+
+def _with_security_headers(send: Any) -> Any:
+    async def sending(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+        await send(message)
+
+    return sending
+
+
 async def _read_capped(receive: Any, cap: int) -> bytes | None:
+    """The request body, or None as soon as it passes ``cap`` bytes."""
     chunks, size = [], 0
     while True:
         message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks)
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
         size += len(message.get("body", b""))
         if size > cap:
             return None
@@ -250,11 +318,69 @@ def _replay(body: bytes, receive: Any) -> Any:
 
 
 async def _reject(send: Any, status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = json.dumps({"error": {"status": status, "message": message}}).encode()
+    body = _error_body(status, message)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *(extra or [])]})
     await send({"type": "http.response.body", "body": body})
+
+
+def _error_body(status: int, message: str) -> bytes:
+    return json.dumps({"error": {"status": status, "message": message}}).encode()
+
+
+def http_protocol(header_timeout: float) -> type:
+    """uvicorn's h11 protocol, plus: a request's headers must arrive within ``header_timeout`` seconds (else the
+    connection is closed: a client that sends nothing, or trickles its headers, can't hold a connection), and
+    the 400 it sends for malformed HTTP is our JSON error body rather than plain text."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        _deadline: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:  # the request's headers are in: the body has its own timeout
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()  # the next request's headers are due in time too
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(header_timeout, self._expire)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expire(self) -> None:
+            self._deadline = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            body = _error_body(400, f"malformed HTTP request ({msg.rstrip('.').lower()})")
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close"), *SECURITY_HEADERS]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                          h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return Protocol
 
 
 def serve(cache_dir: Path, params: ServeParams = ServeParams(), *, progress: Progress = SILENT) -> None:
@@ -263,4 +389,5 @@ def serve(cache_dir: Path, params: ServeParams = ServeParams(), *, progress: Pro
 
     app = create_app(cache_dir, params, progress=progress)
     progress.note(f"serving {app.title} on http://{params.host}:{params.port}/ (Ctrl-C stops)")
-    uvicorn.run(app, host=params.host, port=params.port, log_level="warning", access_log=False)
+    uvicorn.run(app, host=params.host, port=params.port, log_level="warning", access_log=False,
+                http=http_protocol(params.header_timeout), timeout_keep_alive=KEEP_ALIVE_S)

@@ -7,6 +7,8 @@ loaded only when a query brings an image of its own. Importing this module does 
 
 from __future__ import annotations
 
+import mmap
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any, Union
 import numpy as np
 
 from . import sources
-from .errors import InputError, ParameterError, StaleArtifactError
+from .errors import ImageGoneError, InputError, ParameterError, StaleArtifactError
 from .extract import load_manifest, source_record
 from .index import LoadedIndex, ensure_index, load_index
 from .params import DEVICES, SearchParams
@@ -28,13 +30,17 @@ ImageInput = Union[str, Path, bytes, np.ndarray]
 class Session:
     """An opened collection: its verified index, its features and, on demand, its images and model."""
 
-    def __init__(self, index: LoadedIndex, extract_manifest: dict[str, Any], load_ms: float = 0.0) -> None:
+    def __init__(self, index: LoadedIndex, extract_manifest: dict[str, Any], load_ms: float = 0.0,
+                 cache_dir: Path | None = None) -> None:
         self.index = index
         self.extract_manifest = extract_manifest
         self.load_ms = load_ms
+        self.cache_dir = cache_dir
         self._searchers: dict[int, Searcher] = {}
         self._model: Any = None
         self._source: Any = None
+        self._digests: np.ndarray | None = None
+        self._mapped = _mapped_files(index)
 
     @classmethod
     def open(cls, cache_dir: Path, *, build: bool = True, progress: Progress = SILENT) -> Session:
@@ -54,7 +60,24 @@ class Session:
         if build:
             ensure_index(cache_dir, progress=progress)
         index = load_index(cache_dir)
-        return cls(index, load_manifest(cache_dir), round((time.perf_counter() - started) * 1e3, 3))
+        return cls(index, load_manifest(cache_dir), round((time.perf_counter() - started) * 1e3, 3), cache_dir)
+
+    def changed_on_disk(self) -> str | None:
+        """The first memory-mapped artifact that was truncated or rewritten in place since it was mapped, or None.
+
+        Touching a truncated map's pages kills the process (SIGBUS), so a long-running caller (the server) asks
+        before each request. Artifacts replaced by rename (as stl10sim writes them) don't count: the old file
+        stays mapped and whole until the session closes."""
+        for path, mapped, stamp in self._mapped:
+            try:
+                if mapped.size() < len(mapped):  # the mapped file itself, by its own descriptor: truncated
+                    return path
+                now = os.stat(path)
+            except (OSError, ValueError):
+                continue  # gone from its path: replaced by rename, the mapped copy is intact
+            if now.st_ino == stamp[0] and (now.st_size, now.st_mtime_ns) != stamp[1:]:
+                return path  # the same file, rewritten in place: its pages no longer hold what was verified
+        return None
 
     # ------------------------------------------------------------ the collection
 
@@ -93,6 +116,43 @@ class Session:
         source = self.source()
         return [source.images(row, row + 1)[0] for row in rows]
 
+    def indexed_image(self, image_id: int) -> tuple[np.ndarray, str]:
+        """A collection image's pixels exactly as indexed, and a tag that changes whenever they could (an ETag).
+
+        Raises:
+            ImageGoneError: the image's file changed or vanished since the collection was extracted.
+        """
+        row = self.check_id(image_id)
+        digests = self._indexed_digests()
+        if digests is None:  # a source without per-file digests (STL-10's binary files): the features' digest
+            from .artifacts import manifest_digest
+            from .paths import features_dir
+
+            tag = manifest_digest(features_dir(self.cache_dir))[:16] if self.cache_dir else "0"
+            return self.images([image_id])[0], f"{tag}-{image_id}"
+        source = self.source()
+        pixels = source.images(row, row + 1)[0]
+        path = self.searcher().path(row)
+        read = getattr(source, "digests", {}).get(row)
+        if read is None:
+            raise ImageGoneError(f"image {image_id}'s file {path} is gone or unreadable since it was indexed: "
+                                 "run `stl10sim extract` on its folder again")
+        if bytes.fromhex(read) != bytes(digests[row]):
+            raise ImageGoneError(f"image {image_id}'s file {path} changed since it was indexed: "
+                                 "run `stl10sim extract` on its folder again")
+        return pixels, read[:32]
+
+    def _indexed_digests(self) -> np.ndarray | None:
+        if self._digests is None and self.cache_dir is not None \
+                and "digests" in self.extract_manifest.get("artifacts", {}):
+            from .artifacts import load_npy
+            from .extract import MAKE_CMD
+            from .paths import features_dir
+
+            self._digests = np.asarray(load_npy(features_dir(self.cache_dir), self.extract_manifest, "digests",
+                                                make_cmd=MAKE_CMD, mmap=False))
+        return self._digests
+
     def source(self) -> sources.Source:
         if self._source is None:
             try:
@@ -119,7 +179,7 @@ class Session:
             return self.searcher().for_row(self.check_id(image_id)), None, 0.0
         if device not in DEVICES:
             raise ParameterError("device", f"{device!r} is not one of {', '.join(DEVICES)}")
-        pixels, label = _pixels(image, name)
+        pixels, label = self._pixels(image, name)
         started = time.perf_counter()
         feature = self.model(device)(pixels[None])[0]
         embed_ms = round((time.perf_counter() - started) * 1e3, 3)
@@ -187,7 +247,7 @@ class Session:
         elif result.query.id is not None:
             query_image = self.images([result.query.id])[0]
         else:
-            query_image, _ = _pixels(result.query.image or "", None)
+            query_image, _ = self._pixels(result.query.image or "", None)
         png = render_grid(result, query_image, self.images([m.id for m in result.results]))
         if path is not None:
             from .artifacts import write_bytes
@@ -195,19 +255,38 @@ class Session:
             write_bytes(Path(path), png)
         return png
 
+    def _pixels(self, image: ImageInput, name: str | None) -> tuple[np.ndarray, str]:
+        """uint8 ``(3, H, W)`` pixels of the user's image and the name it goes by. Files and bytes go through the
+        decoder folder images go through, to the same square, so a file embeds as it would in a folder."""
+        from .images import decode_square
+        from .model import resize_side
 
-def _pixels(image: ImageInput, name: str | None) -> tuple[np.ndarray, str]:
-    """uint8 ``(3, H, W)`` pixels of the user's image and the name it goes by."""
-    from .images import decode_rgb, load_rgb
+        side = resize_side(int(self.extract_manifest["params"]["image_size"]))
+        if isinstance(image, (str, Path)):
+            return decode_square(Path(image), side, name or str(image)), name or str(image)
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return decode_square(bytes(image), side, name or "uploaded image"), name or "uploaded image"
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or 3 not in (image.shape[0], image.shape[2]) \
+                    or min(image.shape) < 1:
+                raise ParameterError("image", f"array must be uint8 (3, H, W) or (H, W, 3), got {image.dtype} {image.shape}")
+            chw = image if image.shape[0] == 3 else image.transpose(2, 0, 1)
+            return np.ascontiguousarray(chw), name or "array"
+        raise ParameterError("image", f"must be a path, bytes or a uint8 array, got {type(image).__name__}")
 
-    if isinstance(image, (str, Path)):
-        return load_rgb(Path(image)), name or str(image)
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return decode_rgb(bytes(image), name or "uploaded image"), name or "uploaded image"
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or 3 not in (image.shape[0], image.shape[2]) \
-                or min(image.shape) < 1:
-            raise ParameterError("image", f"array must be uint8 (3, H, W) or (H, W, 3), got {image.dtype} {image.shape}")
-        chw = image if image.shape[0] == 3 else image.transpose(2, 0, 1)
-        return np.ascontiguousarray(chw), name or "array"
-    raise ParameterError("image", f"must be a path, bytes or a uint8 array, got {type(image).__name__}")
+
+def _mapped_files(index: LoadedIndex) -> list[tuple[str, mmap.mmap, tuple[int, int, int]]]:
+    """Each memory-mapped file behind the index's arrays: its path, its map and its (inode, size, mtime_ns)."""
+    found: dict[str, tuple[str, mmap.mmap, tuple[int, int, int]]] = {}
+    for value in vars(index).values():
+        path, obj = None, value
+        while isinstance(obj, np.ndarray):  # a view's base chain ends at the mmap a np.memmap was built on
+            path = path or (getattr(obj, "filename", None) if isinstance(obj, np.memmap) else None)
+            obj = obj.base
+        if path and isinstance(obj, mmap.mmap) and path not in found:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            found[path] = (path, obj, (st.st_ino, st.st_size, st.st_mtime_ns))
+    return list(found.values())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import socket
 import threading
@@ -17,6 +18,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra is part of the test extra")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is part of the test extra")
+expect = sync_api.expect
 
 from stl10_similarity.params import ServeParams  # noqa: E402
 from stl10_similarity.server import create_app  # noqa: E402
@@ -64,6 +66,8 @@ def page(browser):
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # the page runs under its Content-Security-Policy: anything it blocks is logged to the console, and fails here
+    page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
     yield page
     context.close()
     assert not errors, errors
@@ -76,14 +80,14 @@ def test_browse_pages_and_filter_by_class(page, server_url):
     assert page.inner_text("#page-info") == "page 1 of 2"
     assert "100 images" in page.inner_text("#collection")
     page.click("#next")
-    page.wait_for_function("document.querySelector('#page-info').textContent === 'page 2 of 2'")
+    expect(page.locator("#page-info")).to_have_text("page 2 of 2")
     assert page.locator("#gallery .card").count() == 40 and "page=1" in page.url
     page.select_option("#label", "cat")
-    page.wait_for_function("document.querySelectorAll('#gallery .card').length === 10")
+    expect(page.locator("#gallery .card")).to_have_count(10)
     assert "label=cat" in page.url and "page=" not in page.url
     assert all(text.endswith("cat") for text in page.locator("#gallery .card").all_inner_texts())
     page.go_back()
-    page.wait_for_function("document.querySelectorAll('#gallery .card').length === 40")
+    expect(page.locator("#gallery .card")).to_have_count(40)
 
 
 def test_click_an_image_shows_its_neighbours_and_back_works(page, server_url):
@@ -108,18 +112,18 @@ def test_click_an_image_shows_its_neighbours_and_back_works(page, server_url):
     # k and method live in the URL too
     page.fill("#k", "8")
     page.dispatch_event("#k", "change")
-    page.wait_for_function("document.querySelectorAll('#neighbours .card').length === 9")
+    expect(page.locator("#neighbours .card")).to_have_count(9)
     assert "k=8" in page.url
     neighbour_id = api["results"][0]["id"]
     cards.nth(1).click()
-    page.wait_for_function(f"location.search.includes('q={neighbour_id}')")
-    page.wait_for_function(f"document.querySelector('#results-title').textContent.endsWith('image {neighbour_id}')")
+    expect(page).to_have_url(re.compile(rf"[?&]q={neighbour_id}(&|$)"))
+    expect(page.locator("#results-title")).to_have_text(re.compile(rf"image {neighbour_id}$"))
     page.go_back()
-    page.wait_for_function(f"document.querySelector('#results-title').textContent.endsWith('image {first_id}')")
+    expect(page.locator("#results-title")).to_have_text(re.compile(rf"image {first_id}$"))
     # a shared link opens the same view
     fresh = page.context.new_page()
     fresh.goto(page.url)
-    fresh.wait_for_function("document.querySelectorAll('#neighbours .card').length === 9")
+    expect(fresh.locator("#neighbours .card")).to_have_count(9)
     fresh.close()
 
 
@@ -134,7 +138,7 @@ def test_upload_your_own_image(page, server_url, built_cache, tmp_path):
     page.goto(server_url + "/")
     page.wait_for_selector("#gallery .card")
     page.set_input_files("#upload", str(path))
-    page.wait_for_function("document.querySelector('#results-title').textContent.includes('my-photo.png')")
+    expect(page.locator("#results-title")).to_contain_text("my-photo.png")
     page.wait_for_selector("#neighbours .card:nth-child(2)")
     assert page.locator("#neighbours .card").nth(1).inner_text().startswith("#1 · id 9")
     assert "embedding" in page.inner_text("#timing")
@@ -157,8 +161,8 @@ def test_drag_and_drop_an_image(page, server_url, tmp_path):
         transfer.items.add(file);
         document.querySelector('#drop').dispatchEvent(new DragEvent('drop', {dataTransfer: transfer, bubbles: true}));
     }""", data)
-    page.wait_for_function("document.querySelector('#results-title').textContent.includes('dropped.png')")
-    page.wait_for_function("document.querySelectorAll('#neighbours .card').length === 6")
+    expect(page.locator("#results-title")).to_contain_text("dropped.png")
+    expect(page.locator("#neighbours .card")).to_have_count(6)
 
 
 def test_errors_show_as_a_message_not_a_broken_page(page, server_url):

@@ -13,7 +13,7 @@ from conftest import invoke
 from stl10_fixture import make_images
 from stl10_similarity import stl10
 from stl10_similarity.cli import main
-from stl10_similarity.images import load_rgb
+from stl10_similarity.images import decode_square
 
 
 def _photo(size=(120, 90)) -> Image.Image:
@@ -86,14 +86,14 @@ def test_truncated_jpeg_exits_2(built_cache, tmp_path):
     assert result.exit_code == 2 and "could not be decoded" in result.stderr
 
 
-def test_load_rgb_handles_modes(tmp_path):
+def test_decoder_handles_modes(tmp_path):
     rgba = Image.new("RGBA", (4, 2), (10, 20, 30, 0))
     rgba.save(tmp_path / "t.png")
-    assert load_rgb(tmp_path / "t.png")[:, 0, 0].tolist() == [255, 255, 255]  # transparent -> white
+    assert decode_square(tmp_path / "t.png", 8)[:, 0, 0].tolist() == [255, 255, 255]  # transparent -> white
     deep = Image.fromarray(np.full((2, 3), 65535, np.uint16))
     deep.save(tmp_path / "d.png")
-    arr = load_rgb(tmp_path / "d.png")
-    assert arr.shape == (3, 2, 3) and arr.dtype == np.uint8 and arr.max() == 255
+    arr = decode_square(tmp_path / "d.png", 8)
+    assert arr.shape == (3, 8, 8) and arr.dtype == np.uint8 and arr.max() == 255
 
 
 def test_bf16_collection_is_searchable_from_a_cpu_without_bf16(tmp_path, archive, monkeypatch):

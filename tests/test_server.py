@@ -126,15 +126,24 @@ def test_openapi_and_page_and_assets_are_served(client):
 # ---------------------------------------------------------------- every bad request: 4xx JSON, and the server goes on
 
 
-def _bomb() -> bytes:
+def _bomb(width: int = 200_000, height: int = 200_000) -> bytes:
+    """A PNG whose header claims ``width`` x ``height``, with almost no data."""
     import struct
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", 200_000, 200_000, 8, 2, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")
+
+
+def _ico() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(buffer, format="ICO")  # Pillow reads it; we don't open it
+    return buffer.getvalue()
 
 
 def _upload(name: str, data: bytes, **form: str):
@@ -163,7 +172,11 @@ BAD = {
     "upload not an image": ("post", "/api/v1/search", _upload("x.png", b"just some text" * 10), 400),
     "upload truncated": ("post", "/api/v1/search", _upload("t.png", _png(np.zeros((40, 40, 3), np.uint8))[:60]), 400),
     "upload unsupported format": ("post", "/api/v1/search", _upload("a.svg", b"<svg xmlns='http://www.w3.org/2000/svg'/>"), 400),
-    "upload bomb": ("post", "/api/v1/search", _upload("bomb.png", _bomb()), 400),
+    "upload bomb": ("post", "/api/v1/search", _upload("bomb.png", _bomb()), 413),
+    "upload over the decoded-size limit": ("post", "/api/v1/search", _upload("big.png", _bomb(9000, 9000)), 413),
+    "upload a thin strip": ("post", "/api/v1/search", _upload("thin.png", _png(np.zeros((1000, 1, 3), np.uint8))), 413),
+    "upload a format outside the whitelist": ("post", "/api/v1/search", _upload("i.ico", _ico()), 400),
+    "trailing slash": ("get", "/api/v1/health/", {}, 404),
     "upload bad k": ("post", "/api/v1/search", _upload("p.png", _png(np.zeros((8, 8, 3), np.uint8)), k="-1"), 422),
     "upload too large": ("post", "/api/v1/search", _upload("big.png", b"\0" * (2 * 2**20)), 413),
     "path traversal": ("get", "/static/..%2F..%2Fserver.py", {}, 404),

@@ -5,8 +5,8 @@
 const PAGE = 60;
 const $ = (id) => document.getElementById(id);
 let classNames = [];
-let uploaded = null;
-let renders = 0; // each render's number: a slower, older render must not overwrite a newer one // {file, url}: an image of the user's is not in the URL (it never leaves this page's memory)
+let uploaded = null; // {file, url}: an image of the user's is not in the URL (it never leaves this page's memory)
+let renders = 0; // each render's number: a slower, older render must not overwrite a newer one
 
 function state() {
   const p = new URLSearchParams(location.search);
@@ -156,6 +156,7 @@ async function init() {
     option.value = option.textContent = name;
     $("label").appendChild(option);
   }
+  $("controls").addEventListener("submit", (e) => e.preventDefault()); // Enter in a field: no page reload
   $("label").addEventListener("change", () => go({ label: $("label").value, page: 0 }));
   $("k").addEventListener("change", () => go({ k: Math.max(1, Math.min(100, Number($("k").value) || 5)) }));
   $("method").addEventListener("change", () => go({ method: $("method").value }));
