@@ -24,8 +24,11 @@ from .images import ImageError, decode_square
 from .params import IMAGE_SUFFIXES
 
 
-def scan(root: Path) -> list[str]:
-    """Relative POSIX paths of the image files below ``root``, sorted (hidden files and folders skipped)."""
+def scan(root: Path, unnamable: list[str] | None = None) -> list[str]:
+    """Relative POSIX paths of the image files below ``root``, sorted (hidden files and folders skipped).
+
+    A path that is not valid UTF-8 can't be a key (manifests, JSON, the page): it is left out, and its name,
+    with the bad bytes escaped (``\\xff``), goes to ``unnamable`` for the caller to warn about."""
     if not root.is_dir():
         raise DataError(f"{root} is not a folder of images")
     found = []
@@ -33,8 +36,20 @@ def scan(root: Path) -> list[str]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             if not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES):
-                found.append((Path(folder) / name).relative_to(root).as_posix())
+                key = (Path(folder) / name).relative_to(root).as_posix()
+                try:
+                    key.encode("utf-8")  # os.walk smuggles undecodable bytes in as lone surrogates
+                except UnicodeEncodeError:
+                    if unnamable is not None:
+                        unnamable.append(escaped(key))
+                    continue
+                found.append(key)
     return sorted(found)
+
+
+def escaped(name: str) -> str:
+    """A file name from the file system, printable: bytes that are not UTF-8 written as ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def folder_labels(keys: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -84,15 +99,12 @@ class FolderSource:
         ids = range(start, min(stop, self.size))
 
         def load(i: int) -> np.ndarray:
-            try:
-                data = (self.root / self._keys[i]).read_bytes()  # read once: hashed and decoded from memory
-                self.digests[i] = hashlib.sha256(data).hexdigest()
-                return decode_square(data, self.side, self._keys[i])
-            except ImageError as exc:
-                self.unreadable[i] = exc.reason[:200]
-            except Exception as exc:  # a read error, or anything a decoder raises: none may stop the run
-                self.unreadable[i] = f"{exc.__class__.__name__}: {exc}"[:200]
-            return np.zeros((3, self.side, self.side), np.uint8)
+            pixels, digest, reason = self.read_one(i)
+            if digest is not None:
+                self.digests[i] = digest
+            if reason is not None:
+                self.unreadable[i] = reason
+            return pixels
 
         if len(ids) > 1 and self.threads > 1:
             if self._pool is None:  # one pool for the source's life: starting threads per batch cost ~20 %
@@ -103,6 +115,20 @@ class FolderSource:
         if not decoded:
             return np.empty((0, 3, self.side, self.side), np.uint8)
         return np.stack(decoded)
+
+    def read_one(self, i: int) -> tuple[np.ndarray, str | None, str | None]:
+        """Image ``i`` (blank if unreadable), the SHA-256 of the bytes it was decoded from (None if none could be
+        read) and why it is unreadable (None if it is not). Read once: hashed and decoded from the same bytes."""
+        digest = None
+        try:
+            data = (self.root / self._keys[i]).read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            return decode_square(data, self.side, self._keys[i]), digest, None
+        except ImageError as exc:
+            reason = exc.reason
+        except Exception as exc:  # a read error, or anything a decoder raises: none may stop the run
+            reason = f"{exc.__class__.__name__}: {exc}"
+        return np.zeros((3, self.side, self.side), np.uint8), digest, reason[:200]
 
     def identity(self) -> dict[str, Any]:
         """The folder and a fingerprint of its files (path, size, mtime): any change means new features."""

@@ -72,7 +72,7 @@ def decode_square(image: Path | str | bytes, side: int, name: str | None = None)
                 img.draft("RGB", (side, side))  # decode at 1/2, 1/4 or 1/8 scale while still >= side
             _check_decoded_size(img, name, full)
             orientation = _orientation(img)
-            square = _to_rgb(_centre_square(img, side))
+            square = _centre_square(img, side)
     except ImageError:
         raise
     except FileNotFoundError as exc:
@@ -87,8 +87,6 @@ def decode_square(image: Path | str | bytes, side: int, name: str | None = None)
         raise ImageTooLarge(name, f"is over the {MAX_PIXELS:,} pixel limit") from exc
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:  # truncated or corrupt data
         raise ImageError(name, f"could not be decoded: {exc}") from exc
-    if square.size != (side, side):
-        square = square.resize((side, side), Image.Resampling.BILINEAR)
     if orientation is not None:  # on the small square: turning commutes with taking the centre square
         square = square.transpose(orientation)
     return np.ascontiguousarray(np.asarray(square, dtype=np.uint8).transpose(2, 0, 1))
@@ -127,6 +125,8 @@ def _bytes_per_pixel(img: Any) -> int:
         return 1
     if img.mode in ("1", "P"):
         return 2  # decoded, then its centre square copied (palette indices can't be averaged in place)
+    if img.mode == "PA":
+        return 4
     if img.mode.startswith("I;16"):
         return 4  # the same, 2 bytes a pixel
     if img.mode in ("LA", "PA", "RGBA"):
@@ -144,20 +144,23 @@ def _orientation(img: Any) -> Any:
 
 
 def _centre_square(img: Any, side: int) -> Any:
-    """The centre square, shrunk by an integer factor while it stays >= REDUCE_GAP x ``side``."""
+    """The centre square as RGB, ``side`` x ``side``: shrunk by an integer factor straight from the decoded image
+    while it stays >= REDUCE_GAP x ``side`` (Pillow's reducing_gap: no full-size copy), then resized."""
     from PIL import Image
 
     width, height = img.size
     s = min(width, height)
     left, top = (width - s) // 2, (height - s) // 2
     box = (left, top, left + s, top + s)
-    factor = s // (REDUCE_GAP * side)
-    if factor >= 2 and img.mode not in ("1", "P") and not img.mode.startswith("I;16"):
-        return img.reduce(factor, box)  # averages straight from the decoded image: no full-size copy
-    square = img.crop(box)
-    if factor >= 2:  # palette indices (and 16-bit) can't be averaged: pick pixels, then convert a small image
-        square = square.resize((s // factor, s // factor), Image.Resampling.NEAREST)
-    return square
+    if img.mode in ("1", "P", "PA") or img.mode.startswith("I;16"):
+        # palette indices can't be averaged, nor can Pillow shrink 16-bit: pick pixels down to a few times
+        # ``side``, convert that small image, then resize it
+        square = img.crop(box)
+        factor = s // (REDUCE_GAP * side)
+        if factor >= 2:
+            square = square.resize((s // factor, s // factor), Image.Resampling.NEAREST)
+        return _to_rgb(square).resize((side, side), Image.Resampling.BILINEAR)
+    return _to_rgb(img.resize((side, side), Image.Resampling.BILINEAR, box=box, reducing_gap=REDUCE_GAP))
 
 
 def _to_rgb(img: Any) -> Any:

@@ -383,11 +383,18 @@ def http_protocol(header_timeout: float) -> type:
     return Protocol
 
 
+def uvicorn_config(app: Any, params: ServeParams) -> Any:
+    """How ``stl10sim serve`` runs uvicorn: our h11 protocol (header deadline, JSON 400s), quiet logs."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=params.host, port=params.port, log_level="warning", access_log=False,
+                          http=http_protocol(params.header_timeout), timeout_keep_alive=KEEP_ALIVE_S)
+
+
 def serve(cache_dir: Path, params: ServeParams = ServeParams(), *, progress: Progress = SILENT) -> None:
     """Open the collection and serve it with uvicorn until interrupted."""
     import uvicorn
 
     app = create_app(cache_dir, params, progress=progress)
     progress.note(f"serving {app.title} on http://{params.host}:{params.port}/ (Ctrl-C stops)")
-    uvicorn.run(app, host=params.host, port=params.port, log_level="warning", access_log=False,
-                http=http_protocol(params.header_timeout), timeout_keep_alive=KEEP_ALIVE_S)
+    uvicorn.Server(uvicorn_config(app, params)).run()

@@ -130,10 +130,8 @@ class Session:
 
             tag = manifest_digest(features_dir(self.cache_dir))[:16] if self.cache_dir else "0"
             return self.images([image_id])[0], f"{tag}-{image_id}"
-        source = self.source()
-        pixels = source.images(row, row + 1)[0]
+        pixels, read, _ = self.source().read_one(row)  # a source with per-file digests reads files one by one
         path = self.searcher().path(row)
-        read = getattr(source, "digests", {}).get(row)
         if read is None:
             raise ImageGoneError(f"image {image_id}'s file {path} is gone or unreadable since it was indexed: "
                                  "run `stl10sim extract` on its folder again")

@@ -66,6 +66,7 @@ class Plan:
     digests: dict[str, bytes]  # SHA-256 of the files whose size or mtime moved (changed, or touched but the same)
     still_skipped: list[dict[str, Any]]  # files unreadable before and not touched since: not tried again
     unchanged: int
+    unnamable: list[dict[str, Any]]  # files whose names are not valid UTF-8: left out, with a warning
 
     @property
     def new(self) -> list[str]:
@@ -113,7 +114,8 @@ def load_previous(cache_dir: Path, identity: dict[str, Any]) -> Previous | None:
 
 def plan_update(root: Path, previous: Previous | None, threads: int = 8, progress: Progress = SILENT) -> Plan:
     """Compare the folder with the previous extraction (by path, size and mtime; by content when those moved)."""
-    found = scan(root)
+    unnamable: list[str] = []
+    found = scan(root, unnamable)
     stamps: dict[str, tuple[int, int]] = {}
     for key in found:
         try:
@@ -154,7 +156,8 @@ def plan_update(root: Path, previous: Previous | None, threads: int = 8, progres
     unchanged = len(old_rows) - len(changed) - len(removed)
     embed = [previous.keys[row] for row in changed] + sorted(new) if previous else sorted(new)
     return Plan(embed, np.array(changed, dtype=np.int64), np.array(removed, dtype=np.int64), stamps, digests,
-                still_skipped, unchanged)
+                still_skipped, unchanged,
+                [{"path": name, "reason": "its name is not valid UTF-8: rename it to include it"} for name in unnamable])
 
 
 def update_folder(
@@ -186,6 +189,8 @@ def update_folder(
                           "or by an older version: embedding every image again (ids start over)")
         progress.note("comparing the folder with the collection ...")
         plan = plan_update(root, previous, progress=progress)
+        for entry in plan.unnamable:
+            progress.note(f"warning: skipped {entry['path']}: {entry['reason']}")
         if not plan.stamps:
             raise DataError(f"{root} holds no images")
         # nothing new, changed, removed, or touched (a moved size/mtime was hashed: its stamp must be recorded)
@@ -221,7 +226,7 @@ def _write(folder: Path, root: Path, identity: dict[str, Any], plan: Plan, previ
     """Assemble and commit the collection's next version: kept rows in id order, then the new images."""
     failed = {e["id"] for e in embedded.skipped} if embedded is not None else set()
     n_changed = len(plan.changed)
-    skipped = list(plan.still_skipped)
+    skipped = list(plan.still_skipped) + list(plan.unnamable)
     for e in (embedded.skipped if embedded is not None else []):
         size, mtime = plan.stamps.get(e["path"], (None, None))
         skipped.append({"path": e["path"], "reason": e["reason"], "size": size, "mtime_ns": mtime})

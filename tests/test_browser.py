@@ -21,7 +21,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is part
 expect = sync_api.expect
 
 from stl10_similarity.params import ServeParams  # noqa: E402
-from stl10_similarity.server import create_app  # noqa: E402
+from stl10_similarity.server import create_app, uvicorn_config  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if not CHROMIUM:
@@ -37,8 +37,8 @@ def server_url(built_cache):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(built_cache, ServeParams()), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    params = ServeParams(port=port)
+    server = uvicorn.Server(uvicorn_config(create_app(built_cache, params), params))  # as `stl10sim serve` runs
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from conftest import invoke
 from stl10_fixture import make_images
 from stl10_similarity.cli import main
-from stl10_similarity.folders import FolderSource, decode_square, scan
+from stl10_similarity.folders import FolderSource, scan
+from stl10_similarity.images import decode_square
 
 FAST = ["--weights", "none", "--image-size", "64", "--batch-size", "16"]
 
@@ -171,3 +172,93 @@ def test_a_folder_with_no_images_is_refused(tmp_path):
     result = CliRunner().invoke(main, ["extract", "--images", str(tmp_path / "empty"), "--collection", "e", *FAST,
                                        "--cache-dir", str(tmp_path / "c")])
     assert result.exit_code == 2 and "holds no images" in result.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_with_a_warning(tmp_path):
+    import os
+
+    root = tmp_path / "photos"
+    images = make_images(np.arange(3), seed=2)
+    _save(images[0], root / "a.png")
+    _save(images[1], root / "b.png")
+    bad = os.fsencode(root) + b"/caf\xe9.png"  # Latin-1 bytes: not UTF-8
+    with open(bad, "wb") as handle:
+        handle.write((root / "a.png").read_bytes())
+    result = CliRunner().invoke(main, ["extract", "--images", str(root), "--collection", "mine", *FAST,
+                                       "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("2 new, 0 changed, 0 removed, 0 unchanged: 2 images")
+    assert r"warning: skipped caf\xe9.png: its name is not valid UTF-8" in result.stderr
+    assert "skipped 1 unreadable file(s)" in result.stderr
+    rerun = CliRunner().invoke(main, ["extract", "--images", str(root), "--collection", "mine", *FAST,
+                                      "--cache-dir", str(tmp_path / "c")])
+    assert rerun.exit_code == 0 and r"caf\xe9.png" in rerun.stderr  # still said, every time, until renamed
+    doc = json.loads(invoke("-q", "query", "--collection", "mine", "--image-id", "0", "-k", "1", "--json",
+                            "--cache-dir", str(tmp_path / "c")).stdout)
+    assert doc["results"][0]["path"] == "b.png"
+
+
+def test_an_uploaded_or_queried_file_embeds_exactly_as_in_its_folder(tmp_path):
+    """One decoder: EXIF orientation and the same square for folders, `query --image` and uploads."""
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    for i, image in enumerate(make_images(np.arange(6), seed=8)):
+        _save(image, root / f"img{i}.png")
+    img = Image.fromarray(make_images(np.array([4]), seed=9)[0].transpose(1, 2, 0)).resize((160, 100))
+    exif = img.getexif()
+    exif[0x0112] = 6
+    turned = root / "turned.jpg"
+    img.save(turned, exif=exif, quality=92)
+    cache = tmp_path / "c"
+    assert invoke("-q", "extract", "--images", str(root), "--collection", "mine", *FAST,
+                  "--cache-dir", str(cache)).exit_code == 0
+    doc = json.loads(invoke("-q", "query", "--collection", "mine", "--image", str(turned), "-k", "1", "--method",
+                            "exact", "--json", "--cache-dir", str(cache)).stdout)
+    assert doc["results"][0]["path"] == "turned.jpg" and doc["results"][0]["cosine"] == pytest.approx(1.0, abs=1e-6)
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from stl10_similarity.params import ServeParams
+    from stl10_similarity.server import create_app
+
+    with TestClient(create_app(cache / "collections" / "mine", ServeParams())) as client:
+        found = client.post("/api/v1/search", files={"image": ("t.jpg", turned.read_bytes(), "image/jpeg")},
+                            data={"k": "1", "method": "exact"}).json()
+    assert found["results"][0]["path"] == "turned.jpg"
+    assert found["results"][0]["cosine"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_the_server_serves_folder_images_as_indexed(tmp_path):
+    """A file that vanished or changed since extraction: 410 JSON, never a black 200; the ETag follows the file."""
+    import hashlib
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from stl10_similarity.params import ServeParams
+    from stl10_similarity.server import create_app
+
+    root = tmp_path / "photos"
+    images = make_images(np.arange(4), seed=6)
+    for i, image in enumerate(images):
+        _save(image, root / f"img{i}.png")
+    cache = tmp_path / "c"
+    assert invoke("-q", "extract", "--images", str(root), "--collection", "mine", *FAST,
+                  "--cache-dir", str(cache)).exit_code == 0
+    with TestClient(create_app(cache / "collections" / "mine", ServeParams())) as client:
+        first = client.get("/api/v1/images/1/image.png")
+        assert first.status_code == 200
+        assert first.headers["etag"] == f'"{hashlib.sha256((root / "img1.png").read_bytes()).hexdigest()[:32]}"'
+        assert client.get("/api/v1/images/1/image.png",
+                          headers={"if-none-match": first.headers["etag"]}).status_code == 304
+        (root / "img1.png").unlink()
+        gone = client.get("/api/v1/images/1/image.png")
+        assert gone.status_code == 410 and "img1.png is gone" in gone.json()["error"]["message"]
+        (root / "img2.png").write_bytes(b"garbage, not a PNG")
+        assert client.get("/api/v1/images/2/image.png").status_code == 410
+        _save(images[0], root / "img3.png")  # a valid image, but not the one indexed
+        replaced = client.get("/api/v1/images/3/image.png")
+        assert replaced.status_code == 410 and "changed since it was indexed" in replaced.json()["error"]["message"]
+        assert client.get("/api/v1/images/0/image.png").status_code == 200
+        assert client.get("/api/v1/health").status_code == 200

@@ -260,8 +260,48 @@ def test_reindexing_while_serving_keeps_the_loaded_answers(cache):
         assert restarted.get("/api/v1/search", params={"image_id": 5}).json()["params"]["top_k"] == 40
 
 
+def test_every_response_carries_security_headers(client):
+    for path in ("/", "/static/app.js", "/api/v1/health", "/api/v1/images/0/image.png", "/api/v1/nothing"):
+        response = client.get(path)
+        assert response.headers["x-content-type-options"] == "nosniff", path
+        assert response.headers["x-frame-options"] == "DENY" and response.headers["referrer-policy"] == "no-referrer"
+        policy = response.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy and "unsafe" not in policy
+    assert "onsubmit" not in client.get("/").text  # no inline script: the policy would block it
+
+
+def test_no_redirect_is_built_from_the_host_header(client):
+    response = client.get("/api/v1/images/", headers={"host": "evil.example"}, follow_redirects=False)
+    assert response.status_code == 404 and "location" not in response.headers
+
+
+@pytest.mark.parametrize("damage", ["truncate", "rewrite in place"])
+def test_an_artifact_changed_under_the_server_gets_503_not_a_crash(cache, damage):
+    """Truncating a memory-mapped file kills a process that touches it (SIGBUS): the server checks first."""
+    features = cache / "features" / "features.npy"
+    with TestClient(create_app(cache, ServeParams())) as c:
+        assert c.get("/api/v1/search", params={"image_id": 3}).status_code == 200
+        if damage == "truncate":
+            import os
+
+            os.truncate(features, features.stat().st_size // 3)
+        else:  # cp over it: same size, same file, other bytes (and a new mtime)
+            import time
+
+            time.sleep(0.01)
+            data = bytearray(features.read_bytes())
+            data[-64:] = bytes(64)
+            with open(features, "r+b") as handle:
+                handle.write(data)
+        for path, params in (("/api/v1/search", {"image_id": 3}), ("/api/v1/health", {}), ("/api/v1/images", {})):
+            message = _error(c.get(path, params=params), 503)
+            assert "features.npy" in message and "restart" in message
+        assert c.get("/").status_code == 200  # the page still loads, and says what the API says
+
+
 def test_serve_refuses_bad_options(cache):
-    for args in (["--port", "0"], ["--port", "70000"], ["--max-upload-mb", "0"], ["--max-concurrent", "0"]):
+    for args in (["--port", "0"], ["--port", "70000"], ["--max-upload-mb", "0"], ["--max-concurrent", "0"],
+                 ["--body-timeout", "0"], ["--header-timeout", "0"]):
         result = CliRunner().invoke(main, ["serve", *args, "--cache-dir", str(cache)])
         assert result.exit_code == 2, args
 
