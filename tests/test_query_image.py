@@ -69,7 +69,20 @@ def test_mixed_ids_and_images_give_ndjson(built_cache, tmp_path):
     assert [json.loads(line)["query"]["id"] for line in out.strip().splitlines()] == [4, None]
 
 
-@pytest.mark.parametrize("content", [b"", b"GIF89a-not-really", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40])
+def _claims(width: int, height: int) -> bytes:
+    """A PNG header claiming ``width`` x ``height`` pixels, with none behind it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("content", [b"", b"GIF89a-not-really", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40,
+                                     _claims(30_000, 30_000), _claims(9000, 9000), _claims(5, 400)])
 def test_broken_files_exit_2(built_cache, tmp_path, content):
     path = tmp_path / "broken.png"
     path.write_bytes(content)

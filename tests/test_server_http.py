@@ -176,8 +176,12 @@ def test_a_keep_alive_connection_serves_several_requests_then_idles_out(server):
         assert _closed_within(sock, TIMEOUT + 5)
 
 
-@pytest.mark.parametrize("request_bytes", [b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
-                                           b"GET / HTTP/1.1\r\n\r\n"])  # the last: HTTP/1.1 without Host
+@pytest.mark.parametrize("request_bytes", [
+    b"NOT HTTP AT ALL\r\n\r\n",
+    b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
+    b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 20_000,  # 16 KB of headers and still no end
+])
 def test_malformed_http_gets_a_json_400(server, request_bytes):
     with _connect(server) as sock:
         sock.sendall(request_bytes)
