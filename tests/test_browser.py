@@ -171,3 +171,152 @@ def test_errors_show_as_a_message_not_a_broken_page(page, server_url):
     assert "out of range" in page.inner_text("#error")
     assert page.locator("#gallery .card").count() == 60  # the rest of the page still works
 
+
+
+# ---------------------------------------------------------------- the first hour, on a folder collection
+
+
+class _Delay:
+    """ASGI wrapper that holds chosen requests back for a while: long enough to see the page's loading states."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.paths: dict[tuple[str, str], float] = {}  # (method, path) -> seconds, for the next such request
+
+    async def __call__(self, scope, receive, send) -> None:
+        import asyncio
+
+        if scope["type"] == "http":
+            wait = self.paths.pop((scope["method"], scope["path"]), 0)
+            if wait:
+                await asyncio.sleep(wait)
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture(scope="module")
+def folder_server(tmp_path_factory):
+    """A folder collection of 3 classes x 40 photos (file names repeat across classes), served as `serve` runs."""
+    import uvicorn
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from stl10_fixture import make_images
+    from stl10_similarity.cli import main
+
+    root = tmp_path_factory.mktemp("photos")
+    images = make_images(np.repeat(np.arange(3), 40), seed=4)
+    for i, image in enumerate(images):
+        folder = root / ["cat", "dog", "ship"][i // 40]
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).save(folder / f"{i % 40:04d}.png")
+    cache = tmp_path_factory.mktemp("fcache")
+    result = CliRunner().invoke(main, ["-q", "extract", "--images", str(root), "--collection", "mine", "--weights",
+                                       "none", "--image-size", "64", "--cache-dir", str(cache)])
+    assert result.exit_code == 0, result.output
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    params = ServeParams(port=port)
+    delayed = _Delay(create_app(cache / "collections" / "mine", params))
+    server = uvicorn.Server(uvicorn_config(delayed, params))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the server did not start"
+    yield f"http://127.0.0.1:{port}", delayed, root
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_the_first_hour_on_a_phone(browser, folder_server, tmp_path):
+    """Open, filter, page, click a card far down, upload, keyboard: what a new user does, at 390 px wide."""
+    url, delayed, root = folder_server
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
+
+    # first paint: a loading state, not an empty collection
+    delayed.paths[("GET", "/api/v1/images")] = 1.5
+    page.goto(url + "/")
+    expect(page.locator("#gallery-status")).to_be_visible()
+    expect(page.locator("#gallery-status")).to_contain_text("loading the collection")
+    expect(page.locator("#gallery .card")).to_have_count(60)
+    expect(page.locator("#gallery-status")).to_be_hidden()
+    # file names on the cards, with their class folder (0000.png alone would be ambiguous)
+    expect(page.locator("#gallery .card").first.locator(".path")).to_have_text("cat/0000.png")
+
+    # page forward, then filter by class
+    page.click("#next")
+    expect(page.locator("#page-info")).to_have_text("page 2 of 2")
+    page.select_option("#label", "dog")
+    expect(page.locator("#gallery .card")).to_have_count(40)
+    expect(page.locator("#gallery .card").first.locator(".path")).to_have_text("dog/0000.png")
+
+    # a card far down: its neighbours come into view, with file names and the scores' legend
+    last = page.locator("#gallery .card").last
+    last.click()
+    expect(page.locator("#results-title")).to_have_text(re.compile(r"image \d+$"))
+    expect(page.locator("#neighbours .card")).to_have_count(6)
+    expect(page.locator("#results")).to_be_in_viewport()
+    expect(page.locator("#neighbours .card").nth(1).locator(".path")).to_have_text(re.compile(r"^(cat|dog|ship)/\d{4}\.png$"))
+    expect(page.locator("#legend")).to_be_visible()
+    expect(page.locator("#legend")).to_contain_text("same class as the query")
+
+    # results of this class only
+    page.check("#same-class")
+    expect(page).to_have_url(re.compile(r"only=1"))
+    expect(page.locator("#neighbours .card")).to_have_count(6)
+    for i in range(1, 6):
+        expect(page.locator("#neighbours .card").nth(i)).to_contain_text("dog")
+    expect(page.locator("#timing")).to_contain_text("in class dog only")
+    page.uncheck("#same-class")
+
+    # upload a photo: a loading state, then the answer
+    from PIL import Image
+
+    photo = tmp_path / "holiday.png"
+    Image.open(root / "ship" / "0007.png").save(photo)
+    delayed.paths[("POST", "/api/v1/search")] = 1.5
+    page.set_input_files("#upload", str(photo))
+    expect(page.locator("#results-status")).to_be_visible()
+    expect(page.locator("#results-status")).to_contain_text("embedding holiday.png")
+    expect(page.locator("#results-title")).to_contain_text("holiday.png")
+    expect(page.locator("#results-status")).to_be_hidden()
+    expect(page.locator("#neighbours .card").nth(1).locator(".path")).to_have_text("ship/0007.png")
+    expect(page.locator("#results")).to_be_in_viewport()
+
+    # the keyboard: arrows move between cards, Enter searches, focus goes on to the neighbours
+    page.select_option("#label", "")
+    expect(page.locator("#gallery .card")).to_have_count(60)
+    page.locator("#gallery .card").first.focus()
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#gallery .card").nth(1)).to_be_focused()
+    columns = page.evaluate("getComputedStyle(document.querySelector('#gallery')).gridTemplateColumns.split(' ').length")
+    page.keyboard.press("ArrowDown")
+    expect(page.locator("#gallery .card").nth(1 + columns)).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#results-title")).to_have_text(f"Neighbours of image {1 + columns}")
+    expect(page.locator("#neighbours button.card").first).to_be_focused()
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#neighbours button.card").nth(1)).to_be_focused()
+    context.close()
+    assert not errors, errors
+
+
+def test_dark_mode_follows_the_system(browser, folder_server):
+    url, _, _ = folder_server
+    for scheme, dark in (("dark", True), ("light", False)):
+        context = browser.new_context(viewport={"width": 1000, "height": 800}, color_scheme=scheme)
+        page = context.new_page()
+        page.goto(url + "/")
+        expect(page.locator("#gallery .card")).to_have_count(60)
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        ink = page.evaluate("getComputedStyle(document.body).color")
+        luminance = [sum(int(v) for v in re.findall(r"\d+", colour)[:3]) / 765 for colour in (background, ink)]
+        assert (luminance[0] < 0.2 and luminance[1] > 0.7) if dark else (luminance[0] > 0.9 and luminance[1] < 0.3), \
+            (scheme, background, ink)
+        context.close()

@@ -1,5 +1,6 @@
 // stl10sim web page: browse the collection, click an image to see its neighbours, or search with your own.
-// The URL holds the state (?label=&page=&q=&k=&method=), so links can be shared and the back button works.
+// The URL holds the state (?label=&page=&q=&k=&method=&only=), so links can be shared and the back button works.
+// Arrow keys move between images in the gallery and the neighbours; Enter searches with the focused one.
 "use strict";
 
 const PAGE = 60;
@@ -7,12 +8,15 @@ const $ = (id) => document.getElementById(id);
 let classNames = [];
 let uploaded = null; // {file, url}: an image of the user's is not in the URL (it never leaves this page's memory)
 let renders = 0; // each render's number: a slower, older render must not overwrite a newer one
+let revealResults = false; // the user asked for a search: bring its results into view (and focus) once they come
+const MAX_K = 1000; // the API's largest k
+const ONLY_FACTOR = 10; // "in this class only" asks for this many times k neighbours, then keeps the class's
 
 function state() {
   const p = new URLSearchParams(location.search);
   const int = (name, fallback) => (/^\d+$/.test(p.get(name) || "") ? Number(p.get(name)) : fallback);
   return { label: p.get("label") || "", page: int("page", 0), q: p.has("q") ? int("q", null) : null,
-           k: int("k", 5), method: p.get("method") || "auto" };
+           k: int("k", 5), method: p.get("method") || "auto", only: p.get("only") === "1" };
 }
 
 function go(changes, force = false) {
@@ -25,6 +29,7 @@ function go(changes, force = false) {
   if (next.q !== null && next.q !== undefined) p.set("q", next.q);
   if (next.k !== 5) p.set("k", next.k);
   if (next.method !== "auto") p.set("method", next.method);
+  if (next.only) p.set("only", "1");
   const url = `${location.pathname}${p.toString() ? "?" + p : ""}`;
   history.pushState(null, "", url);
   render();
@@ -42,6 +47,17 @@ function showError(err) {
   $("error").textContent = err ? String(err.message || err) : "";
 }
 
+function busy(id, text) {
+  // a status line with a spinner while something loads; null hides it
+  $(id).hidden = !text;
+  $(id).textContent = text || "";
+}
+
+function reveal() {
+  const still = matchMedia("(prefers-reduced-motion: reduce)").matches;
+  $("results").scrollIntoView({ block: "start", behavior: still ? "auto" : "smooth" });
+}
+
 function card(image, extraClass, lines, onClick) {
   const div = document.createElement(onClick ? "button" : "div");
   div.className = `card ${extraClass}`;
@@ -51,19 +67,39 @@ function card(image, extraClass, lines, onClick) {
   img.alt = image.alt || `image ${image.id} (${image.label})`;
   img.loading = "lazy";
   div.appendChild(img);
+  if (image.path) lines = [...lines.slice(0, 1), [image.path, "path"], ...lines.slice(1)];
   for (const [text, cls] of lines) {
     const line = document.createElement("div");
     line.textContent = text;
     if (cls) line.className = cls;
+    if (cls === "path") line.title = text; // the whole path, where the card shows only its start
     div.appendChild(line);
   }
   return div;
 }
 
+function arrowKeys(grid) {
+  grid.addEventListener("keydown", (e) => {
+    const cards = [...grid.querySelectorAll("button.card")];
+    const at = cards.indexOf(document.activeElement);
+    if (at < 0) return;
+    const columns = getComputedStyle(grid).gridTemplateColumns.split(" ").length;
+    const step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns, ArrowUp: -columns,
+                   Home: -at, End: cards.length - 1 - at }[e.key];
+    if (step === undefined) return;
+    e.preventDefault();
+    cards[Math.max(0, Math.min(cards.length - 1, at + step))].focus();
+  });
+}
+
 async function renderBrowse(s, current) {
   const label = s.label ? `&label=${encodeURIComponent(s.label)}` : "";
+  busy("gallery-status", $("gallery").children.length ? `loading page ${s.page + 1} ...` : "loading the collection ...");
+  $("gallery").classList.add("stale");
   const page = await api(`/api/v1/images?offset=${s.page * PAGE}&limit=${PAGE}${label}`);
   if (!current()) return;
+  busy("gallery-status", null);
+  $("gallery").classList.remove("stale");
   const pages = Math.max(1, Math.ceil(page.total / PAGE));
   $("browse-info").textContent = `${page.total.toLocaleString()} images${s.label ? " labelled " + s.label : ""}`;
   $("page-info").textContent = `page ${s.page + 1} of ${pages}`;
@@ -73,10 +109,12 @@ async function renderBrowse(s, current) {
     card(im, s.q === im.id ? "query" : "", [[`${im.id} · ${im.label}`]], () => pick(im.id))));
 }
 
-function renderResults(doc, queryCard, roundTripMs) {
+function renderResults(doc, queryCard, roundTripMs, s) {
   const q = doc.query;
   const cards = [queryCard];
-  for (const m of doc.results) {
+  const all = doc.results.length;
+  const results = s.only && s.label ? doc.results.filter((m) => m.label === s.label).slice(0, s.k) : doc.results;
+  for (const m of results) {
     const cls = q.class_index === null || q.class_index < 0 ? "none" : (m.class_index === q.class_index ? "same" : "other");
     cards.push(card(m, cls, [
       [`#${m.rank} · id ${m.id}`], [m.label],
@@ -91,29 +129,49 @@ function renderResults(doc, queryCard, roundTripMs) {
     : `${doc.params.method} (${doc.params.answered_by})`;
   $("timing").textContent = `${how}, ${doc.candidates.toLocaleString()} candidates examined; ` +
     `search ${(t.search + t.describe).toFixed(2)} ms on the server` + (t.embed ? `, embedding ${t.embed.toFixed(0)} ms` : "") +
-    `, ${roundTripMs.toFixed(0)} ms round trip`;
+    `, ${roundTripMs.toFixed(0)} ms round trip` +
+    (s.only && s.label ? `; in class ${s.label} only: ${results.length} of the nearest ${all}` : "");
+  busy("results-status", null);
+  $("neighbours").classList.remove("stale");
   $("results").hidden = false;
+  if (revealResults) {
+    revealResults = false;
+    reveal();
+    const first = $("neighbours").querySelector("button.card");
+    if (first) first.focus({ preventScroll: true }); // the keyboard goes on from the results
+  }
+}
+
+function searching(text) {
+  $("results").hidden = false;
+  $("neighbours").classList.add("stale");
+  busy("results-status", text);
+  if (revealResults) reveal(); // at once: the status line is where the results will appear
 }
 
 async function renderQuery(s, current) {
+  const k = s.only && s.label ? Math.min(MAX_K, s.k * ONLY_FACTOR) : s.k;
   if (uploaded) {
     const form = new FormData();
     form.append("image", uploaded.file);
-    form.append("k", String(s.k));
+    form.append("k", String(k));
     form.append("method", s.method);
+    $("results-title").textContent = `Neighbours of ${uploaded.file.name}`;
+    searching(`embedding ${uploaded.file.name} and searching ... (the first upload loads the model: up to half a minute)`);
     const t0 = performance.now();
     const doc = await api("/api/v1/search", { method: "POST", body: form });
     if (!current()) return;
-    $("results-title").textContent = `Neighbours of ${uploaded.file.name}`;
-    renderResults(doc, card({ src: uploaded.url, alt: uploaded.file.name }, "query", [["your image"]]), performance.now() - t0);
+    renderResults(doc, card({ src: uploaded.url, alt: uploaded.file.name }, "query", [["your image"]]),
+                  performance.now() - t0, s);
     return;
   }
   if (s.q === null) { $("results").hidden = true; return; }
-  const t0 = performance.now();
-  const doc = await api(`/api/v1/search?image_id=${s.q}&k=${s.k}&method=${encodeURIComponent(s.method)}`);
-  if (!current()) return;
   $("results-title").textContent = `Neighbours of image ${s.q}`;
-  renderResults(doc, card(doc.query, "query", [[`query ${s.q}`], [doc.query.label]]), performance.now() - t0);
+  searching(`searching for the neighbours of image ${s.q} ...`);
+  const t0 = performance.now();
+  const doc = await api(`/api/v1/search?image_id=${s.q}&k=${k}&method=${encodeURIComponent(s.method)}`);
+  if (!current()) return;
+  renderResults(doc, card(doc.query, "query", [[`query ${s.q}`], [doc.query.label]]), performance.now() - t0, s);
 }
 
 async function render() {
@@ -123,11 +181,20 @@ async function render() {
   $("label").value = s.label;
   $("k").value = s.k;
   $("method").value = s.method;
+  $("same-class").checked = s.only;
+  $("same-class").disabled = !s.label;
   showError(null);
   try {
     await Promise.all([renderBrowse(s, current), renderQuery(s, current)]);
   } catch (err) {
-    if (current()) showError(err);
+    if (current()) {
+      busy("gallery-status", null);
+      busy("results-status", null);
+      $("gallery").classList.remove("stale");
+      $("neighbours").classList.remove("stale");
+      revealResults = false;
+      showError(err);
+    }
   }
 }
 
@@ -135,7 +202,8 @@ function pick(id) {
   // a collection image as the query: leaves any upload behind
   const hadUpload = uploaded !== null;
   uploaded = null;
-  go({ q: id }, hadUpload);
+  revealResults = true;
+  go({ q: id }, hadUpload || state().q === id);
 }
 
 function useUpload(file) {
@@ -143,7 +211,8 @@ function useUpload(file) {
   if (uploaded) URL.revokeObjectURL(uploaded.url);
   uploaded = { file, url: URL.createObjectURL(file) };
   history.pushState({ upload: true }, "", location.href);
-  render().then(() => window.scrollTo(0, 0));
+  revealResults = true;
+  render();
 }
 
 async function init() {
@@ -160,6 +229,9 @@ async function init() {
   $("label").addEventListener("change", () => go({ label: $("label").value, page: 0 }));
   $("k").addEventListener("change", () => go({ k: Math.max(1, Math.min(100, Number($("k").value) || 5)) }));
   $("method").addEventListener("change", () => go({ method: $("method").value }));
+  $("same-class").addEventListener("change", () => go({ only: $("same-class").checked }));
+  arrowKeys($("gallery"));
+  arrowKeys($("neighbours"));
   $("prev").addEventListener("click", () => go({ page: Math.max(0, state().page - 1) }));
   $("next").addEventListener("click", () => go({ page: state().page + 1 }));
   $("upload").addEventListener("change", () => useUpload($("upload").files[0]));
@@ -179,4 +251,4 @@ async function init() {
   await render();
 }
 
-init().catch(showError);
+init().catch((err) => { busy("gallery-status", null); showError(err); });
