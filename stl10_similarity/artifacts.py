@@ -52,6 +52,15 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: once, at import, before any thread writes
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     """Yield a binary file that appears at ``path`` only if the block completes."""
@@ -62,6 +71,7 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     except OSError as exc:
         raise environment_failure(exc, str(path)) from exc
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a file we write should get what open() would give
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()

@@ -27,21 +27,46 @@ def flag(name: str) -> str:
     return FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
+DEBUG, ON_INTERRUPT = "stl10sim.debug", "stl10sim.on_interrupt"  # keys in click's context meta (shared by all)
+
+
+def _set_debug(ctx: click.Context, _param: Any, value: bool) -> None:
+    if value:
+        ctx.meta[DEBUG] = True
+
+
+def interrupted_keeps(ctx: click.Context, what: str) -> None:
+    """What a long command keeps when it is interrupted (said after "Interrupted: ")."""
+    ctx.meta[ON_INTERRUPT] = what
+
+
+class Stl10SimCommand(click.Command):
+    """Every command also takes --debug after its name, where users put it as often as before it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(click.Option(["--debug"], is_flag=True, expose_value=False, is_eager=True,
+                                        callback=_set_debug, help="Show tracebacks instead of one-line errors."))
+
+
 class Stl10SimGroup(click.Group):
     """Maps library errors to one line on stderr and an exit code (2: bad input, 1: other)."""
 
+    command_class = Stl10SimCommand
+
     def invoke(self, ctx: click.Context) -> Any:
-        debug = "--debug" in sys.argv[1:] or bool(ctx.params.get("debug"))
+        if ctx.params.get("debug"):
+            ctx.meta[DEBUG] = True
         try:
             return super().invoke(ctx)
         except Stl10SimError as exc:
-            if debug:
+            if ctx.meta.get(DEBUG):
                 raise
             click.echo(f"Error: {exc.render(flag)}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("Interrupted: finished chunks and downloaded bytes are kept; rerun the same command to resume.",
-                       err=True)
+            kept = ctx.meta.get(ON_INTERRUPT)
+            click.echo(f"Interrupted: {kept}." if kept else "Interrupted.", err=True)
             ctx.exit(130)
 
 
@@ -102,10 +127,18 @@ collection_option = click.option(
 
 
 def _home(cache_dir: Path | None, collection: str) -> Path:
-    """The folder holding a collection's artifacts."""
+    """The folder holding a collection's artifacts (extract makes it when it is new)."""
     from .paths import collection_home, resolve_cache_dir
 
     return collection_home(resolve_cache_dir(cache_dir), collection)
+
+
+def _existing(cache_dir: Path | None, collection: str) -> Path:
+    """The folder of a collection that must exist already: an unknown name lists the ones there are."""
+    from .collections import existing_collection
+    from .paths import resolve_cache_dir
+
+    return existing_collection(resolve_cache_dir(cache_dir), collection)
 
 
 no_wait_option = click.option("--no-wait", is_flag=True, help="Fail at once if another command holds the cache dir.")
@@ -161,6 +194,7 @@ def download(ctx: click.Context, data_dir: Path | None, archive: Path | None, no
     from .paths import resolve_data_dir
 
     target = resolve_data_dir(data_dir, cache_dir)
+    interrupted_keeps(ctx, "the bytes downloaded so far are kept; rerun the same command to resume")
     result = stl10.download(target, archive=archive, verify=not no_verify, progress=_progress(ctx))
     counts = ", ".join(f"{part} {n}" for part, n in result.counts.items())
     state = "verified" if result.verified else "NOT verified (--no-verify)"
@@ -224,6 +258,8 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
     if collection == P.DEFAULT_COLLECTION:
         if images is not None:
             raise click.UsageError("--images makes a collection of your own: name it with --collection NAME")
+        interrupted_keeps(ctx, "downloaded bytes and finished chunks of features are kept; rerun the same "
+                               "command to resume")
         source = stl10.open_or_download(resolve_data_dir(data_dir, cache_dir), split, limit, archive=archive,
                                         verify=not no_verify, progress=progress)
     else:
@@ -234,6 +270,8 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
         given = {name for name in ("weights", "image_size", "precision")
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
         params = _as_before(home, params, given) if not force else params
+        interrupted_keeps(ctx, "finished chunks of features are kept and the collection is as it was; rerun the "
+                               "same command to resume")
         _extract_folder(home, _folder_root(home, images), params, force, no_wait, progress)
         return
     result = run_extract(source, home, params, force=force, wait=not no_wait, progress=progress)
@@ -251,7 +289,13 @@ def _extract_folder(home: Path, root: Path, params: P.ExtractParams, force: bool
     """Create or update a folder collection: one summary line on stdout, warnings on stderr."""
     from .update import summary_line, update_folder
 
-    result = update_folder(root, home, params, force=force, wait=not no_wait, progress=progress)
+    from .collections import forget_if_empty
+
+    try:
+        result = update_folder(root, home, params, force=force, wait=not no_wait, progress=progress)
+    except Stl10SimError:
+        forget_if_empty(home)  # a first extraction that failed leaves no empty collection behind
+        raise
     if result.skipped:
         progress.note(f"skipped {len(result.skipped)} unreadable file(s); they are listed in the features manifest")
     assert result.counts is not None
@@ -298,10 +342,13 @@ def _folder_root(home: Path, images: Path | None) -> Path:
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0, min_open=True), default=P.DuplicatesParams.threshold,
               show_default=True, help="Cosine of two images' features at or above which they are duplicates.")
 @click.option("--json", "as_json", is_flag=True, help='One group per line: {"ids", "paths", "min_cosine"}.')
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Draw the groups: the first 20, a row each, up to 8 images a row (.png, .jpg or .webp).")
 @collection_option
 @cache_dir_option
 @click.pass_context
-def duplicates(ctx: click.Context, threshold: float, as_json: bool, collection: str, cache_dir: Path | None) -> None:
+def duplicates(ctx: click.Context, threshold: float, as_json: bool, png: Path | None, collection: str,
+               cache_dir: Path | None) -> None:
     """List groups of near-identical images (resized, re-encoded, slightly cropped copies).
 
     Candidates come from the LSH forest (images that share a deep bucket in some tree), never from all
@@ -309,10 +356,15 @@ def duplicates(ctx: click.Context, threshold: float, as_json: bool, collection: 
     min_cosine is the lowest cosine between any two images of a group. Builds the index first if needed.
     """
     from .duplicates import find_duplicates
+    from .grid import picture_format
     from .session import Session
 
-    session = Session.open(_home(cache_dir, collection), progress=_progress(ctx))
+    if png is not None:
+        picture_format(png)
+    session = Session.open(_existing(cache_dir, collection), progress=_progress(ctx))
     groups = find_duplicates(session.index, P.DuplicatesParams(threshold=threshold))
+    if png is not None:
+        session.duplicates_picture(groups, png)
     for number, group in enumerate(groups, start=1):
         paths = group.paths or [None] * len(group.ids)
         if as_json:
@@ -320,7 +372,8 @@ def duplicates(ctx: click.Context, threshold: float, as_json: bool, collection: 
         else:
             names = ", ".join(f"{i} ({p})" if p else str(i) for i, p in zip(group.ids, paths))
             click.echo(f"group {number}: {len(group.ids)} images, min cosine {group.min_cosine:.4f}: {names}")
-    _progress(ctx).note(f"{len(groups)} group(s) of near-duplicates at cosine >= {threshold}")
+    _progress(ctx).note(f"{len(groups)} group(s) of near-duplicates at cosine >= {threshold}"
+                        + (f"; drawn in {png}" if png is not None else ""))
 
 
 # ---------------------------------------------------------------- collections
@@ -328,12 +381,20 @@ def duplicates(ctx: click.Context, threshold: float, as_json: bool, collection: 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per collection (NDJSON).")
+@click.option("--remove", metavar="NAME", default=None,
+              help="Delete collection NAME's features and index (never its images; for stl10, not the download).")
+@no_wait_option
 @cache_dir_option
-def collections(as_json: bool, cache_dir: Path | None) -> None:
+@click.pass_context
+def collections(ctx: click.Context, as_json: bool, remove: str | None, no_wait: bool, cache_dir: Path | None) -> None:
     """List the collections in the cache dir: source, size, and whether the index is current."""
-    from .collections import list_collections
+    from .collections import list_collections, remove_collection
     from .paths import resolve_cache_dir
 
+    if remove is not None:
+        home = remove_collection(resolve_cache_dir(cache_dir), remove, wait=not no_wait)
+        _progress(ctx).note(f"removed collection {remove} ({home})")
+        return
     rows = list_collections(resolve_cache_dir(cache_dir))
     for row in rows:
         if as_json:
@@ -399,7 +460,7 @@ def index(ctx: click.Context, collection: str, cache_dir: Path | None, force: bo
     from .index import build_index
 
     params = index_params_from(kwargs)
-    result = build_index(_home(cache_dir, collection), params, force=force, wait=not no_wait, progress=_progress(ctx))
+    result = build_index(_existing(cache_dir, collection), params, force=force, wait=not no_wait, progress=_progress(ctx))
     if result.cached:
         state = "already built (cached; --force rebuilds)"
     else:
@@ -472,7 +533,11 @@ def query(ctx: click.Context, image_ids: tuple[int, ...], images: tuple[Path, ..
 
     if not image_ids and not images:
         raise click.UsageError("give at least one --image-id N or --image PATH")
-    session = Session.open(_home(cache_dir, collection), progress=_progress(ctx))
+    if png is not None:
+        from .grid import picture_format
+
+        picture_format(png)  # before any work: a name whose format we can't write
+    session = Session.open(_existing(cache_dir, collection), progress=_progress(ctx))
     for image_id in image_ids:  # every query is checked before anything is written
         session.check_id(image_id)
     asked = [{"image_id": i} for i in image_ids] + [{"image": path} for path in images]
@@ -548,7 +613,11 @@ def evaluate(ctx: click.Context, queries: int | None, k: int, methods: tuple[str
     from .session import Session
 
     params = P.EvaluateParams(queries=queries, k=k, methods=methods or P.EvaluateParams.methods, candidates=candidates)
-    session = Session.open(_home(cache_dir, collection), progress=_progress(ctx))
+    if png is not None:
+        from .grid import picture_format
+
+        picture_format(png)
+    session = Session.open(_existing(cache_dir, collection), progress=_progress(ctx))
     report = ev.evaluate(session, params, progress=_progress(ctx))
     if png is not None:
         ev.plot_precision(report, png)
@@ -707,7 +776,7 @@ def serve(ctx: click.Context, host: str, port: int, max_upload_mb: int, max_conc
 
     params = P.ServeParams(host=host, port=port, max_upload_mb=max_upload_mb, max_concurrent=max_concurrent,
                            body_timeout=body_timeout, header_timeout=header_timeout)
-    run_server(_home(cache_dir, collection), params, progress=_progress(ctx))
+    run_server(_existing(cache_dir, collection), params, progress=_progress(ctx))
 
 
 def run() -> None:  # console-script entry point

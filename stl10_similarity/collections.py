@@ -1,14 +1,17 @@
-"""What ``stl10sim collections`` lists: each collection's source, size and index state, read from its manifests."""
+"""Collections as a whole: which exist (``stl10sim collections``), finding one by name, removing one."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
-from .errors import Stl10SimError
+from .artifacts import MANIFEST, cache_lock
+from .errors import MissingArtifactError, ParameterError, Stl10SimError
 from .extract import load_manifest, source_record
 from .index import index_state
-from .paths import collection_home, collection_names
+from .params import DEFAULT_COLLECTION
+from .paths import COLLECTIONS, collection_home, collection_names, features_dir, index_dir
 
 
 def describe_source(record: dict[str, Any]) -> str:
@@ -34,3 +37,56 @@ def list_collections(cache_dir: Path) -> list[dict[str, Any]]:
             rows.append({"name": name, "source": f"no usable features ({exc})", "images": 0, "skipped": 0,
                          "index": "missing"})
     return rows
+
+
+def existing_collection(cache_dir: Path, name: str) -> Path:
+    """The home of collection ``name``, which must exist (STL-10 always may: its commands say how to make it).
+
+    Raises:
+        MissingArtifactError: no collection of that name; the message lists the ones there are.
+    """
+    home = collection_home(cache_dir, name)
+    if name == DEFAULT_COLLECTION or home.is_dir():
+        return home
+    names = collection_names(cache_dir)
+    there = f"the collections there are {', '.join(names)} (`stl10sim collections`)" if names else \
+        "there are no collections there yet"
+    raise MissingArtifactError(f"there is no collection {name!r} in {cache_dir}: {there}; "
+                               f"`stl10sim extract --images DIR --collection {name}` makes it")
+
+
+def remove_collection(cache_dir: Path, name: str, *, wait: bool = True) -> Path:
+    """Delete a collection's artifacts (never the images it was made from), under its lock; return its home.
+
+    For STL-10 that is the features and the index in the cache dir; the downloaded dataset stays.
+
+    Raises:
+        ParameterError: no collection of that name.
+    """
+    home = collection_home(cache_dir, name)
+    if name not in collection_names(cache_dir):
+        names = collection_names(cache_dir)
+        raise ParameterError("remove", f"{name!r} is not a collection in {cache_dir}"
+                             + (f": the collections there are {', '.join(names)}" if names else ""))
+    with cache_lock(home, wait=wait):
+        if name == DEFAULT_COLLECTION:
+            for folder in (index_dir(home), features_dir(home)):  # the index first: never an index without features
+                shutil.rmtree(folder, ignore_errors=True)
+        else:
+            doomed = home.with_name(f".removing-{name}")  # one rename, then the slow part: never half a collection
+            shutil.rmtree(doomed, ignore_errors=True)
+            home.rename(doomed)
+    if name != DEFAULT_COLLECTION:
+        shutil.rmtree(doomed, ignore_errors=True)
+    return home
+
+
+def forget_if_empty(home: Path) -> None:
+    """Remove a collection's folder that a failed first extraction left with nothing to resume (no features, no
+    finished chunks), so it isn't listed as a collection."""
+    if home.parent.name != COLLECTIONS or (features_dir(home) / MANIFEST).is_file():
+        return
+    partial = features_dir(home) / "partial"
+    if partial.is_dir() and any(partial.iterdir()):
+        return  # finished chunks: rerunning resumes them
+    shutil.rmtree(home, ignore_errors=True)

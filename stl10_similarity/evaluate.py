@@ -219,7 +219,7 @@ def plot_precision(report: EvaluationReport, path: Any = None) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .artifacts import write_bytes
+    from .grid import write_picture
 
     fig = Figure(figsize=(6.4, 4.2), dpi=100)
     FigureCanvasAgg(fig)
@@ -235,5 +235,5 @@ def plot_precision(report: EvaluationReport, path: Any = None) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     if path is not None:
-        write_bytes(path, buffer.getvalue())
+        write_picture(path, buffer.getvalue())
     return buffer.getvalue()

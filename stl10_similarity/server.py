@@ -16,8 +16,10 @@ Needs the ``serve`` extra (FastAPI, uvicorn, python-multipart): only ``stl10sim 
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import socket
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -391,10 +393,39 @@ def uvicorn_config(app: Any, params: ServeParams) -> Any:
                           http=http_protocol(params.header_timeout), timeout_keep_alive=KEEP_ALIVE_S)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, made before the collection is opened: a busy port is said at once.
+
+    Raises:
+        InputError: the port is in use or needs privileges, or ``host`` is not an address of this machine.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts reuse a TIME_WAIT port
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        other = f"choose another with {{port}} {port + 1 if port < 65535 else 8000}"
+        if exc.errno == errno.EADDRINUSE:
+            raise InputError(f"port {port} on {host} is in use (another server, or another stl10sim serve?): "
+                             f"{other}", options=("port",)) from exc
+        if exc.errno == errno.EACCES:
+            raise InputError(f"no permission to listen on port {port} (ports below 1024 need root): {other}",
+                             options=("port",)) from exc
+        raise InputError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): give {{host}} an address of this "
+                         "machine, such as 127.0.0.1 or 0.0.0.0", options=("host",)) from exc
+    return sock
+
+
 def serve(cache_dir: Path, params: ServeParams = ServeParams(), *, progress: Progress = SILENT) -> None:
     """Open the collection and serve it with uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(cache_dir, params, progress=progress)
-    progress.note(f"serving {app.title} on http://{params.host}:{params.port}/ (Ctrl-C stops)")
-    uvicorn.Server(uvicorn_config(app, params)).run()
+    sock = listen(params.host, params.port)
+    try:
+        app = create_app(cache_dir, params, progress=progress)
+        progress.note(f"serving {app.title} on http://{params.host}:{params.port}/ (Ctrl-C stops)")
+        uvicorn.Server(uvicorn_config(app, params)).run(sockets=[sock])
+    finally:
+        sock.close()

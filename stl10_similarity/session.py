@@ -31,8 +31,9 @@ class Session:
     """An opened collection: its verified index, its features and, on demand, its images and model."""
 
     def __init__(self, index: LoadedIndex, extract_manifest: dict[str, Any], load_ms: float = 0.0,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, progress: Progress = SILENT) -> None:
         self.index = index
+        self.progress = progress
         self.extract_manifest = extract_manifest
         self.load_ms = load_ms
         self.cache_dir = cache_dir
@@ -60,7 +61,8 @@ class Session:
         if build:
             ensure_index(cache_dir, progress=progress)
         index = load_index(cache_dir)
-        return cls(index, load_manifest(cache_dir), round((time.perf_counter() - started) * 1e3, 3), cache_dir)
+        return cls(index, load_manifest(cache_dir), round((time.perf_counter() - started) * 1e3, 3), cache_dir,
+                   progress)
 
     def changed_on_disk(self) -> str | None:
         """The first memory-mapped artifact that was truncated or rewritten in place since it was mapped, or None.
@@ -226,6 +228,8 @@ class Session:
             params = self.extract_manifest["params"]
             source = params.get("weights_source", "imagenet")
             precision = query_precision(params.get("precision", "fp32"), device)
+            self.progress.note(f"loading the model the collection was extracted with ({source} weights) to embed "
+                               "your image ...")
             model = FeatureModel(source, params["image_size"], device, precision)
             if model.weights_id != params["weights"]:
                 raise StaleArtifactError(
@@ -237,7 +241,8 @@ class Session:
     # ------------------------------------------------------------ grids
 
     def grid(self, result: QueryResult, path: Path | None = None) -> bytes:
-        """The result grid as PNG bytes (query first, then its matches); also written to ``path`` if given."""
+        """The result grid as PNG bytes (query first, then its matches); also written to ``path`` if given, in
+        the format its suffix names (``grid.FORMATS``)."""
         from .grid import render_grid
 
         if result.query_image is not None:
@@ -248,9 +253,19 @@ class Session:
             query_image, _ = self._pixels(result.query.image or "", None)
         png = render_grid(result, query_image, self.images([m.id for m in result.results]))
         if path is not None:
-            from .artifacts import write_bytes
+            from .grid import write_picture
 
-            write_bytes(Path(path), png)
+            write_picture(Path(path), png)
+        return png
+
+    def duplicates_picture(self, groups: list[Any], path: Path | None = None) -> bytes:
+        """Groups of near-duplicates drawn as PNG bytes (``grid.render_groups``); also written to ``path``."""
+        from .grid import MAX_GROUP_IMAGES, MAX_GROUP_ROWS, render_groups, write_picture
+
+        drawn = groups[:MAX_GROUP_ROWS]
+        png = render_groups(drawn, [self.images(list(g.ids[:MAX_GROUP_IMAGES])) for g in drawn])
+        if path is not None:
+            write_picture(Path(path), png)
         return png
 
     def _pixels(self, image: ImageInput, name: str | None) -> tuple[np.ndarray, str]:

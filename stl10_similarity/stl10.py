@@ -50,11 +50,17 @@ REQUIRED = ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", CLASS_NAME
 DOWNLOAD_HINT = "run `stl10sim download` (or `stl10sim download --archive PATH` offline)"
 
 
-def md5_file(path: Path) -> str:
+def md5_file(path: Path, progress: Progress = SILENT, what: str | None = None) -> str:
+    """The file's MD5; with ``what``, a progress bar of the bytes read (2.6 GB take a while)."""
     digest = hashlib.md5(usedforsecurity=False)
+    bar = progress.bar(path.stat().st_size, what, unit="B") if what else None
     with open(path, "rb") as handle:
         while block := handle.read(1 << 22):
             digest.update(block)
+            if bar is not None:
+                bar.update(len(block))
+    if bar is not None:
+        bar.close()
     return digest.hexdigest()
 
 
@@ -244,7 +250,7 @@ def _safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
     return members
 
 
-def _unpack(archive: Path, data_dir: Path) -> Path:
+def _unpack(archive: Path, data_dir: Path, progress: Progress = SILENT) -> Path:
     """Unpack ``stl10_binary/`` from the archive into a temporary folder inside ``data_dir``."""
     staging = _temp_dir(data_dir, ".stl10sim-unpack-")
     try:
@@ -252,7 +258,11 @@ def _unpack(archive: Path, data_dir: Path) -> Path:
             members = _safe_members(tar)
             if not members:
                 raise DataError(f"{archive} holds no {FOLDER}/ folder; it is not an STL-10 archive")
-            tar.extractall(staging, members=members, filter="data")
+            bar = progress.bar(sum(m.size for m in members), "unpack STL-10", unit="B")
+            for member in members:
+                tar.extract(member, staging, filter="data")
+                bar.update(member.size)
+            bar.close()
     except (tarfile.TarError, EOFError, OSError) as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, OSError) and not isinstance(exc, tarfile.TarError) and exc.errno is not None:
@@ -279,7 +289,8 @@ def _install(staging: Path, data_dir: Path) -> None:
 
 
 def _check_file_md5s(root: Path, verify: bool, progress: Progress) -> bool:
-    mismatched = [name for name, md5 in FILE_MD5.items() if (root / name).is_file() and md5_file(root / name) != md5]
+    mismatched = [name for name, md5 in FILE_MD5.items()
+                  if (root / name).is_file() and md5_file(root / name, progress, f"verify {name} (MD5)") != md5]
     missing = [name for name in FILE_MD5 if not (root / name).is_file()]
     if not mismatched and not missing:
         return True
@@ -349,9 +360,9 @@ def _present_parts(root: Path) -> tuple[str, ...]:
     return tuple(p for p in PARTS if (root / f"{p}_X.bin").is_file())
 
 
-def _archive_ok(archive: Path, verify: bool) -> bool:
+def _archive_ok(archive: Path, verify: bool, progress: Progress = SILENT) -> bool:
     """Whether the archive is the official one; raises when it is not and ``verify`` is on."""
-    if md5_file(archive) == ARCHIVE_MD5:
+    if md5_file(archive, progress, "verify the archive (MD5)") == ARCHIVE_MD5:
         return True
     if verify:
         raise DataError(
@@ -366,9 +377,9 @@ def _from_archive(archive: Path, data_dir: Path, verify: bool, progress: Progres
     if not archive.is_file():
         raise InputError(f"archive {archive} does not exist")
     if archive_ok is None:
-        archive_ok = _archive_ok(archive, verify)
+        archive_ok = _archive_ok(archive, verify, progress)
     stamp = _archive_stamp(archive) if source == "archive" else None
-    staging = _unpack(archive, data_dir)
+    staging = _unpack(archive, data_dir, progress)
     try:
         unpacked = staging / FOLDER
         missing = [f for f in REQUIRED if not (unpacked / f).is_file()]
@@ -415,7 +426,7 @@ def _from_network(data_dir: Path, verify: bool, progress: Progress) -> DownloadR
             fetch(url, part, progress=progress, what="STL-10")
         except EnvironmentFailure as exc:
             raise EnvironmentFailure(f"{exc.template}: {offline[0]}", options=offline[1]) from exc
-        if md5_file(part) == ARCHIVE_MD5:
+        if md5_file(part, progress, "verify the download (MD5)") == ARCHIVE_MD5:
             ok = True
         elif not verify:
             ok = False
