@@ -160,7 +160,7 @@ def test_collections_are_listed_and_kept_apart(folder_cache, archive, tmp_path):
     (["extract", "--collection", "new", *FAST], "give its folder with --images DIR"),
     (["extract", "--images", ".", "--collection", "new", "--limit", "5"], "--split and --limit are for STL-10"),
     (["query", "--collection", "../x", "--image-id", "0"], "--collection '../x' is not a collection name"),
-    (["query", "--collection", "nothing", "--image-id", "0"], "run `stl10sim extract` first"),
+    (["query", "--collection", "nothing", "--image-id", "0"], "there is no collection 'nothing'"),
 ])
 def test_collection_mistakes_exit_2_with_one_line(args, message, tmp_path):
     result = CliRunner().invoke(main, [*args, "--cache-dir", str(tmp_path / "c")])
