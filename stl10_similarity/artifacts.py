@@ -222,8 +222,22 @@ def read_manifest(folder: Path, *, stage: str, make_cmd: str) -> dict[str, Any]:
     return manifest
 
 
-def verified_path(folder: Path, manifest: dict[str, Any], name: str, *, make_cmd: str) -> Path:
-    """Return the path of artifact ``name`` once its size and SHA-256 match the manifest."""
+STAMPS = ".stamps.json"  # per stage folder: which artifacts were hashed, and their file stamps when they were
+# A stamp taken within this long of the file's last change is not trusted: file times come from a coarse clock
+# (and some file systems keep seconds), so a write right after it could leave the same times (git's "racy" rule).
+RACY_NS = 2_000_000_000
+
+
+def verified_path(folder: Path, manifest: dict[str, Any], name: str, *, make_cmd: str,
+                  trust_stamp: bool = True) -> Path:
+    """Return the path of artifact ``name`` once its size and SHA-256 match the manifest.
+
+    Hashing gigabytes on every open is what made a million-image query process take 5 s, so a file hashed once
+    is stamped (size, mtime, ctime, inode, device) in the folder's ``.stamps.json``; while its stamp holds it is
+    not hashed again. Any write to the file changes its stamp (ctime can't be set back), so a truncated,
+    replaced or edited file is hashed, and refused, as before. ``trust_stamp=False`` always hashes (pickles
+    before unpickling, ``stl10sim verify``).
+    """
     try:
         entry = manifest["artifacts"][name]
         path = folder / entry["file"]
@@ -232,9 +246,70 @@ def verified_path(folder: Path, manifest: dict[str, Any], name: str, *, make_cmd
         raise IntegrityError(f"{folder / MANIFEST} does not list `{name}`: rerun `{make_cmd}`") from exc
     if not path.is_file():
         raise IntegrityError(f"{path} is missing: rerun `{make_cmd}`")
-    if path.stat().st_size != expected_size or sha256_file(path) != expected_sha:
-        raise IntegrityError(f"{path} does not match its manifest (truncated, corrupted or replaced): rerun `{make_cmd}`")
+    before = path.stat()
+    mismatch = IntegrityError(f"{path} does not match its manifest (truncated, corrupted or replaced): rerun `{make_cmd}`")
+    if before.st_size != expected_size:
+        raise mismatch
+    stamp = _stamp(before, expected_sha)
+    if trust_stamp and stamp is not None and _stamps(folder).get(path.name) == stamp:
+        return path
+    if sha256_file(path) != expected_sha:
+        raise mismatch
+    _restamp(folder, path.name, before, expected_sha)
     return path
+
+
+def _stamp(st: os.stat_result, sha256: str) -> dict[str, Any] | None:
+    """What a file's stamp must be for its recorded hash to hold; None while it is too fresh to trust."""
+    if max(st.st_mtime_ns, st.st_ctime_ns) > time.time_ns() - RACY_NS:
+        return None
+    return {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+            "ino": st.st_ino, "dev": st.st_dev}
+
+
+def _stamps(folder: Path) -> dict[str, Any]:
+    try:
+        stamps = json.loads((folder / STAMPS).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return stamps if isinstance(stamps, dict) else {}
+
+
+def _restamp(folder: Path, name: str, st: os.stat_result, sha256: str) -> None:
+    """Record a just-verified file's stamp. Best effort: a read-only cache just hashes again next time; a lost
+    or garbled stamps file costs one hashing, never a wrong answer (every field must match)."""
+    stamp = _stamp(st, sha256)
+    stamps = _stamps(folder)
+    if stamps.get(name) == stamp:
+        return
+    if stamp is None:
+        stamps.pop(name, None)
+    else:
+        stamps[name] = stamp
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{STAMPS}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(stamps, handle)
+        os.replace(tmp, folder / STAMPS)  # no fsync: it is a cache
+    except OSError:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def verify_stage(folder: Path, manifest: dict[str, Any], *, make_cmd: str) -> list[tuple[str, str | None]]:
+    """Hash every artifact of a stage, whatever its stamp: ``(path, None)`` for each that matches its manifest,
+    ``(path, why)`` for each that does not."""
+    report: list[tuple[str, str | None]] = []
+    for name, entry in sorted(manifest.get("artifacts", {}).items()):
+        where = str(folder / str(entry.get("file", name)) if isinstance(entry, dict) else folder / name)
+        try:
+            verified_path(folder, manifest, name, make_cmd=make_cmd, trust_stamp=False)
+            report.append((where, None))
+        except IntegrityError as exc:
+            report.append((where, str(exc)))
+    return report
 
 
 def load_npy(folder: Path, manifest: dict[str, Any], name: str, *, make_cmd: str, mmap: bool = True) -> np.ndarray:

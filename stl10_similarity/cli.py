@@ -376,6 +376,32 @@ def duplicates(ctx: click.Context, threshold: float, as_json: bool, png: Path | 
                         + (f"; drawn in {png}" if png is not None else ""))
 
 
+# ---------------------------------------------------------------- verify
+
+
+@main.command()
+@collection_option
+@cache_dir_option
+@click.pass_context
+def verify(ctx: click.Context, collection: str, cache_dir: Path | None) -> None:
+    """Hash every artifact of the collection (features and index) against its manifest.
+
+    Other commands hash an artifact once and then trust its file stamp (size, times, inode) until the file
+    changes; this one always hashes everything. One line per artifact on stdout; exit 2 if any does not match.
+    """
+    from .collections import verify_collection
+
+    report = verify_collection(_existing(cache_dir, collection))
+    for path, problem in report:
+        click.echo(f"ok   {path}" if problem is None else f"BAD  {path}")
+    bad = [problem for _, problem in report if problem is not None]
+    if bad:
+        for problem in bad:
+            click.echo(problem, err=True)
+        raise click.exceptions.Exit(2)
+    _progress(ctx).note(f"{len(report)} artifact(s) match their manifests")
+
+
 # ---------------------------------------------------------------- collections
 
 

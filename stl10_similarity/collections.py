@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .artifacts import MANIFEST, cache_lock
+from .artifacts import MANIFEST, cache_lock, read_manifest, verify_stage
 from .errors import MissingArtifactError, ParameterError, Stl10SimError
 from .extract import load_manifest, source_record
 from .index import index_state
@@ -90,3 +90,19 @@ def forget_if_empty(home: Path) -> None:
     if partial.is_dir() and any(partial.iterdir()):
         return  # finished chunks: rerunning resumes them
     shutil.rmtree(home, ignore_errors=True)
+
+
+def verify_collection(home: Path) -> list[tuple[str, str | None]]:
+    """Hash every artifact of a collection's features and index (when built), whatever their stamps:
+    ``(path, None)`` for each that matches its manifest, ``(path, why)`` for each that does not.
+
+    Raises:
+        MissingArtifactError: the collection has no features yet.
+    """
+    from . import extract, index
+
+    report = verify_stage(features_dir(home), extract.load_manifest(home), make_cmd=extract.MAKE_CMD)
+    if (index_dir(home) / MANIFEST).is_file():
+        manifest = read_manifest(index_dir(home), stage="index", make_cmd=index.MAKE_CMD)
+        report += verify_stage(index_dir(home), manifest, make_cmd=index.MAKE_CMD)
+    return report

@@ -93,9 +93,14 @@ def test_malicious_pickle_is_refused_without_running(cache, tmp_path):
             return (os.system, (f"touch {marker}",))
 
     (cache / "index" / "forest.pkl").write_bytes(pickle.dumps(Exploit()))
-    result = CliRunner().invoke(main, ["query", "--image-id", "1", "--cache-dir", str(cache)])
+    # only forest-query reads the pickle, and hashes it first, whatever its stamp
+    result = CliRunner().invoke(main, ["query", "--image-id", "1", "--method", "forest-query", "--cache-dir", str(cache)])
     assert result.exit_code == 2 and "does not match its manifest" in result.stderr
     assert "stl10sim index" in result.stderr
+    assert not marker.exists()
+    assert CliRunner().invoke(main, ["query", "--image-id", "1", "--cache-dir", str(cache)]).exit_code == 0
+    verify = CliRunner().invoke(main, ["verify", "--cache-dir", str(cache)])
+    assert verify.exit_code == 2 and "forest.pkl" in verify.stderr
     assert not marker.exists()
 
 
@@ -104,7 +109,8 @@ def test_malicious_pickle_is_refused_without_running(cache, tmp_path):
 def test_truncated_artifacts_are_detected(cache, victim):
     path = cache / victim
     path.write_bytes(path.read_bytes()[:-7])
-    result = CliRunner().invoke(main, ["query", "--image-id", "1", "--cache-dir", str(cache)])
+    method = ["--method", "forest-query"] if victim.endswith(".pkl") else []  # the only reader of the pickle
+    result = CliRunner().invoke(main, ["query", "--image-id", "1", *method, "--cache-dir", str(cache)])
     assert result.exit_code == 2 and "rerun `stl10sim" in result.stderr
 
 
