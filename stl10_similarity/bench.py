@@ -169,29 +169,15 @@ def index_bytes(index: LoadedIndex) -> int:
 
 def bench_features(path: Any) -> np.ndarray:
     """A user's features for ``bench --features``: a 2-D float32/float16 .npy, memory-mapped, checked, then
-    normalised to unit rows in memory (float32), as extraction stores them."""
-    from .errors import InputError
+    normalised to unit rows in memory (float32), as extraction stores them (``imported``'s checks)."""
+    from .imported import normalised_chunks, open_features
 
-    try:
-        raw = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{{features}} {path} is not a readable .npy array: {exc}", options=("features",)) from exc
-    if raw.ndim != 2 or raw.shape[0] < 16 or raw.shape[1] < 2:
-        raise InputError(f"{{features}} {path} must be (N, D) with N >= 16 and D >= 2, got shape {raw.shape}",
-                         options=("features",))
-    if raw.dtype not in (np.float32, np.float16):
-        raise InputError(f"{{features}} {path} must be float32 or float16, got {raw.dtype}", options=("features",))
+    raw = open_features(path, dim=None, min_rows=16)
     feats = np.empty(raw.shape, dtype=np.float32)
-    chunk = 65536  # rows read, checked and normalised at a time
-    for lo in range(0, len(raw), chunk):
-        block = np.asarray(raw[lo : lo + chunk], dtype=np.float32)
-        if not np.isfinite(block).all():
-            raise InputError(f"{{features}} {path} holds NaN or infinite values (rows from {lo})", options=("features",))
-        norms = np.linalg.norm(block, axis=1, keepdims=True)
-        if (norms == 0).any():
-            row = lo + int(np.flatnonzero(norms[:, 0] == 0)[0])
-            raise InputError(f"{{features}} {path}: row {row} is all zeros", options=("features",))
-        feats[lo : lo + chunk] = block / norms
+    lo = 0
+    for block in normalised_chunks(raw, path):
+        feats[lo : lo + len(block)] = block
+        lo += len(block)
     return feats
 
 

@@ -18,7 +18,7 @@ from .errors import Stl10SimError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # library parameter names (as error messages write them) -> the flag a CLI user types
-FLAGS = {"verify=False": "--no-verify", "wait=False": "--no-wait", "force=True": "--force",
+FLAGS = {"verify=False": "--no-verify", "wait=False": "--no-wait", "force=True": "--force", "force": "--force",
          "archive=PATH": "--archive PATH", "weights=PATH": "--weights PATH", "methods": "--method",
          "budgets": "--budget", "k": "-k"}
 
@@ -374,6 +374,56 @@ def duplicates(ctx: click.Context, threshold: float, as_json: bool, png: Path | 
             click.echo(f"group {number}: {len(group.ids)} images, min cosine {group.min_cosine:.4f}: {names}")
     _progress(ctx).note(f"{len(groups)} group(s) of near-duplicates at cosine >= {threshold}"
                         + (f"; drawn in {png}" if png is not None else ""))
+
+
+# ---------------------------------------------------------------- import
+
+
+@main.command("import")
+@click.option("--features", "features", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="An (N, 1280) float32 or float16 .npy: one feature row per image (normalised on import).")
+@click.option("--collection", required=True, metavar="NAME", help="The new collection's name.")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="An (N,) integer .npy: each row's class index, -1 for none.")
+@click.option("--class-names", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A text file naming the classes, one per line, in label order.")
+@click.option("--paths", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A text file with one path (or name) per row: results then carry it.")
+@click.option("--weights", default=None, metavar="imagenet|none|PATH",
+              help="The MobileNetV2 weights the features came from: lets `query --image` embed images like them.")
+@param_option(P.ExtractParams, "image_size", default=None, show_default=False,
+              help="The input size the features were extracted at (with --weights; default 224).")
+@click.option("--force", is_flag=True, help="Replace the collection if it exists.")
+@no_wait_option
+@cache_dir_option
+@click.pass_context
+def import_(ctx: click.Context, features: Path, collection: str, labels: Path | None, class_names: Path | None,
+            paths: Path | None, weights: str | None, image_size: int | None, force: bool, no_wait: bool,
+            cache_dir: Path | None) -> None:
+    """Make a collection from features made elsewhere (another machine, another pipeline).
+
+    The array is memory-mapped and checked (shape, dtype, finite, no all-zero row), normalised and written
+    like an extraction's features; then index, query by id, evaluate, duplicates and serve work on it as on
+    any collection. It holds no images: grids and the page's pictures are not available, and `query --image`
+    needs --weights (and --image-size) naming the model the features came from.
+    """
+    from .collections import forget_if_empty
+    from .imported import import_features
+
+    if collection == P.DEFAULT_COLLECTION:
+        raise click.UsageError("stl10 is STL-10's own collection: import into another --collection NAME")
+    if image_size is not None and weights is None:
+        raise click.UsageError("--image-size describes the model of --weights: give both")
+    home = _home(cache_dir, collection)
+    try:
+        manifest = import_features(features, home, labels=labels, class_names=class_names, paths=paths,
+                                   weights=weights,
+                                   image_size=image_size if image_size is not None else (224 if weights else None),
+                                   force=force, wait=not no_wait, progress=_progress(ctx))
+    except Stl10SimError:
+        forget_if_empty(home)  # a refused import leaves no empty collection behind
+        raise
+    click.echo(f"imported {manifest['n']:,} feature rows into collection {collection} ({home})")
 
 
 # ---------------------------------------------------------------- verify

@@ -17,6 +17,8 @@ from .paths import COLLECTIONS, collection_home, collection_names, features_dir,
 def describe_source(record: dict[str, Any]) -> str:
     if record.get("kind") == "folder":
         return f"folder {record['root']}"
+    if record.get("kind") == "import":
+        return f"imported from {record.get('features')}"
     if record.get("kind") == "stl10":
         return f"STL-10 {record.get('split')} in {record.get('data_dir')}"
     return str(record.get("kind"))

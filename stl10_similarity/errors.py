@@ -66,6 +66,10 @@ class ImageGoneError(InputError):
     """A collection image's file changed or vanished since the collection was extracted."""
 
 
+class NoImagesError(InputError):
+    """The collection holds features only (imported): there are no images to show or embed alike."""
+
+
 class WeightsError(InputError):
     """A weights file cannot be read or does not fit MobileNetV2."""
 

@@ -465,7 +465,8 @@ def load_index(cache_dir: Path) -> LoadedIndex:
         signatures=artifact("signatures"), stats=artifact("stats"),
         table=artifact("token_table"), tree_keys=artifact("tree_keys"), tree_order=artifact("tree_order"),
     )
-    if features_manifest.get("inputs", {}).get("source", {}).get("kind") == "folder":
+    recorded = features_manifest.get("inputs", {}).get("source", {})
+    if recorded.get("kind") == "folder" or recorded.get("paths"):  # keys that are paths: results carry them
         index.paths = np.asarray(load_npy(source, features_manifest, "keys", make_cmd=fmake))
     ids = feature_ids(source, features_manifest, len(feats))
     if not np.array_equal(ids, np.arange(len(ids))):

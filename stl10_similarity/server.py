@@ -34,7 +34,7 @@ from starlette.formparsers import MultiPartParser
 
 from . import __version__
 from .artifacts import json_ready, manifest_digest
-from .errors import ImageGoneError, InputError, ParameterError, Stl10SimError
+from .errors import ImageGoneError, InputError, NoImagesError, ParameterError, Stl10SimError
 from .images import ImageTooLarge
 from .params import METHODS, SearchParams, ServeParams
 from .paths import features_dir, index_dir
@@ -101,6 +101,8 @@ def create_app(cache_dir: Path, params: ServeParams = ServeParams(), *, progress
             return error(404, exc.render())
         if isinstance(exc, ImageGoneError):
             return error(410, exc.render())
+        if isinstance(exc, NoImagesError):
+            return error(404, exc.render())
         if isinstance(exc, ImageTooLarge):
             return error(413, exc.render())
         return error(400 if isinstance(exc, InputError) else 500, exc.render())

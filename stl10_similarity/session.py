@@ -17,7 +17,7 @@ from typing import Any, Union
 import numpy as np
 
 from . import sources
-from .errors import ImageGoneError, InputError, ParameterError, StaleArtifactError
+from .errors import ImageGoneError, InputError, NoImagesError, ParameterError, StaleArtifactError
 from .extract import load_manifest, source_record
 from .index import LoadedIndex, ensure_index, load_index
 from .params import DEVICES, SearchParams
@@ -179,6 +179,11 @@ class Session:
             return self.searcher().for_row(self.check_id(image_id)), None, 0.0
         if device not in DEVICES:
             raise ParameterError("device", f"{device!r} is not one of {', '.join(DEVICES)}")
+        if not self.extract_manifest["params"].get("weights"):
+            raise NoImagesError(
+                "the collection's features were imported without the model that made them, so an image can't be "
+                "embedded like them: import them again with {weights} (the MobileNetV2 weights they came from) "
+                "and {image_size}, or query by id", options=("weights", "image_size"))
         pixels, label = self._pixels(image, name)
         started = time.perf_counter()
         feature = self.model(device)(pixels[None])[0]

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import IntegrityError
+from .errors import IntegrityError, NoImagesError
 
 
 class Source(Protocol):
@@ -54,4 +54,7 @@ def reopen(record: dict[str, Any], keys: list[str] | None = None) -> Source:
         from . import folders
 
         return folders.reopen(record, keys)
+    if kind == "import":
+        raise NoImagesError(f"the collection was imported from features ({record.get('features')}): it holds no "
+                            "images to show; query it by id (text or --json)")
     raise IntegrityError(f"the features were extracted from an unknown source {kind!r}: rerun `stl10sim extract`")
