@@ -1,0 +1,50 @@
+"""Import rules that keep the architecture easy to see: the library never prints, and only the faces (the CLI
+and the server) talk to a terminal or to HTTP."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).parents[1] / "stl10_similarity"
+FACES = {"cli.py", "server.py", "__main__.py"}
+
+
+def _modules():
+    for path in sorted(PACKAGE.glob("*.py")):
+        yield path, ast.parse(path.read_text(), str(path))
+
+
+def test_the_library_never_prints():
+    """Library code reports through Progress (or raises); stdout and stderr belong to the CLI."""
+    offenders = []
+    for path, tree in _modules():
+        if path.name in FACES:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.id if isinstance(f, ast.Name) else f"{getattr(f.value, 'id', '')}.{f.attr}" \
+                    if isinstance(f, ast.Attribute) else ""
+                if name in ("print", "click.echo", "click.secho", "sys.stdout.write", "sys.stderr.write"):
+                    offenders.append(f"{path.name}:{node.lineno} {name}")
+    assert offenders == []
+
+
+def test_only_the_faces_import_click_fastapi_or_uvicorn():
+    offenders = []
+    for path, tree in _modules():
+        if path.name in FACES:
+            continue
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.name}:{node.lineno} {n}" for n in names
+                          if n.split(".")[0] in ("click", "fastapi", "uvicorn", "starlette")]
+    assert offenders == []
+
+
+def test_the_server_calls_the_library_not_the_cli():
+    tree = ast.parse((PACKAGE / "server.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
+    assert "cli" not in imported
