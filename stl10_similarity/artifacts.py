@@ -380,6 +380,11 @@ def cache_lock(cache_dir: Path, *, wait: bool = True, progress: Progress = SILEN
         lock.release()
 
 
+def json_text(doc: Any) -> str:
+    """The one JSON rendering the faces share: ``stl10sim ... --json`` prints it, the API answers it."""
+    return json.dumps(json_ready(doc), separators=(", ", ": "))
+
+
 def json_ready(value: Any) -> Any:
     """Convert numpy scalars and arrays so that ``json`` can write them."""
     if isinstance(value, np.generic):

@@ -96,9 +96,9 @@ def _progress(ctx: click.Context) -> ConsoleProgress:
 
 
 def _echo_json(obj: Any) -> None:
-    from .artifacts import json_ready
+    from .artifacts import json_text
 
-    click.echo(json.dumps(json_ready(obj), separators=(", ", ": ")))
+    click.echo(json_text(obj))
 
 
 def param_option(cls: type, name: str, *decls: str, **kwargs: Any) -> Any:

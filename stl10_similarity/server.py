@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
 from . import __version__
-from .artifacts import json_ready, manifest_digest
+from .artifacts import json_ready, json_text, manifest_digest
 from .errors import ImageGoneError, InputError, NoImagesError, ParameterError, Stl10SimError
 from .images import ImageTooLarge
 from .params import METHODS, SearchParams, ServeParams
@@ -204,7 +204,7 @@ def create_app(cache_dir: Path, params: ServeParams = ServeParams(), *, progress
 
 def _json(doc: dict[str, Any]) -> Response:
     # the CLI's own serialisation, so the API's document equals `stl10sim query --json` byte for byte in shape
-    return Response(json.dumps(json_ready(doc), separators=(", ", ": ")), media_type="application/json")
+    return Response(json_text(doc), media_type="application/json")
 
 
 def _png(image: np.ndarray) -> bytes:
