@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Session": "session", "QueryResult": "search", "Match": "search", "QueryInfo": "search",
     "ExtractParams": "params", "IndexParams": "params", "SearchParams": "params", "EvaluateParams": "params",
-    "Stl10SimError": "errors", "InputError": "errors", "ParameterError": "errors",
+    "Stl10SimError": "errors", "InputError": "errors", "ParameterError": "errors", "ImageGoneError": "errors",
+    "NoImagesError": "errors", "ImageError": "images", "decode_square": "images", "import_features": "imported",
     "resolve_cache_dir": "paths", "resolve_data_dir": "paths", "collection_home": "paths",
     "update_folder": "update",
 }
