@@ -239,13 +239,13 @@ class _Guard:
         chunked = any(name == b"transfer-encoding" for name, _ in headers)
         too_large = f"request body over the {self.max_body // 2**20} MB limit"
         if lengths and chunked:  # the two disagree on where the body ends: the classic request-smuggling setup
-            await _reject(send, 400, "a request may carry Content-Length or Transfer-Encoding, not both")
+            await _reject(send, 400, "a request may carry Content-Length or Transfer-Encoding, not both", CLOSE)
             return
         if len(lengths) > 1 or not all(value.isdigit() for value in lengths):
-            await _reject(send, 400, "the request's Content-Length is not one whole number")
+            await _reject(send, 400, "the request's Content-Length is not one whole number", CLOSE)
             return
         if lengths and int(next(iter(lengths))) > self.max_body:
-            await _reject(send, 413, too_large)
+            await _reject(send, 413, too_large, CLOSE)
             return
         if scope.get("path", "").startswith("/api/"):
             changed = self.changed()
@@ -260,13 +260,12 @@ class _Guard:
                 with anyio.fail_after(self.body_timeout):
                     body = await _read_capped(receive, self.max_body)
             except TimeoutError:
-                await _reject(send, 408, f"the request body did not arrive within {self.body_timeout:g} s",
-                              [(b"connection", b"close")])
+                await _reject(send, 408, f"the request body did not arrive within {self.body_timeout:g} s", CLOSE)
                 return
             except _Disconnected:
                 return
             if body is None:
-                await _reject(send, 413, too_large, [(b"connection", b"close")])
+                await _reject(send, 413, too_large, CLOSE)
                 return
             receive = _replay(body, receive)
         if not self.slots.acquire(blocking=False):
@@ -277,6 +276,9 @@ class _Guard:
             await self.app(scope, receive, send)
         finally:
             self.slots.release()
+
+
+CLOSE = [(b"connection", b"close")]  # the body is not read: the connection can't carry another request
 
 
 class _Disconnected(Exception):

@@ -47,7 +47,10 @@ def _response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """One HTTP response read off ``sock`` (up to the connection's close or the body's Content-Length)."""
     data = b""
     while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:  # the server closed on a body it won't read: what arrived first still counts
+            break
         if not chunk:
             break
         data += chunk
@@ -57,7 +60,10 @@ def _response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
     length = int(headers.get("content-length", "-1"))
     while length < 0 or len(body) < length:
-        chunk = sock.recv(65536)
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
         if not chunk:
             break
         body += chunk
@@ -92,12 +98,18 @@ def _error(status: int, headers: dict, body: bytes, expected: int) -> str:
 
 
 def test_content_length_and_chunked_together_is_refused(server):
+    sent = 0
     with _connect(server) as sock:
         sock.sendall(b"POST /api/v1/search HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n"
-                     b"Transfer-Encoding: chunked\r\nContent-Type: multipart/form-data; boundary=x\r\n\r\n"
-                     + (b"10000\r\n" + b"\0" * 0x10000 + b"\r\n") * 4)
+                     b"Transfer-Encoding: chunked\r\nContent-Type: multipart/form-data; boundary=x\r\n\r\n")
+        try:
+            for _ in range(1600):  # 100 MB: the server answers at once and closes, it never reads them
+                sock.sendall(b"10000\r\n" + b"\0" * 0x10000 + b"\r\n")
+                sent += 0x10000
+        except (BrokenPipeError, ConnectionResetError):
+            pass
         message = _error(*_response(sock), 400)
-    assert "not both" in message
+    assert "not both" in message and sent < 50 * 2**20
     assert _get(server, "/api/v1/health")[0] == 200
 
 
