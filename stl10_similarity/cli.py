@@ -330,7 +330,7 @@ def _folder_root(home: Path, images: Path | None) -> Path:
         record = source_record(load_manifest(home))
     except Stl10SimError as exc:
         raise click.UsageError(f"{home.name} is a new collection: give its folder with --images DIR") from exc
-    if record.get("kind") != "folder":
+    if "root" not in record:  # only a folder source records a folder
         raise click.UsageError(f"{home.name} was not made from a folder: give one with --images DIR")
     return Path(record["root"])
 

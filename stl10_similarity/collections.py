@@ -12,16 +12,7 @@ from .extract import load_manifest, source_record
 from .index import index_state
 from .params import DEFAULT_COLLECTION
 from .paths import COLLECTIONS, collection_home, collection_names, features_dir, index_dir
-
-
-def describe_source(record: dict[str, Any]) -> str:
-    if record.get("kind") == "folder":
-        return f"folder {record['root']}"
-    if record.get("kind") == "import":
-        return f"imported from {record.get('features')}"
-    if record.get("kind") == "stl10":
-        return f"STL-10 {record.get('split')} in {record.get('data_dir')}"
-    return str(record.get("kind"))
+from .sources import describe_record
 
 
 def list_collections(cache_dir: Path) -> list[dict[str, Any]]:
@@ -33,7 +24,7 @@ def list_collections(cache_dir: Path) -> list[dict[str, Any]]:
         try:
             manifest = load_manifest(home)
             record = source_record(manifest)
-            rows.append({"name": name, "source": describe_source(record), "images": int(manifest["n"]),
+            rows.append({"name": name, "source": describe_record(record), "images": int(manifest["n"]),
                          "skipped": len(manifest.get("skipped", [])), "index": index_state(home)})
         except (Stl10SimError, KeyError, TypeError) as exc:
             rows.append({"name": name, "source": f"no usable features ({exc})", "images": 0, "skipped": 0,

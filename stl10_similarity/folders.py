@@ -145,6 +145,13 @@ class FolderSource:
         return {"kind": self.kind, "root": str(self.root), "side": self.side, "files": self.size}
 
 
+KEYS_ARE_PATHS = True  # results carry each image's path below the folder
+
+
+def describe_record(record: dict[str, Any]) -> str:
+    return f"folder {record['root']}"
+
+
 def reopen(record: dict[str, Any], keys: list[str] | None) -> FolderSource:
     """The folder a features manifest recorded, holding exactly the collection's images (``keys``, in id order)."""
     root = Path(record["root"])

@@ -19,12 +19,13 @@ import numpy as np
 
 from .artifacts import cache_lock, commit_staged, library_versions, read_manifest, staging_dir, write_manifest, \
     write_npy, write_npy_chunks
-from .errors import InputError, MissingArtifactError
+from .errors import InputError, MissingArtifactError, NoImagesError
 from .params import DIM
 from .paths import features_dir
 from .progress import SILENT, Progress
 
 KIND = "import"
+KEYS_ARE_PATHS = False  # unless the import gave --paths (its record says so)
 CHUNK_ROWS = 65_536  # rows checked and normalised at a time (320 MB of float32 at 1280 dimensions)
 
 
@@ -102,6 +103,16 @@ def import_features(features: Path, home: Path, *, labels: Path | None = None, c
             folder, stage="extract", params=params, artifacts=artifacts,
             inputs={"source": {"kind": KIND, "features": str(features), "paths": keys is not None, "files": n}},
             n=n, started=started, versions=library_versions(), extra={"class_names": names, "skipped": []})
+
+
+def describe_record(record: dict[str, Any]) -> str:
+    return f"imported from {record.get('features')}"
+
+
+def reopen(record: dict[str, Any], keys: list[str] | None = None) -> Any:
+    """An imported collection has no images to reopen."""
+    raise NoImagesError(f"the collection was imported from features ({record.get('features')}): it holds no "
+                        "images to show; query it by id (text or --json)")
 
 
 def _has_features(folder: Path) -> bool:

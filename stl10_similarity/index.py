@@ -37,6 +37,7 @@ from .forest import ForestPickle, build_forest, merge_prefix_arrays, prefix_arra
 from .params import IndexParams
 from .progress import SILENT, Progress
 from .sets import SetRepresentation, TopDims, bitmaps, representation
+from .sources import keys_are_paths
 from .signatures import SCHEME, SEED, minhash_signatures, set_statistics, token_table, top_k_sets
 
 MAKE_CMD = "stl10sim index"
@@ -465,8 +466,7 @@ def load_index(cache_dir: Path) -> LoadedIndex:
         signatures=artifact("signatures"), stats=artifact("stats"),
         table=artifact("token_table"), tree_keys=artifact("tree_keys"), tree_order=artifact("tree_order"),
     )
-    recorded = features_manifest.get("inputs", {}).get("source", {})
-    if recorded.get("kind") == "folder" or recorded.get("paths"):  # keys that are paths: results carry them
+    if keys_are_paths(features_stage.source_record(features_manifest)):  # results carry them
         index.paths = np.asarray(load_npy(source, features_manifest, "keys", make_cmd=fmake))
     ids = feature_ids(source, features_manifest, len(feats))
     if not np.array_equal(ids, np.arange(len(ids))):

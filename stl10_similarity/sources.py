@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import IntegrityError, NoImagesError
+from .errors import IntegrityError
 
 
 class Source(Protocol):
@@ -42,19 +42,38 @@ class Source(Protocol):
         """A JSON record, kept in the features manifest, from which :func:`reopen` opens this source again."""
 
 
+# kind -> the module that implements it: ``reopen(record, keys)``, ``describe_record(record)`` and
+# ``KEYS_ARE_PATHS`` (whether its keys are paths that results should carry). A new kind of source is a module
+# and a line here; nothing else in the package asks which kind a collection is.
+KINDS = {"stl10": "stl10", "folder": "folders", "import": "imported"}
+
+
+def _module(record: dict[str, Any]) -> Any:
+    from importlib import import_module
+
+    kind = record.get("kind")
+    if kind not in KINDS:
+        raise IntegrityError(f"the features were made from an unknown source {kind!r}: rerun `stl10sim extract`")
+    return import_module(f".{KINDS[kind]}", __package__)
+
+
 def reopen(record: dict[str, Any], keys: list[str] | None = None) -> Source:
     """Open the source a features manifest recorded (for grids and the server), holding the collection's images
     in id order (``keys``: the features' own list, which leaves out files that could not be read)."""
-    kind = record.get("kind")
-    if kind == "stl10":
-        from . import stl10
+    return _module(record).reopen(record, keys)
 
-        return stl10.reopen(record)
-    if kind == "folder":
-        from . import folders
 
-        return folders.reopen(record, keys)
-    if kind == "import":
-        raise NoImagesError(f"the collection was imported from features ({record.get('features')}): it holds no "
-                            "images to show; query it by id (text or --json)")
-    raise IntegrityError(f"the features were extracted from an unknown source {kind!r}: rerun `stl10sim extract`")
+def describe_record(record: dict[str, Any]) -> str:
+    """A source record in a few words, for ``stl10sim collections``."""
+    try:
+        return _module(record).describe_record(record)
+    except IntegrityError:
+        return str(record.get("kind"))
+
+
+def keys_are_paths(record: dict[str, Any]) -> bool:
+    """Whether the collection's keys are paths, which every result then carries."""
+    try:
+        return bool(_module(record).KEYS_ARE_PATHS or record.get("paths"))
+    except IntegrityError:
+        return False

@@ -198,8 +198,16 @@ def open_source(data_dir: Path, split: str, limit: int | None = None) -> Stl10So
     return source
 
 
-def reopen(record: dict) -> Stl10Source:
-    """The source a features manifest recorded, checked to still hold the same images."""
+KEYS_ARE_PATHS = False  # an STL-10 image's key is its position
+
+
+def describe_record(record: dict) -> str:
+    return f"STL-10 {record.get('split')} in {record.get('data_dir')}"
+
+
+def reopen(record: dict, keys: list[str] | None = None) -> Stl10Source:
+    """The source a features manifest recorded, checked to still hold the same images (``keys``: unused, an
+    STL-10 collection holds every image of its split)."""
     source = open_source(Path(record["data_dir"]), record["split"], record.get("limit"))
     if "parts" in record and dict(zip(source.parts, source.counts)) != record["parts"]:
         raise DataError(f"the STL-10 files in {record['data_dir']} changed since extraction: rerun `stl10sim extract`")

@@ -48,3 +48,14 @@ def test_the_server_calls_the_library_not_the_cli():
     tree = ast.parse((PACKAGE / "server.py").read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
     assert "cli" not in imported
+
+
+def test_only_the_source_registry_asks_which_kind_a_collection_is():
+    """A new kind of source is a module and a line in sources.KINDS: no if-chains on the kind elsewhere."""
+    import re
+
+    asks = re.compile(r"""kind["']?\]?\)?\s*(==|!=|in)\s*[("']""")
+    offenders = [f"{path.name}:{n}" for path in sorted(PACKAGE.glob("*.py")) if path.name != "sources.py"
+                 for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if "kind" in line and asks.search(line) and "sets" not in line and "vocabulary" not in line]
+    assert offenders == []
