@@ -289,13 +289,7 @@ def _extract_folder(home: Path, root: Path, params: P.ExtractParams, force: bool
     """Create or update a folder collection: one summary line on stdout, warnings on stderr."""
     from .update import summary_line, update_folder
 
-    from .collections import forget_if_empty
-
-    try:
-        result = update_folder(root, home, params, force=force, wait=not no_wait, progress=progress)
-    except Stl10SimError:
-        forget_if_empty(home)  # a first extraction that failed leaves no empty collection behind
-        raise
+    result = update_folder(root, home, params, force=force, wait=not no_wait, progress=progress)
     if result.skipped:
         progress.note(f"skipped {len(result.skipped)} unreadable file(s); they are listed in the features manifest")
     assert result.counts is not None
@@ -407,7 +401,6 @@ def import_(ctx: click.Context, features: Path, collection: str, labels: Path | 
     any collection. It holds no images: grids and the page's pictures are not available, and `query --image`
     needs --weights (and --image-size) naming the model the features came from.
     """
-    from .collections import forget_if_empty
     from .imported import import_features
 
     if collection == P.DEFAULT_COLLECTION:
@@ -415,14 +408,9 @@ def import_(ctx: click.Context, features: Path, collection: str, labels: Path | 
     if image_size is not None and weights is None:
         raise click.UsageError("--image-size describes the model of --weights: give both")
     home = _home(cache_dir, collection)
-    try:
-        manifest = import_features(features, home, labels=labels, class_names=class_names, paths=paths,
-                                   weights=weights,
-                                   image_size=image_size if image_size is not None else (224 if weights else None),
-                                   force=force, wait=not no_wait, progress=_progress(ctx))
-    except Stl10SimError:
-        forget_if_empty(home)  # a refused import leaves no empty collection behind
-        raise
+    manifest = import_features(features, home, labels=labels, class_names=class_names, paths=paths, weights=weights,
+                               image_size=image_size if image_size is not None else (224 if weights else None),
+                               force=force, wait=not no_wait, progress=_progress(ctx))
     click.echo(f"imported {manifest['n']:,} feature rows into collection {collection} ({home})")
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,17 @@ def remove_collection(cache_dir: Path, name: str, *, wait: bool = True) -> Path:
     if name != DEFAULT_COLLECTION:
         shutil.rmtree(doomed, ignore_errors=True)
     return home
+
+
+@contextlib.contextmanager
+def forgotten_if_failed(home: Path) -> Iterator[None]:
+    """Around what makes or updates a collection (a folder extraction, an import): when it fails, a folder it
+    left with nothing in it to resume goes too, so no empty collection is listed."""
+    try:
+        yield
+    except Stl10SimError:
+        forget_if_empty(home)
+        raise
 
 
 def forget_if_empty(home: Path) -> None:

@@ -81,7 +81,9 @@ def import_features(features: Path, home: Path, *, labels: Path | None = None, c
     label_array, names = _labels(labels, class_names, n)
     keys = _paths(paths, n)
     identity = weights_identity(weights) if weights is not None else None  # checked before any work
-    with cache_lock(home, wait=wait, progress=progress):
+    from .collections import forgotten_if_failed  # collections reads index and extract: imported when used
+
+    with forgotten_if_failed(home), cache_lock(home, wait=wait, progress=progress):
         folder = features_dir(home)
         if not force and _has_features(folder):
             raise InputError(f"{home} holds a collection already: import with {{force}} to replace it, or choose "

@@ -182,7 +182,9 @@ def update_folder(
     # a folder collection is its folder (by path): which files it holds is the update's business, not the identity's
     identity = identity_params({"images": str(root), "side": side}, params.weights, params.image_size, precision)
     folder = features_dir(cache_dir)
-    with cache_lock(cache_dir, wait=wait, progress=progress):
+    from .collections import forgotten_if_failed  # collections reads index and extract: imported when used
+
+    with forgotten_if_failed(cache_dir), cache_lock(cache_dir, wait=wait, progress=progress):
         previous = None if force else load_previous(cache_dir, identity)
         if previous is None and not force and (folder / MANIFEST).is_file():
             progress.note("the collection was made from another folder, other weights, input size or precision, "
