@@ -56,6 +56,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"content-security-policy", CSP.encode()),
                     (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer"),
                     (b"cross-origin-resource-policy", b"same-origin")]
+CLOSE = [(b"connection", b"close")]  # on answers to a request whose body is not read: no other request may follow
 Method = Literal[METHODS]  # type: ignore[valid-type]
 
 
@@ -244,7 +245,8 @@ class _Guard:
         if len(lengths) > 1 or not all(value.isdigit() for value in lengths):
             await _reject(send, 400, "the request's Content-Length is not one whole number", CLOSE)
             return
-        if lengths and int(next(iter(lengths))) > self.max_body:
+        length = int(lengths.pop()) if lengths else None
+        if length is not None and length > self.max_body:
             await _reject(send, 413, too_large, CLOSE)
             return
         if scope.get("path", "").startswith("/api/"):
@@ -253,7 +255,7 @@ class _Guard:
                 await _reject(send, 503, f"the collection changed on disk under the server ({Path(changed).name} "
                                          "was truncated or rewritten in place): restart stl10sim serve")
                 return
-        if chunked or (lengths and int(next(iter(lengths))) > 0):
+        if chunked or (length is not None and length > 0):
             import anyio
 
             try:  # the whole body, counted as it arrives (h11 never delivers more than a Content-Length says)
@@ -276,9 +278,6 @@ class _Guard:
             await self.app(scope, receive, send)
         finally:
             self.slots.release()
-
-
-CLOSE = [(b"connection", b"close")]  # the body is not read: the connection can't carry another request
 
 
 class _Disconnected(Exception):
@@ -380,7 +379,7 @@ def http_protocol(header_timeout: float) -> type:
         def send_400_response(self, msg: str) -> None:
             body = _error_body(400, f"malformed HTTP request ({msg.rstrip('.').lower()})")
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                       (b"connection", b"close"), *SECURITY_HEADERS]
+                       *CLOSE, *SECURITY_HEADERS]
             for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
                           h11.Data(data=body), h11.EndOfMessage()):
                 self.transport.write(self.conn.send(event))

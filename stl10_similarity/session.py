@@ -41,6 +41,7 @@ class Session:
         self._model: Any = None
         self._source: Any = None
         self._digests: np.ndarray | None = None
+        self._tag: str | None = None
         self._mapped = _mapped_files(index)
 
     @classmethod
@@ -127,11 +128,7 @@ class Session:
         row = self.check_id(image_id)
         digests = self._indexed_digests()
         if digests is None:  # a source without per-file digests (STL-10's binary files): the features' digest
-            from .artifacts import manifest_digest
-            from .paths import features_dir
-
-            tag = manifest_digest(features_dir(self.cache_dir))[:16] if self.cache_dir else "0"
-            return self.images([image_id])[0], f"{tag}-{image_id}"
+            return self.images([image_id])[0], f"{self._features_tag()}-{image_id}"
         pixels, read, _ = self.source().read_one(row)  # a source with per-file digests reads files one by one
         path = self.searcher().path(row)
         if read is None:
@@ -141,6 +138,15 @@ class Session:
             raise ImageGoneError(f"image {image_id}'s file {path} changed since it was indexed: "
                                  "run `stl10sim extract` on its folder again")
         return pixels, read[:32]
+
+    def _features_tag(self) -> str:
+        """The features manifest's digest, read once: the session answers from the features it opened."""
+        if self._tag is None:
+            from .artifacts import manifest_digest
+            from .paths import features_dir
+
+            self._tag = manifest_digest(features_dir(self.cache_dir))[:16] if self.cache_dir else "0"
+        return self._tag
 
     def _indexed_digests(self) -> np.ndarray | None:
         if self._digests is None and self.cache_dir is not None \
