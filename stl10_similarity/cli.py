@@ -141,6 +141,20 @@ def _existing(cache_dir: Path | None, collection: str) -> Path:
     return existing_collection(resolve_cache_dir(cache_dir), collection)
 
 
+def _picture_path(ctx: click.Context, _param: Any, path: Path | None) -> Path | None:
+    if path is not None:
+        from .grid import picture_format
+
+        picture_format(path)  # while parsing, before any work: a name whose format we can't write
+    return path
+
+
+def picture_option(help: str) -> Any:
+    """``--png PATH``: a picture the command writes, in the format its suffix names (checked at once)."""
+    return click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        callback=_picture_path, help=f"{help} ({', '.join(P.PICTURE_FORMATS)})")
+
+
 no_wait_option = click.option("--no-wait", is_flag=True, help="Fail at once if another command holds the cache dir.")
 candidates_option = param_option(
     P.SearchParams, "candidates",
@@ -336,8 +350,7 @@ def _folder_root(home: Path, images: Path | None) -> Path:
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0, min_open=True), default=P.DuplicatesParams.threshold,
               show_default=True, help="Cosine of two images' features at or above which they are duplicates.")
 @click.option("--json", "as_json", is_flag=True, help='One group per line: {"ids", "paths", "min_cosine"}.')
-@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Draw the groups: the first 20, a row each, up to 8 images a row (.png, .jpg or .webp).")
+@picture_option("Draw the groups: the first 20, a row each, up to 8 images a row.")
 @collection_option
 @cache_dir_option
 @click.pass_context
@@ -350,11 +363,8 @@ def duplicates(ctx: click.Context, threshold: float, as_json: bool, png: Path | 
     min_cosine is the lowest cosine between any two images of a group. Builds the index first if needed.
     """
     from .duplicates import find_duplicates
-    from .grid import picture_format
     from .session import Session
 
-    if png is not None:
-        picture_format(png)
     session = Session.open(_existing(cache_dir, collection), progress=_progress(ctx))
     groups = find_duplicates(session.index, P.DuplicatesParams(threshold=threshold))
     if png is not None:
@@ -573,8 +583,7 @@ def _png_path(png: Path, result: Any, several: bool) -> Path:
               "forest-query: datasketch's own query().")
 @candidates_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query on stdout (NDJSON for several).")
-@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write a result grid; with several queries, the query id is added to the name.")
+@picture_option("Write a result grid; with several queries, the query id is added to the name.")
 @param_option(P.ExtractParams, "device", help="Device for embedding --image files.")
 @collection_option
 @cache_dir_option
@@ -597,10 +606,6 @@ def query(ctx: click.Context, image_ids: tuple[int, ...], images: tuple[Path, ..
 
     if not image_ids and not images:
         raise click.UsageError("give at least one --image-id N or --image PATH")
-    if png is not None:
-        from .grid import picture_format
-
-        picture_format(png)  # before any work: a name whose format we can't write
     session = Session.open(_existing(cache_dir, collection), progress=_progress(ctx))
     for image_id in image_ids:  # every query is checked before anything is written
         session.check_id(image_id)
@@ -659,8 +664,7 @@ def format_report(report: Any) -> str:
               help=f"Methods to compare (repeat). Default: {', '.join(P.EvaluateParams.methods)}.")
 @candidates_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Plot precision@k for k = 1..K per method.")
+@picture_option("Plot precision@k for k = 1..K per method.")
 @collection_option
 @cache_dir_option
 @click.pass_context
@@ -677,10 +681,6 @@ def evaluate(ctx: click.Context, queries: int | None, k: int, methods: tuple[str
     from .session import Session
 
     params = P.EvaluateParams(queries=queries, k=k, methods=methods or P.EvaluateParams.methods, candidates=candidates)
-    if png is not None:
-        from .grid import picture_format
-
-        picture_format(png)
     session = Session.open(_existing(cache_dir, collection), progress=_progress(ctx))
     report = ev.evaluate(session, params, progress=_progress(ctx))
     if png is not None:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .params import PICTURE_FORMATS
 from .search import QueryResult
 
 PANEL_W, PANEL_H, DPI = 2.4, 3.0, 100  # inches per panel: 96 px images drawn at 2.5x
 MAX_COLUMNS = 6
 CAPTION_CHARS = 26  # a path longer than this is shown by its end (the file name and its folders nearest it)
-FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # what a picture's suffix may be
 AGREE, DISAGREE, QUERY, UNKNOWN = "#1a9850", "#d73027", "#2b2b2b", "#7f7f7f"
 
 
@@ -33,9 +33,9 @@ def picture_format(path: Path) -> str:
     """The format a picture written to ``path`` gets, from its suffix; a ParameterError for any other."""
     from .errors import ParameterError
 
-    fmt = FORMATS.get(Path(path).suffix.lower())
+    fmt = PICTURE_FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
-        raise ParameterError("png", f"{path} must end in {', '.join(FORMATS)}: that is the format written")
+        raise ParameterError("png", f"{path} must end in {', '.join(PICTURE_FORMATS)}: that is the format written")
     return fmt
 
 

@@ -22,6 +22,7 @@ SPLITS = ("train", "test", "train+test", "unlabeled", "all")
 STAGES = ("index", "extract")
 DEFAULT_COLLECTION = "stl10"  # STL-10, in the cache dir itself; others live in collections/NAME
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # what a folder collection reads
+PICTURE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # --png: suffix -> format written
 POOL_FACTOR = 5  # the forest gathers this many times the candidate budget before picking the best candidates ...
 # ... and, beyond POOL_GROWTH_FROM images, (N / POOL_GROWTH_FROM) ** POOL_GROWTH times more: at a fixed pool recall
 # falls as N grows; 4,000 found 0.97 at 50,000 real photos and ~8,000 0.97-0.98 at a simulated million

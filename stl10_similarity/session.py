@@ -253,7 +253,7 @@ class Session:
 
     def grid(self, result: QueryResult, path: Path | None = None) -> bytes:
         """The result grid as PNG bytes (query first, then its matches); also written to ``path`` if given, in
-        the format its suffix names (``grid.FORMATS``)."""
+        the format its suffix names (``params.PICTURE_FORMATS``)."""
         from .grid import render_grid
 
         if result.query_image is not None:
