@@ -9,9 +9,6 @@ import io
 import os
 import re
 import shutil
-import socket
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -20,8 +17,8 @@ pytest.importorskip("fastapi", reason="the serve extra is part of the test extra
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is part of the test extra")
 expect = sync_api.expect
 
-from stl10_similarity.params import ServeParams  # noqa: E402
-from stl10_similarity.server import create_app, uvicorn_config  # noqa: E402
+from served import served  # noqa: E402
+from stl10_similarity.server import create_app  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if not CHROMIUM:
@@ -32,22 +29,8 @@ if not CHROMIUM:
 
 @pytest.fixture(scope="module")
 def server_url(built_cache):
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    params = ServeParams(port=port)
-    server = uvicorn.Server(uvicorn_config(create_app(built_cache, params), params))  # as `stl10sim serve` runs
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the server did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with served(lambda params: create_app(built_cache, params)) as (port, _):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +46,20 @@ def browser():
 @pytest.fixture
 def page(browser):
     context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page, errors = _watched(context)
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def _watched(context) -> tuple:
+    """A new page of ``context`` and the list its script errors and CSP violations are collected in."""
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     # the page runs under its Content-Security-Policy: anything it blocks is logged to the console, and fails here
     page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
-    yield page
-    context.close()
-    assert not errors, errors
+    return page, errors
 
 
 def test_browse_pages_and_filter_by_class(page, server_url):
@@ -196,7 +185,6 @@ class _Delay:
 @pytest.fixture(scope="module")
 def folder_server(tmp_path_factory):
     """A folder collection of 3 classes x 40 photos (file names repeat across classes), served as `serve` runs."""
-    import uvicorn
     from click.testing import CliRunner
     from PIL import Image
 
@@ -213,31 +201,15 @@ def folder_server(tmp_path_factory):
     result = CliRunner().invoke(main, ["-q", "extract", "--images", str(root), "--collection", "mine", "--weights",
                                        "none", "--image-size", "64", "--cache-dir", str(cache)])
     assert result.exit_code == 0, result.output
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    params = ServeParams(port=port)
-    delayed = _Delay(create_app(cache / "collections" / "mine", params))
-    server = uvicorn.Server(uvicorn_config(delayed, params))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the server did not start"
-    yield f"http://127.0.0.1:{port}", delayed, root
-    server.should_exit = True
-    thread.join(10)
+    with served(lambda params: _Delay(create_app(cache / "collections" / "mine", params))) as (port, delayed):
+        yield f"http://127.0.0.1:{port}", delayed, root
 
 
 def test_the_first_hour_on_a_phone(browser, folder_server, tmp_path):
     """Open, filter, page, click a card far down, upload, keyboard: what a new user does, at 390 px wide."""
     url, delayed, root = folder_server
     context = browser.new_context(viewport={"width": 390, "height": 844})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
+    page, errors = _watched(context)
 
     # first paint: a loading state, not an empty collection
     delayed.paths[("GET", "/api/v1/images")] = 1.5

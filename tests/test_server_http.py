@@ -6,36 +6,22 @@ from __future__ import annotations
 import json
 import socket
 import tempfile
-import threading
 import time
 
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra is part of the test extra")
-import uvicorn  # noqa: E402
-
-from stl10_similarity.params import ServeParams  # noqa: E402
-from stl10_similarity.server import create_app, uvicorn_config  # noqa: E402
+from served import served  # noqa: E402
+from stl10_similarity.server import create_app  # noqa: E402
 
 TIMEOUT = 1  # seconds, for bodies and headers alike: short, so the tests are quick
 
 
 @pytest.fixture(scope="module")
 def server(built_cache):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    params = ServeParams(port=port, max_upload_mb=1, max_concurrent=2, body_timeout=TIMEOUT, header_timeout=TIMEOUT)
-    running = uvicorn.Server(uvicorn_config(create_app(built_cache, params), params))
-    thread = threading.Thread(target=running.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not running.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert running.started, "the server did not start"
-    yield ("127.0.0.1", port)
-    running.should_exit = True
-    thread.join(10)
+    with served(lambda params: create_app(built_cache, params), max_upload_mb=1, max_concurrent=2,
+                body_timeout=TIMEOUT, header_timeout=TIMEOUT) as (port, _):
+        yield ("127.0.0.1", port)
 
 
 def _connect(server) -> socket.socket:

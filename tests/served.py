@@ -1,0 +1,39 @@
+"""A real `stl10sim serve` in a thread of the test process: uvicorn configured as the command runs it, on a free
+port of 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from stl10_similarity.params import ServeParams
+
+
+@contextmanager
+def served(make_app: Callable[[ServeParams], Any], **options: Any) -> Iterator[tuple[int, Any]]:
+    """Serve ``make_app(params)`` (params: ``ServeParams(**options)`` on a free port); yield the port and the app."""
+    import uvicorn
+
+    from stl10_similarity.server import uvicorn_config
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    params = ServeParams(port=port, **options)
+    app = make_app(params)
+    server = uvicorn.Server(uvicorn_config(app, params))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the server did not start"
+    try:
+        yield port, app
+    finally:
+        server.should_exit = True
+        thread.join(10)
