@@ -303,7 +303,8 @@ def verify_stage(folder: Path, manifest: dict[str, Any], *, make_cmd: str) -> li
     ``(path, why)`` for each that does not."""
     report: list[tuple[str, str | None]] = []
     for name, entry in sorted(manifest.get("artifacts", {}).items()):
-        where = str(folder / str(entry.get("file", name)) if isinstance(entry, dict) else folder / name)
+        file = entry.get("file", name) if isinstance(entry, dict) else name
+        where = str(folder / str(file))
         try:
             verified_path(folder, manifest, name, make_cmd=make_cmd, trust_stamp=False)
             report.append((where, None))
