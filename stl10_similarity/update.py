@@ -43,14 +43,14 @@ from .extract import (
     ExtractResult,
     identity_params,
     _weights_source,
-    embed_chunks,
     load_manifest,
 )
 from .folders import FolderSource, folder_labels, scan
-from .model import FeatureModel, resize_side, run_settings
+from .model import resize_side, run_settings
 from .params import DIM, ExtractParams
 from .paths import features_dir
 from .progress import SILENT, Progress
+from .runners import EmbedJob, LocalRunner, Runner
 
 UPDATE_ARTIFACTS = ("stamps", "digests", "versions")  # what a collection needs beyond extract's artifacts
 
@@ -169,11 +169,13 @@ def update_folder(
     wait: bool = True,
     progress: Progress = SILENT,
     pipelined: bool | None = None,
+    runner: Runner | None = None,
 ) -> ExtractResult:
     """Create or bring up to date the folder collection in ``cache_dir`` (its home: ``paths.collection_home``)
     from the images below ``root``; ``result.counts`` says how many were new, changed, removed and unchanged.
 
-    ``force`` embeds every file again and starts the collection over (new ids from 0).
+    ``force`` embeds every file again and starts the collection over (new ids from 0). ``runner`` embeds the
+    planned files (default: ``LocalRunner(pipelined)``, this process); the commit is the same whichever runs.
     """
     started = time.time()
     root = Path(root).resolve()
@@ -201,25 +203,25 @@ def update_folder(
             counts = {"new": 0, "changed": 0, "removed": 0, "unchanged": plan.unchanged}
             return ExtractResult(folder, manifest["n"], time.time() - started, True, 0, manifest,
                                  skipped=tuple(manifest.get("skipped", [])), counts=counts)
-        model_started = time.perf_counter()
-        model = FeatureModel(params.weights, params.image_size, device, precision) if plan.embed else None
         work_started = time.perf_counter()
         embedded = None
-        if model is not None:
+        if plan.embed:
             # the run's identity names exactly the files to embed: a rerun after a kill resumes only the same work
             fingerprint = hashlib.sha256("\n".join(
                 f"{k}\t{plan.stamps[k][0]}\t{plan.stamps[k][1]}" for k in plan.embed).encode()).hexdigest()
-            embedded = embed_chunks(FolderSource(root, side, keys=plan.embed), folder / "partial",
-                                    {**identity, "embed_sha256": fingerprint}, model, batch_size, params.chunk_size,
-                                    force=force, pipelined=pipelined, progress=progress)
+            job = EmbedJob(FolderSource(root, side, keys=plan.embed), folder / "partial",
+                           {**identity, "embed_sha256": fingerprint}, params.weights, params.image_size, device,
+                           precision, batch_size, params.chunk_size, force)
+            embedded = (runner or LocalRunner(pipelined)).embed(job, progress)
         manifest, counts, skipped = _write(folder, root, identity, plan, previous, embedded, started, params,
-                                           batch_size, model.device if model else device)
+                                           batch_size, embedded.device if embedded else device)
         if embedded is not None:
             shutil.rmtree(embedded.folder, ignore_errors=True)
         finished = time.perf_counter()
+        model_seconds = embedded.model_seconds if embedded else 0.0
         return ExtractResult(folder, manifest["n"], time.time() - started, False,
-                             embedded.resumed if embedded else 0, manifest, round(work_started - model_started, 3),
-                             round(finished - work_started, 3), tuple(skipped), counts=counts)
+                             embedded.resumed if embedded else 0, manifest, model_seconds,
+                             round(finished - work_started - model_seconds, 3), tuple(skipped), counts=counts)
 
 
 def _write(folder: Path, root: Path, identity: dict[str, Any], plan: Plan, previous: Previous | None,
