@@ -126,6 +126,26 @@ collection_option = click.option(
     help="Which collection: stl10, or one made with `extract --images DIR --collection NAME`.")
 
 
+def engine_options(what: str) -> Any:
+    """``--engine`` and the Ray options, for the commands that can run on a cluster."""
+    def decorate(command: Any) -> Any:
+        for option in reversed([
+            param_option(P.EngineParams, "engine", help=f"Where {what} runs: in this process, or on Ray (the ray extra: "
+                                                        "pip install 'stl10sim[ray]'; docs/scale-out.md)."),
+            click.option("--address", default=None, metavar="HOST:PORT",
+                         help="--engine ray: the cluster's head (host:port, ray://host:port or auto). Default: "
+                              "a local Ray started for this command."),
+        ]):
+            command = option(command)
+        return command
+    return decorate
+
+
+def _engine(engine: str, address: str | None, actors: int | None = None,
+            gpus_per_actor: float = 0.0) -> P.EngineParams:
+    return P.EngineParams(engine=engine, address=address, actors=actors, gpus_per_actor=gpus_per_actor)
+
+
 def _home(cache_dir: Path | None, collection: str) -> Path:
     """The folder holding a collection's artifacts (extract makes it when it is new)."""
     from .paths import collection_home, resolve_cache_dir
@@ -236,6 +256,11 @@ def download(ctx: click.Context, data_dir: Path | None, archive: Path | None, no
 @no_verify_option
 @click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A folder of your own images (searched recursively) as the collection --collection NAME.")
+@engine_options("embedding")
+@param_option(P.EngineParams, "actors", help="--engine ray: embedding actors, each holding one model. Default: one "
+                                             "per CPU of the cluster (or per --gpus-per-actor GPUs).")
+@click.option("--gpus-per-actor", type=click.FloatRange(0, 64), default=P.EngineParams.gpus_per_actor,
+              show_default=True, help="--engine ray: GPUs each actor holds (0: actors embed on CPUs).")
 @collection_option
 @cache_dir_option
 @force_option
@@ -243,8 +268,8 @@ def download(ctx: click.Context, data_dir: Path | None, archive: Path | None, no
 @click.pass_context
 def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int | None, device: str, weights: str,
             image_size: int, precision: str, chunk_size: int, data_dir: Path | None, archive: Path | None,
-            no_verify: bool, images: Path | None, collection: str, cache_dir: Path | None, force: bool,
-            no_wait: bool) -> None:
+            no_verify: bool, images: Path | None, engine: str, address: str | None, actors: int | None,
+            gpus_per_actor: float, collection: str, cache_dir: Path | None, force: bool, no_wait: bool) -> None:
     """Compute 1280-D MobileNetV2 features for the collection (resumable, cached).
 
     Gets STL-10 first, exactly as `stl10sim download` does, when the data dir has none (or --archive is
@@ -260,6 +285,9 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
     NAME updates it: only new or changed files are embedded (with the collection's weights, size and
     precision unless given), ids stay and are never reused, and one line says
     "N new, C changed, R removed, U unchanged"; the index is then updated in place.
+
+    --engine ray embeds a folder collection's new and changed files on Ray actors (a local Ray, or the
+    cluster at --address); planning and the commit stay here, so ids, artifacts and features are the same.
     """
     from . import stl10
     from .extract import extract as run_extract
@@ -269,9 +297,13 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
                              image_size=image_size, precision=precision, chunk_size=chunk_size)
     progress = _progress(ctx)
     home = _home(cache_dir, collection)
+    runs_on = _engine(engine, address, actors, gpus_per_actor)
     if collection == P.DEFAULT_COLLECTION:
         if images is not None:
             raise click.UsageError("--images makes a collection of your own: name it with --collection NAME")
+        if engine != "local":
+            raise click.UsageError("--engine ray embeds folder collections (--images DIR --collection NAME); "
+                                   "STL-10 is extracted in-process")
         interrupted_keeps(ctx, "downloaded bytes and finished chunks of features are kept; rerun the same "
                                "command to resume")
         source = stl10.open_or_download(resolve_data_dir(data_dir, cache_dir), split, limit, archive=archive,
@@ -286,7 +318,7 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
         params = _as_before(home, params, given) if not force else params
         interrupted_keeps(ctx, "finished chunks of features are kept and the collection is as it was; rerun the "
                                "same command to resume")
-        _extract_folder(home, _folder_root(home, images), params, force, no_wait, progress)
+        _extract_folder(home, _folder_root(home, images), params, force, no_wait, progress, runs_on)
         return
     result = run_extract(source, home, params, force=force, wait=not no_wait, progress=progress)
     if result.cached:
@@ -299,11 +331,13 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
 
 
 def _extract_folder(home: Path, root: Path, params: P.ExtractParams, force: bool, no_wait: bool,
-                    progress: ConsoleProgress) -> None:
+                    progress: ConsoleProgress, engine: P.EngineParams) -> None:
     """Create or update a folder collection: one summary line on stdout, warnings on stderr."""
+    from .runners import runner_for
     from .update import summary_line, update_folder
 
-    result = update_folder(root, home, params, force=force, wait=not no_wait, progress=progress)
+    result = update_folder(root, home, params, force=force, wait=not no_wait, progress=progress,
+                           runner=runner_for(engine))
     if result.skipped:
         progress.note(f"skipped {len(result.skipped)} unreadable file(s); they are listed in the features manifest")
     assert result.counts is not None
@@ -351,22 +385,26 @@ def _folder_root(home: Path, images: Path | None) -> Path:
               show_default=True, help="Cosine of two images' features at or above which they are duplicates.")
 @click.option("--json", "as_json", is_flag=True, help='One group per line: {"ids", "paths", "min_cosine"}.')
 @picture_option("Draw the groups: the first 20, a row each, up to 8 images a row.")
+@engine_options("the search for pairs")
 @collection_option
 @cache_dir_option
 @click.pass_context
-def duplicates(ctx: click.Context, threshold: float, as_json: bool, png: Path | None, collection: str,
-               cache_dir: Path | None) -> None:
+def duplicates(ctx: click.Context, threshold: float, as_json: bool, png: Path | None, engine: str,
+               address: str | None, collection: str, cache_dir: Path | None) -> None:
     """List groups of near-identical images (resized, re-encoded, slightly cropped copies).
 
     Candidates come from the LSH forest (images that share a deep bucket in some tree), never from all
     pairs; a pair counts when its cosine reaches --threshold; groups join pairs that share an image.
     min_cosine is the lowest cosine between any two images of a group. Builds the index first if needed.
+    --engine ray looks for pairs tree by tree as Ray tasks: the same groups.
     """
     from .duplicates import find_duplicates
     from .session import Session
 
+    runs_on = _engine(engine, address)
     session = Session.open(_existing(cache_dir, collection), progress=_progress(ctx))
-    groups = find_duplicates(session.index, P.DuplicatesParams(threshold=threshold))
+    groups = find_duplicates(session.index, P.DuplicatesParams(threshold=threshold), engine=runs_on,
+                             progress=_progress(ctx))
     if png is not None:
         session.duplicates_picture(groups, png)
     for number, group in enumerate(groups, start=1):

@@ -19,7 +19,8 @@ import numpy as np
 
 from .forest import prefix_arrays
 from .index import LoadedIndex
-from .params import DuplicatesParams
+from .params import DuplicatesParams, EngineParams
+from .progress import SILENT, Progress
 from .signatures import minhash_signatures, token_table
 
 # images in one prefix run before it is split by the next depth; share of exact pairs found at 100,000 images:
@@ -49,47 +50,44 @@ def duplicate_trees(index: LoadedIndex) -> tuple[np.ndarray, np.ndarray]:
     return prefix_arrays(minhash_signatures(np.asarray(index.topk), table), TREES)
 
 
-def prefix_runs(trees: tuple[np.ndarray, np.ndarray], max_run: int = MAX_RUN) -> Iterator[np.ndarray]:
-    """The rows of every run of at most ``max_run`` images that share a band prefix in some tree, sorted.
+def prefix_runs(tree_keys: np.ndarray, tree_order: np.ndarray, max_run: int = MAX_RUN) -> Iterator[np.ndarray]:
+    """The rows of every run of at most ``max_run`` images that share a band prefix in one tree, sorted.
 
-    ``trees``: sorted bands and their rows per tree (``duplicate_trees``). A run is taken at the shallowest
-    depth where it is small enough (its parent run was not), so every image takes part in at most one run per
-    tree; runs still too large at full depth (identical bands) give their first ``max_run`` members.
+    ``tree_keys``, ``tree_order``: one tree's sorted bands and their rows (``duplicate_trees``). A run is taken at
+    the shallowest depth where it is small enough (its parent run was not), so every image takes part in at most
+    one run per tree; runs still too large at full depth (identical bands) give their first ``max_run`` members.
     """
-    tree_keys, tree_order = trees
-    count, n = tree_order.shape
+    n = len(tree_order)
     depth_max = tree_keys.dtype.itemsize // 4
-    for t in range(count):
-        keys = np.frombuffer(np.ascontiguousarray(tree_keys[t]).tobytes(), dtype=">u4").reshape(n, depth_max)
-        order = np.asarray(tree_order[t], dtype=np.int64)
-        change = np.zeros(n, dtype=bool)
-        change[0] = True
-        parent_size = np.full(n, np.iinfo(np.int64).max)  # the run each position was in one depth up (none yet)
-        for depth in range(1, depth_max + 1):
-            change[1:] |= keys[1:, depth - 1] != keys[:-1, depth - 1]
-            starts = np.flatnonzero(change)
-            sizes = np.diff(np.append(starts, n))
-            small = (sizes >= 2) & (sizes <= max_run) & (parent_size[starts] > max_run)
-            for s, size in zip(starts[small].tolist(), sizes[small].tolist()):
-                yield np.sort(order[s : s + size])
-            if not (sizes > max_run).any():
-                break
-            parent_size = np.repeat(sizes, sizes)
-        else:
-            for s, size in zip(starts[sizes > max_run].tolist(), sizes[sizes > max_run].tolist()):
-                yield np.sort(order[s : s + max_run])
+    keys = np.frombuffer(np.ascontiguousarray(tree_keys).tobytes(), dtype=">u4").reshape(n, depth_max)
+    order = np.asarray(tree_order, dtype=np.int64)
+    change = np.zeros(n, dtype=bool)
+    change[0] = True
+    parent_size = np.full(n, np.iinfo(np.int64).max)  # the run each position was in one depth up (none yet)
+    for depth in range(1, depth_max + 1):
+        change[1:] |= keys[1:, depth - 1] != keys[:-1, depth - 1]
+        starts = np.flatnonzero(change)
+        sizes = np.diff(np.append(starts, n))
+        small = (sizes >= 2) & (sizes <= max_run) & (parent_size[starts] > max_run)
+        for s, size in zip(starts[small].tolist(), sizes[small].tolist()):
+            yield np.sort(order[s : s + size])
+        if not (sizes > max_run).any():
+            return
+        parent_size = np.repeat(sizes, sizes)
+    for s, size in zip(starts[sizes > max_run].tolist(), sizes[sizes > max_run].tolist()):
+        yield np.sort(order[s : s + max_run])
 
 
-def linked_pairs(index: LoadedIndex, threshold: float, max_run: int = MAX_RUN) -> np.ndarray:
-    """Distinct row pairs ``(i, j)``, ``i < j``, of a prefix run whose cosine reaches ``threshold``.
+def tree_linked_pairs(features: np.ndarray, tree_keys: np.ndarray, tree_order: np.ndarray, threshold: float,
+                      max_run: int = MAX_RUN) -> np.ndarray:
+    """Distinct row pairs ``(i, j)``, ``i < j``, of one tree's prefix runs whose cosine reaches ``threshold``.
 
     Each run's cosines come from one small matrix product, so no list of candidate pairs is ever built:
     runs can be larger (more pairs found) for less time than comparing listed pairs one by one.
     """
-    feats = index.features
     kept = []
-    for members in prefix_runs(duplicate_trees(index), max_run):
-        vectors = np.asarray(feats[members])
+    for members in prefix_runs(tree_keys, tree_order, max_run):
+        vectors = np.asarray(features[members])
         i, j = np.nonzero(np.triu(vectors @ vectors.T >= threshold, k=1))
         if len(i):
             kept.append(np.stack([members[i], members[j]], axis=1))
@@ -98,10 +96,29 @@ def linked_pairs(index: LoadedIndex, threshold: float, max_run: int = MAX_RUN) -
     return np.unique(np.concatenate(kept), axis=0)
 
 
+def linked_pairs(index: LoadedIndex, threshold: float, max_run: int = MAX_RUN, engine: str = "local",
+                 address: str | None = None, progress: Progress = SILENT) -> np.ndarray:
+    """Distinct row pairs of any tree's prefix runs whose cosine reaches ``threshold``: tree by tree in this
+    process, or (``engine="ray"``) one Ray task per tree, which finds the same pairs."""
+    trees = duplicate_trees(index)
+    if engine == "ray":
+        from . import ray_engine
+
+        return ray_engine.linked_pairs(index.features, trees, threshold, max_run, address, progress)
+    found = [tree_linked_pairs(index.features, trees[0][t], trees[1][t], threshold, max_run)
+             for t in range(trees[1].shape[0])]
+    found = [pairs for pairs in found if len(pairs)]
+    if not found:
+        return np.empty((0, 2), dtype=np.int64)
+    return np.unique(np.concatenate(found), axis=0)
+
+
 def find_duplicates(index: LoadedIndex, params: DuplicatesParams = DuplicatesParams(),
-                    max_run: int = MAX_RUN) -> list[DuplicateGroup]:
-    """Groups of images whose pairwise links (forest candidates with cosine >= ``params.threshold``) connect them."""
-    linked = linked_pairs(index, params.threshold, max_run)
+                    max_run: int = MAX_RUN, engine: EngineParams = EngineParams(),
+                    progress: Progress = SILENT) -> list[DuplicateGroup]:
+    """Groups of images whose pairwise links (forest candidates with cosine >= ``params.threshold``) connect them;
+    ``engine`` says where the links are looked for (the groups are the same)."""
+    linked = linked_pairs(index, params.threshold, max_run, engine.engine, engine.address, progress)
     feats = index.features
     parent = {}
 

@@ -74,5 +74,9 @@ class WeightsError(InputError):
     """A weights file cannot be read or does not fit MobileNetV2."""
 
 
+class EngineError(InputError):
+    """The distributed engine can't be used: Ray is not installed, its cluster can't be reached, a task failed."""
+
+
 class EnvironmentFailure(Stl10SimError):
     """The environment stopped us: no network, disk full, a read-only folder, a held lock."""

@@ -27,7 +27,7 @@ from .artifacts import (
     write_npy_chunks,
 )
 from .errors import DataError, IntegrityError, MissingArtifactError
-from .model import FeatureModel, run_settings, weights_identity
+from .model import FeatureModel, weights_identity
 from .params import DIM, ExtractParams
 from .paths import features_dir
 from .progress import SILENT, Progress
@@ -114,7 +114,8 @@ def extract(
     started = time.time()
     if source.size == 0:
         raise DataError(f"the source has no images: {source.describe()}")
-    device, precision, batch_size = run_settings(params)
+    runner = runner or LocalRunner(pipelined)
+    device, precision, batch_size = runner.settings(params)
     identity = identity_params(source.identity(), params.weights, params.image_size, precision)
     folder = features_dir(cache_dir)
     with cache_lock(cache_dir, wait=wait, progress=progress):
@@ -123,7 +124,7 @@ def extract(
         work_started = time.perf_counter()
         job = EmbedJob(source, folder / "partial", identity, params.weights, params.image_size, device, precision,
                        batch_size, params.chunk_size, force)
-        embedded = (runner or LocalRunner(pipelined)).embed(job, progress)
+        embedded = runner.embed(job, progress)
         skipped, chunk = embedded.skipped, embedded.chunk
         starts = range(0, source.size, chunk)
         keep = np.ones(source.size, dtype=bool)

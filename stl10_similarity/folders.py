@@ -146,6 +146,7 @@ class FolderSource:
 
 
 KEYS_ARE_PATHS = True  # results carry each image's path below the folder
+REOPENS_BY_KEYS = True  # reopened with some keys, it holds just those files (a chunk for a worker)
 
 
 def describe_record(record: dict[str, Any]) -> str:

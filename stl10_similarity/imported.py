@@ -26,6 +26,7 @@ from .progress import SILENT, Progress
 
 KIND = "import"
 KEYS_ARE_PATHS = False  # unless the import gave --paths (its record says so)
+REOPENS_BY_KEYS = False  # reopened, it holds every image of the collection, whatever keys are given
 CHUNK_ROWS = 65_536  # rows checked and normalised at a time (320 MB of float32 at 1280 dimensions)
 
 

@@ -20,6 +20,7 @@ BASES = ("raw", "centered", "standardized")
 SET_KINDS = ("centroids", "top-dims")  # how images become the sets the forest indexes (sets.py)
 SPLITS = ("train", "test", "train+test", "unlabeled", "all")
 STAGES = ("index", "extract")
+ENGINES = ("local", "ray")  # where the work runs: this process, or a Ray cluster (the ray extra)
 DEFAULT_COLLECTION = "stl10"  # STL-10, in the cache dir itself; others live in collections/NAME
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # what a folder collection reads
 PICTURE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # --png: suffix -> format written
@@ -185,6 +186,26 @@ class ServeParams:
         _check(self)
         if not self.host:
             raise ParameterError("host", "is empty")
+
+
+@dataclass(frozen=True)
+class EngineParams:
+    """Where extraction and near-duplicate search run. ``ray``: on the cluster at ``address`` (None: a local
+    one), ``actors`` embedding actors (None: one per CPU, or per ``gpus_per_actor`` GPUs, of the cluster)."""
+
+    engine: str = _spec("local", choices=ENGINES)
+    address: str | None = None
+    actors: int | None = _spec(None, low=1)
+    gpus_per_actor: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self)
+        if not 0 <= self.gpus_per_actor <= 64:
+            raise ParameterError("gpus_per_actor", f"must be between 0 and 64, got {self.gpus_per_actor}")
+        given = [name for name, value in (("address", self.address), ("actors", self.actors),
+                                          ("gpus_per_actor", self.gpus_per_actor)) if value]
+        if self.engine == "local" and given:
+            raise ParameterError(given[0], "is for {engine} ray", options=("engine",))
 
 
 @dataclass(frozen=True)

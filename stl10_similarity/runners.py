@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .artifacts import write_json, write_npy
+from .params import EngineParams
 from .pipeline import BackgroundWriter, prefetched
 from .progress import SILENT, Progress
 from .sources import Source
@@ -62,6 +63,9 @@ class Embedded:
 
 class Runner(Protocol):
     name: str
+
+    def settings(self, params: Any) -> tuple[str, str, int]:
+        """The device, precision and batch size ``ExtractParams`` resolve to where this runner's model runs."""
 
     def embed(self, job: EmbedJob, progress: Progress = SILENT) -> Embedded:
         """Embed every image of ``job.source`` not already in a finished chunk of ``job.partial``."""
@@ -132,6 +136,11 @@ class LocalRunner:
     def __init__(self, pipelined: bool | None = None) -> None:
         self.pipelined = pipelined
 
+    def settings(self, params: Any) -> tuple[str, str, int]:
+        from .model import run_settings
+
+        return run_settings(params)
+
     def embed(self, job: EmbedJob, progress: Progress = SILENT) -> Embedded:
         from .model import FeatureModel
 
@@ -172,13 +181,13 @@ class LocalRunner:
         return chunks.collect(device, model_seconds)
 
 
-def runner_for(engine: str, **options: Any) -> Runner:
-    """The runner an ``--engine`` names: ``local``, or ``ray`` with ``ray_engine.RayRunner``'s options."""
-    if engine == "ray":
+def runner_for(engine: EngineParams, pipelined: bool | None = None) -> Runner:
+    """The runner ``engine`` names: ``local`` (``pipelined`` as :class:`LocalRunner` takes it) or ``ray``."""
+    if engine.engine == "ray":
         from .ray_engine import RayRunner
 
-        return RayRunner(**options)
-    return LocalRunner(**options)
+        return RayRunner(engine.address, engine.actors, engine.gpus_per_actor)
+    return LocalRunner(pipelined)
 
 
 def _read_list(path: Path, empty: Any) -> Any:

@@ -42,8 +42,9 @@ class Source(Protocol):
         """A JSON record, kept in the features manifest, from which :func:`reopen` opens this source again."""
 
 
-# kind -> the module that implements it: ``reopen(record, keys)``, ``describe_record(record)`` and
-# ``KEYS_ARE_PATHS`` (whether its keys are paths that results should carry). A new kind of source is a module
+# kind -> the module that implements it: ``reopen(record, keys)``, ``describe_record(record)``,
+# ``KEYS_ARE_PATHS`` (whether its keys are paths that results should carry) and ``REOPENS_BY_KEYS`` (whether
+# ``reopen(record, some_keys)`` holds exactly those images, which lets a worker read one chunk). A new kind of source is a module
 # and a line here; nothing else in the package asks which kind a collection is.
 KINDS = {"stl10": "stl10", "folder": "folders", "import": "imported"}
 
@@ -75,5 +76,13 @@ def keys_are_paths(record: dict[str, Any]) -> bool:
     """Whether the collection's keys are paths, which every result then carries."""
     try:
         return bool(_module(record).KEYS_ARE_PATHS or record.get("paths"))
+    except IntegrityError:
+        return False
+
+
+def reopens_by_keys(record: dict[str, Any]) -> bool:
+    """Whether ``reopen(record, keys)`` holds exactly ``keys``' images (so a remote worker can read one chunk)."""
+    try:
+        return bool(_module(record).REOPENS_BY_KEYS)
     except IntegrityError:
         return False

@@ -199,6 +199,7 @@ def open_source(data_dir: Path, split: str, limit: int | None = None) -> Stl10So
 
 
 KEYS_ARE_PATHS = False  # an STL-10 image's key is its position
+REOPENS_BY_KEYS = False  # reopened, it holds every image of the collection, whatever keys are given
 
 
 def describe_record(record: dict) -> str:

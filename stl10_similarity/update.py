@@ -46,7 +46,7 @@ from .extract import (
     load_manifest,
 )
 from .folders import FolderSource, folder_labels, scan
-from .model import resize_side, run_settings
+from .model import resize_side
 from .params import DIM, ExtractParams
 from .paths import features_dir
 from .progress import SILENT, Progress
@@ -180,7 +180,8 @@ def update_folder(
     started = time.time()
     root = Path(root).resolve()
     side = resize_side(params.image_size)  # images are decoded straight to the square the model's transform wants
-    device, precision, batch_size = run_settings(params)
+    runner = runner or LocalRunner(pipelined)
+    device, precision, batch_size = runner.settings(params)
     # a folder collection is its folder (by path): which files it holds is the update's business, not the identity's
     identity = identity_params({"images": str(root), "side": side}, params.weights, params.image_size, precision)
     folder = features_dir(cache_dir)
@@ -212,7 +213,7 @@ def update_folder(
             job = EmbedJob(FolderSource(root, side, keys=plan.embed), folder / "partial",
                            {**identity, "embed_sha256": fingerprint}, params.weights, params.image_size, device,
                            precision, batch_size, params.chunk_size, force)
-            embedded = (runner or LocalRunner(pipelined)).embed(job, progress)
+            embedded = runner.embed(job, progress)
         manifest, counts, skipped = _write(folder, root, identity, plan, previous, embedded, started, params,
                                            batch_size, embedded.device if embedded else device)
         if embedded is not None:

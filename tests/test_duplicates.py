@@ -33,7 +33,7 @@ def test_planted_copies_are_found_without_all_pairs():
     n, trees = index.n, forest[1].shape[0]
 
     def compared(max_run: int) -> int:  # pairs whose cosine is computed (a pair may be counted in several trees)
-        return sum(len(m) * (len(m) - 1) // 2 for m in prefix_runs(forest, max_run))
+        return sum(len(m) * (len(m) - 1) // 2 for t in range(trees) for m in prefix_runs(forest[0][t], forest[1][t], max_run))
 
     assert compared(64) <= trees * n * (64 - 1) // 2  # linear in n: each image joins one small run per tree
     assert compared(64) < n * (n - 1) // 2 / 4
