@@ -140,6 +140,7 @@ class RayRunner:
                                      max_task_retries=-1)(_Embedder)
             self.pool = [actor_class.remote(job.weights, job.image_size, job.device, job.precision)
                          for _ in range(min(count, len(todo)))]
+            chunks.begin()
             progress.note(f"embedding {sum(b - a for a, b in todo)} images on {len(self.pool)} Ray actor(s) ...")
             record_ref = ray.put(record)
             pending: dict[Any, tuple[int, int, int]] = {}

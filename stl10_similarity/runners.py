@@ -78,12 +78,17 @@ class Chunks:
         self.partial = job.partial
         self.n = job.source.size
         self.chunk = max(1, job.chunk_size // job.batch_size) * job.batch_size  # whole batches: bit-identical resumes
-        run = {**job.identity, "n": self.n, "batch_size": job.batch_size, "chunk": self.chunk, "device": job.device}
-        if job.force or not _same_run(self.partial, run):
-            shutil.rmtree(self.partial, ignore_errors=True)
-        write_json(self.partial / "run.json", run)
+        self._run = {**job.identity, "n": self.n, "batch_size": job.batch_size, "chunk": self.chunk,
+                     "device": job.device}
+        self._fresh = job.force or not _same_run(self.partial, self._run)
         self.starts = list(range(0, self.n, self.chunk))
-        self.done = [s for s in self.starts if self.file(s).is_file()]
+        self.done = [] if self._fresh else [s for s in self.starts if self.file(s).is_file()]
+
+    def begin(self) -> None:
+        """Claim the partial folder for this job (once the model is built: a bad model writes nothing)."""
+        if self._fresh:
+            shutil.rmtree(self.partial, ignore_errors=True)
+        write_json(self.partial / "run.json", self._run)
 
     def file(self, start: int, suffix: str = ".npy") -> Path:
         """The chunk holding image ``start`` (its features; ``.skipped.json``: the files it could not read;
@@ -149,6 +154,7 @@ class LocalRunner:
         started = time.perf_counter()
         model = FeatureModel(job.weights, job.image_size, job.device, job.precision) if todo else None
         model_seconds = time.perf_counter() - started
+        chunks.begin()
         device = model.device if model is not None else job.device
         source, n = job.source, chunks.n
         bar = progress.bar(n, "extract", unit="img", initial=sum(min(chunks.chunk, n - s) for s in chunks.done))
