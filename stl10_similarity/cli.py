@@ -552,13 +552,17 @@ def index_params_from(kwargs: dict[str, Any]) -> P.IndexParams:
 
 @main.command()
 @index_options
+@param_option(P.ShardParams, "shards", help="Build the index as this many shards (contiguous rows, one shared "
+                                            "vocabulary); queries fan out to every shard and merge, with the "
+                                            "answers of one index.")
+@engine_options("the shards' build")
 @collection_option
 @cache_dir_option
 @force_option
 @no_wait_option
 @click.pass_context
-def index(ctx: click.Context, collection: str, cache_dir: Path | None, force: bool, no_wait: bool,
-          **kwargs: Any) -> None:
+def index(ctx: click.Context, shards: int, engine: str, address: str | None, collection: str,
+          cache_dir: Path | None, force: bool, no_wait: bool, **kwargs: Any) -> None:
     """Build the sets, MinHash signatures and the LSH forest over the features.
 
     By default an image's set is the ids of its --set-size nearest centroids, learned by spherical
@@ -572,13 +576,18 @@ def index(ctx: click.Context, collection: str, cache_dir: Path | None, force: bo
     from .index import build_index
 
     params = index_params_from(kwargs)
-    result = build_index(_existing(cache_dir, collection), params, force=force, wait=not no_wait, progress=_progress(ctx))
+    runs_on = _engine(engine, address)
+    if engine != "local" and shards == 1:
+        raise click.UsageError("--engine ray builds the shards of --shards S (S > 1) as Ray tasks")
+    result = build_index(_existing(cache_dir, collection), params, force=force, wait=not no_wait,
+                         progress=_progress(ctx), shards=shards, engine=runs_on)
     if result.cached:
         state = "already built (cached; --force rebuilds)"
     else:
         how = "updated in place" if result.manifest.get("updated") else "built"
         state = f"{how} in {result.seconds:.1f} s"
-    click.echo(f"index of {result.n} images in {result.folder}: {state}")
+    parts = f" as {shards} shards" if shards > 1 else ""
+    click.echo(f"index of {result.n} images{parts} in {result.folder}: {state}")
 
 
 # ---------------------------------------------------------------- query
@@ -856,16 +865,18 @@ def bench(ctx: click.Context, stage: str, n: int | None, k: int, queries: int, b
               help="Seconds a request body may take to arrive; slower: 408 and the connection is closed.")
 @param_option(P.ServeParams, "header_timeout",
               help="Seconds a request's headers may take to arrive; slower (or silent): the connection is closed.")
+@engine_options("searching")
 @collection_option
 @cache_dir_option
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, max_upload_mb: int, max_concurrent: int, body_timeout: int,
-          header_timeout: int, collection: str, cache_dir: Path | None) -> None:
+          header_timeout: int, engine: str, address: str | None, collection: str, cache_dir: Path | None) -> None:
     """Serve the collection: a JSON API (/api/v1/...) and a web page at / to browse and search it.
 
     Opens the index once (building it first if it is missing, like query) and answers from it until
     stopped; /api/v1/health says when a newer index exists on disk (restart to use it). Needs the serve
-    extra: pip install -e '.[serve]'. Endpoints: docs/server.md.
+    extra: pip install -e '.[serve]'. Endpoints: docs/server.md. --engine ray keeps one Ray actor per
+    shard (index --shards S), each mapping its shard once; the API and the page are the same.
     """
     try:
         import fastapi  # noqa: F401
@@ -878,7 +889,7 @@ def serve(ctx: click.Context, host: str, port: int, max_upload_mb: int, max_conc
 
     params = P.ServeParams(host=host, port=port, max_upload_mb=max_upload_mb, max_concurrent=max_concurrent,
                            body_timeout=body_timeout, header_timeout=header_timeout)
-    run_server(_existing(cache_dir, collection), params, progress=_progress(ctx))
+    run_server(_existing(cache_dir, collection), params, progress=_progress(ctx), engine=_engine(engine, address))
 
 
 def run() -> None:  # console-script entry point

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import MANIFEST, cache_lock, read_manifest, verify_stage
-from .errors import MissingArtifactError, ParameterError, Stl10SimError
+from .errors import InputError, MissingArtifactError, ParameterError, Stl10SimError
 from .extract import load_manifest, source_record
 from .index import index_state
 from .params import DEFAULT_COLLECTION
@@ -111,4 +111,12 @@ def verify_collection(home: Path) -> list[tuple[str, str | None]]:
     if (index_dir(home) / MANIFEST).is_file():
         manifest = read_manifest(index_dir(home), stage="index", make_cmd=index.MAKE_CMD)
         report += verify_stage(index_dir(home), manifest, make_cmd=index.MAKE_CMD)
+        for entry in manifest.get("shards") or ():
+            folder = index_dir(home) / entry["folder"]
+            try:
+                shard = index.shard_manifest(index_dir(home), entry)
+            except InputError as exc:
+                report.append((str(folder / MANIFEST), str(exc)))
+                continue
+            report += verify_stage(folder, shard, make_cmd=index.MAKE_CMD)
     return report

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .forest import prefix_arrays
-from .index import LoadedIndex
+from .index import LoadedIndex, ShardedIndex
 from .params import DuplicatesParams, EngineParams
 from .progress import SILENT, Progress
 from .signatures import minhash_signatures, token_table
@@ -36,7 +36,7 @@ class DuplicateGroup:
     paths: list[str] | None = None  # folder collections: each image's path
 
 
-def duplicate_trees(index: LoadedIndex) -> tuple[np.ndarray, np.ndarray]:
+def duplicate_trees(index: LoadedIndex | ShardedIndex) -> tuple[np.ndarray, np.ndarray]:
     """The sorted trees near-duplicates are looked for in: MinHash of the top-K dimension sets, ``TREES`` trees.
 
     Near-copies share 50-85 % of their top-100 dimensions, so deep prefixes of those sets single them out; the
@@ -44,7 +44,8 @@ def duplicate_trees(index: LoadedIndex) -> tuple[np.ndarray, np.ndarray]:
     top-K sets with ``TREES`` trees already holds these trees.
     """
     params = index.params
-    if params.get("sets") == "top-dims" and index.tree_keys.shape[0] == TREES:
+    tree_keys = getattr(index, "tree_keys", None)  # a sharded collection's trees are per shard: made here
+    if params.get("sets") == "top-dims" and tree_keys is not None and tree_keys.shape[0] == TREES:
         return np.asarray(index.tree_keys), np.asarray(index.tree_order)
     table = token_table(int(params["num_perm"]), index.features.shape[1])
     return prefix_arrays(minhash_signatures(np.asarray(index.topk), table), TREES)
@@ -96,7 +97,7 @@ def tree_linked_pairs(features: np.ndarray, tree_keys: np.ndarray, tree_order: n
     return np.unique(np.concatenate(kept), axis=0)
 
 
-def linked_pairs(index: LoadedIndex, threshold: float, max_run: int = MAX_RUN, engine: str = "local",
+def linked_pairs(index: LoadedIndex | ShardedIndex, threshold: float, max_run: int = MAX_RUN, engine: str = "local",
                  address: str | None = None, progress: Progress = SILENT) -> np.ndarray:
     """Distinct row pairs of any tree's prefix runs whose cosine reaches ``threshold``: tree by tree in this
     process, or (``engine="ray"``) one Ray task per tree, which finds the same pairs."""
@@ -113,7 +114,7 @@ def linked_pairs(index: LoadedIndex, threshold: float, max_run: int = MAX_RUN, e
     return np.unique(np.concatenate(found), axis=0)
 
 
-def find_duplicates(index: LoadedIndex, params: DuplicatesParams = DuplicatesParams(),
+def find_duplicates(index: LoadedIndex | ShardedIndex, params: DuplicatesParams = DuplicatesParams(),
                     max_run: int = MAX_RUN, engine: EngineParams = EngineParams(),
                     progress: Progress = SILENT) -> list[DuplicateGroup]:
     """Groups of images whose pairwise links (forest candidates with cosine >= ``params.threshold``) connect them;

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import extract as features_stage
 from .artifacts import (
+    MANIFEST,
     atomic_file,
     iter_npy_rows,
     commit_staged,
@@ -31,10 +32,10 @@ from .artifacts import (
     write_manifest,
     write_npy,
 )
-from .errors import InputError, IntegrityError, MissingArtifactError, StaleArtifactError
+from .errors import InputError, IntegrityError, MissingArtifactError, ParameterError, StaleArtifactError
 from .paths import features_dir, index_dir
 from .forest import ForestPickle, build_forest, merge_prefix_arrays, prefix_arrays
-from .params import IndexParams
+from .params import EngineParams, IndexParams, ShardParams
 from .progress import SILENT, Progress
 from .sets import SetRepresentation, TopDims, bitmaps, representation
 from .sources import keys_are_paths
@@ -44,6 +45,7 @@ MAKE_CMD = "stl10sim index"
 CHUNK_ROWS = 65536
 ARTIFACTS = {"topk", "topk_bits", "sets", "vocabulary", "signatures", "stats", "token_table", "tree_keys",
              "tree_order", "forest", "ids"}
+SHARED = {"vocabulary", "stats", "token_table"}  # a sharded index's own artifacts; each shard holds ARTIFACTS
 # an index whose vocabulary was fitted on this many times fewer images than the collection now holds says so
 OUTGROWN_FACTOR = 4
 
@@ -77,21 +79,41 @@ def _inputs(cache_dir: Path) -> dict[str, str]:
     return {"features_manifest_sha256": manifest_digest(features_dir(cache_dir))}
 
 
-def _fits(manifest: dict[str, Any], params: dict[str, Any], inputs: dict[str, str]) -> bool:
-    """False for other parameters, other features, or an index from an older version of the layout."""
+def shard_count(manifest: dict[str, Any]) -> int:
+    """How many shards an index manifest describes (1: an ordinary index)."""
+    return len(manifest.get("shards") or ()) or 1
+
+
+def _fits(manifest: dict[str, Any], params: dict[str, Any], inputs: dict[str, str], shards: int | None = None) -> bool:
+    """False for other parameters, other features, another shard count (when given), or an index from an older
+    version of the layout."""
+    expected = SHARED if manifest.get("shards") else ARTIFACTS
     return manifest.get("params") == params and manifest.get("inputs") == inputs and \
-        set(manifest.get("artifacts", ())) == ARTIFACTS
+        set(manifest.get("artifacts", ())) == expected and (shards is None or shard_count(manifest) == shards)
 
 
-def _cached(folder: Path, params: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any] | None:
+def _cached(folder: Path, params: dict[str, Any], inputs: dict[str, str], shards: int) -> dict[str, Any] | None:
     try:
         manifest = read_manifest(folder, stage="index", make_cmd=MAKE_CMD)
-        if not _fits(manifest, params, inputs):
+        if not _fits(manifest, params, inputs, shards):
             return None
         for name in manifest["artifacts"]:
             verified_path(folder, manifest, name, make_cmd=MAKE_CMD)
+        for entry in manifest.get("shards") or ():
+            shard = shard_manifest(folder, entry)
+            for name in shard["artifacts"]:
+                verified_path(folder / entry["folder"], shard, name, make_cmd=MAKE_CMD)
     except (MissingArtifactError, IntegrityError, KeyError, TypeError):
         return None
+    return manifest
+
+
+def shard_manifest(folder: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """A shard's manifest, checked to be the one its index's manifest lists."""
+    shard = folder / entry["folder"]
+    manifest = read_manifest(shard, stage="index", make_cmd=MAKE_CMD)
+    if manifest_digest(shard) != entry["manifest_sha256"]:
+        raise IntegrityError(f"{shard} is not the shard its index was built with: run `{MAKE_CMD} --force`")
     return manifest
 
 
@@ -121,6 +143,14 @@ def last_params(cache_dir: Path) -> IndexParams:
         return IndexParams()
 
 
+def last_shards(cache_dir: Path) -> int:
+    """How many shards the index was last built with (1 if there is none, or it is unreadable)."""
+    try:
+        return shard_count(read_manifest(index_dir(cache_dir), stage="index", make_cmd=MAKE_CMD))
+    except (MissingArtifactError, IntegrityError):
+        return 1
+
+
 def ensure_index(cache_dir: Path, *, progress: Progress = SILENT) -> IndexResult | None:
     """Build the index first when it is missing (default parameters) or stale (the parameters it was last
     built with), saying so in one note; ``None`` when it is current."""
@@ -128,10 +158,10 @@ def ensure_index(cache_dir: Path, *, progress: Progress = SILENT) -> IndexResult
     if state in ("current", "corrupt"):
         return None  # a corrupt manifest is reported by load_index, naming the command that fixes it
     features_stage.load_manifest(cache_dir)  # no features: say `stl10sim extract`, not "building the index"
-    params = last_params(cache_dir)
+    params, shards = last_params(cache_dir), last_shards(cache_dir)
     what = "no index yet: building it" if state == "missing" else "the index is out of date: bringing it up to date"
-    progress.note(f"{what} ({describe_params(params)}) ...")
-    return build_index(cache_dir, params, progress=_WaitsOnly(progress))
+    progress.note(f"{what} ({describe_params(params)}{f', {shards} shards' if shards > 1 else ''}) ...")
+    return build_index(cache_dir, params, shards=shards, progress=_WaitsOnly(progress))
 
 
 def describe_params(params: IndexParams) -> str:
@@ -162,8 +192,12 @@ def build_index(
     force: bool = False,
     wait: bool = True,
     progress: Progress = SILENT,
+    shards: int = ShardParams.shards,
+    engine: EngineParams = EngineParams(),
 ) -> IndexResult:
-    """Build (or reuse) the index for the features in ``cache_dir``."""
+    """Build (or reuse) the index for the features in ``cache_dir``; ``shards`` > 1 builds that many shards
+    (contiguous rows, each an ordinary index, all with one vocabulary), on Ray when ``engine`` says so."""
+    ShardParams(shards=shards)  # validates
     started = time.time()
     trees = params.trees
     source = features_dir(cache_dir)
@@ -172,11 +206,15 @@ def build_index(
         features_manifest = features_stage.load_manifest(cache_dir)
         inputs = _inputs(cache_dir)
         recorded = index_params(params)
-        if not force and (manifest := _cached(folder, recorded, inputs)) is not None:
+        if not force and (manifest := _cached(folder, recorded, inputs, shards)) is not None:
             return IndexResult(folder, manifest["n"], time.time() - started, True, manifest)
         feats = load_npy(source, features_manifest, "features", make_cmd=features_stage.MAKE_CMD)  # verified
         path, dim = source / "features.npy", feats.shape[1]
         ids = feature_ids(source, features_manifest, len(feats))
+        if shards > 1:
+            manifest = _build_sharded(folder, feats, path, ids, params, shards, engine, inputs, features_manifest,
+                                      started, progress)
+            return IndexResult(folder, len(ids), time.time() - started, False, manifest)
         staging = staging_dir(folder)
         base = None if force else _base_for_update(folder, recorded, features_manifest)
         step = lambda what: progress.note(f"index: {what} ...")  # noqa: E731
@@ -202,7 +240,90 @@ def build_index(
             extra={"collection": features_manifest.get("collection"), "updated": base is not None,
                    "vocabulary": vocab},
         )
+        _remove_unlisted(folder, manifest)
         return IndexResult(folder, len(sigs), time.time() - started, False, manifest)
+
+
+def _build_sharded(folder: Path, feats: np.ndarray, path: Path, ids: np.ndarray, params: IndexParams, shards: int,
+                   engine: EngineParams, inputs: dict[str, str], features_manifest: dict[str, Any], started: float,
+                   progress: Progress) -> dict[str, Any]:
+    """Fit the statistics and vocabulary once on every image, then build each shard over its rows with them
+    (here, or one Ray task per shard); the index's manifest, written last, lists the shards by digest."""
+    n, dim = feats.shape
+    if shards > n:
+        raise ParameterError("shards", f"({shards}) is more than the collection's {n} images")
+    progress.note("index: per-dimension statistics ...")
+    stats = set_statistics(iter_npy_rows(path, CHUNK_ROWS // 4))
+    rep = representation(params, n, dim)
+    progress.note(f"index: fitting the {rep.name} vocabulary ...")
+    vocabulary = rep.fit(feats, stats, SEED)
+    bounds = [s * n // shards for s in range(shards + 1)]
+    (folder / MANIFEST).unlink(missing_ok=True)  # not an index until every shard, then its manifest, is in
+    jobs = [(str(path), bounds[s], bounds[s + 1], ids[bounds[s] : bounds[s + 1]], stats, vocabulary,
+             asdict(params), str(folder / f"shard_{s:03d}"), inputs) for s in range(shards)]
+    if engine.engine == "ray":
+        from .ray_engine import build_shards
+
+        listed = build_shards(jobs, engine.address, progress)
+    else:
+        bar = progress.bar(shards, "index shards", unit="shard")
+        listed = []
+        for job in jobs:
+            listed.append(build_shard(*job))
+            bar.update(1)
+        bar.close()
+    staging = staging_dir(folder)
+    write_npy(staging / "vocabulary.npy", vocabulary)
+    write_npy(staging / "stats.npy", stats)
+    write_npy(staging / "token_table.npy", token_table(params.num_perm, rep.universe(vocabulary)))
+    artifacts = commit_staged(folder, staging)
+    manifest = write_manifest(
+        folder, stage="index", params=index_params(params), artifacts=artifacts, inputs=inputs, n=n,
+        started=started, versions=library_versions(),
+        extra={"collection": features_manifest.get("collection"), "updated": False,
+               "vocabulary": vocabulary_record(rep, vocabulary, n), "shards": listed},
+    )
+    _remove_unlisted(folder, manifest)
+    return manifest
+
+
+def build_shard(features_path: str, lo: int, hi: int, ids: np.ndarray, stats: np.ndarray, vocabulary: np.ndarray,
+                params: dict[str, Any], folder: str, inputs: dict[str, str]) -> dict[str, Any]:
+    """One shard: an ordinary index over feature rows ``lo:hi`` with the collection's frozen statistics and
+    vocabulary, committed in ``folder``. Runs in this process or as a Ray task (the features file is read where
+    it is, already verified by the caller); returns the entry the index's manifest lists it by."""
+    started = time.time()
+    index_params_ = IndexParams(**params)
+    shard_features = np.asarray(np.load(features_path, mmap_mode="r")[lo:hi], dtype=np.float32)
+    built = index_in_memory(shard_features, np.zeros(hi - lo, np.int16), [], index_params_, stats=stats,
+                            vocabulary=vocabulary)
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(target)
+    for name in ("topk", "topk_bits", "sets", "vocabulary", "signatures", "stats", "tree_keys", "tree_order"):
+        write_npy(staging / f"{name}.npy", np.asarray(getattr(built, name)))
+    write_npy(staging / "token_table.npy", built.table)
+    write_npy(staging / "ids.npy", np.asarray(ids, dtype=np.int64))
+    with atomic_file(staging / "forest.pkl") as handle:
+        pickle.dump(ForestPickle(built.signatures, index_params_.trees), handle, protocol=pickle.HIGHEST_PROTOCOL)
+    artifacts = commit_staged(target, staging)
+    write_manifest(target, stage="index", params=index_params(index_params_), artifacts=artifacts,
+                   inputs={**inputs, "rows": f"{lo}:{hi}"}, n=hi - lo, started=started, versions=library_versions(),
+                   extra={"vocabulary": built.params["vocabulary"]})
+    return {"folder": target.name, "rows": [lo, hi], "manifest_sha256": manifest_digest(target)}
+
+
+def _remove_unlisted(folder: Path, manifest: dict[str, Any]) -> None:
+    """Files and shard folders of an earlier layout (unsharded, or another shard count) that this one doesn't use."""
+    import shutil
+
+    keep = {entry.get("file", name) for name, entry in manifest["artifacts"].items()} | {MANIFEST}
+    folders = {entry["folder"] for entry in manifest.get("shards") or ()}
+    for path in folder.iterdir():
+        if path.is_dir() and path.name.startswith("shard_") and path.name not in folders:
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file() and path.suffix in (".npy", ".pkl") and path.name not in keep:
+            path.unlink(missing_ok=True)
 
 
 def feature_ids(folder: Path, manifest: dict[str, Any], n: int) -> np.ndarray:
@@ -268,7 +389,7 @@ def _base_for_update(folder: Path, params: dict[str, Any], features_manifest: di
     try:
         manifest = read_manifest(folder, stage="index", make_cmd=MAKE_CMD)
         built = manifest.get("collection") or {}
-        if manifest.get("params") != params or set(manifest.get("artifacts", ())) != ARTIFACTS \
+        if manifest.get("shards") or manifest.get("params") != params or set(manifest.get("artifacts", ())) != ARTIFACTS \
                 or built.get("lineage") != now["lineage"] or int(built["generation"]) > int(now["generation"]):
             return None
         names = ("topk", "topk_bits", "sets", "vocabulary", "signatures", "stats", "token_table", "tree_keys",
@@ -325,8 +446,45 @@ def frozen_representation(params: IndexParams, vocabulary: np.ndarray, dim: int)
                           replace(params, centroids=len(vocabulary)), 0, dim)
 
 
+class _Rows:
+    """Image ids and rows, for anything with ``n`` and ``ids`` (None: an image's id is its row)."""
+
+    n: int
+    ids: np.ndarray | None
+
+    def id_of(self, row: int) -> int:
+        return int(row) if self.ids is None else int(self.ids[row])
+
+    def ids_of(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(rows, dtype=np.int64) if self.ids is None else self.ids[np.asarray(rows, dtype=np.intp)]
+
+    def _lookup(self, image_ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The rows that would hold ``image_ids``, and which of those ids the collection really holds."""
+        wanted = np.asarray(image_ids, dtype=np.int64).reshape(-1)
+        if self.ids is None:
+            return wanted, (wanted >= 0) & (wanted < self.n)
+        rows = np.searchsorted(self.ids, wanted)  # ids are stored in increasing order
+        found = rows < self.n
+        found[found] = self.ids[rows[found]] == wanted[found]
+        return rows, found
+
+    def row_of(self, image_id: int) -> int | None:
+        """The row holding image ``image_id``, or None when the collection has no such image."""
+        if not 0 <= image_id < 2**63:  # ids are non-negative int64: anything else is in no collection
+            return None
+        rows, found = self._lookup(image_id)
+        return int(rows[0]) if found[0] else None
+
+    def rows_of(self, image_ids: np.ndarray) -> np.ndarray:
+        """The rows holding ``image_ids`` (all of them must be in the collection)."""
+        rows, found = self._lookup(image_ids)
+        if not found.all():
+            raise ValueError("not every id is in the collection")
+        return rows.astype(np.int64)
+
+
 @dataclass
-class LoadedIndex:
+class LoadedIndex(_Rows):
     """Everything a query needs, verified against the manifests and memory-mapped.
 
     ``forest`` (the datasketch object) is loaded on first use only; the other methods read the
@@ -368,36 +526,6 @@ class LoadedIndex:
             return self.set_representation
         return frozen_representation(params_of(self.params), np.asarray(self.vocabulary), self.features.shape[1])
 
-    def id_of(self, row: int) -> int:
-        return int(row) if self.ids is None else int(self.ids[row])
-
-    def ids_of(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray(rows, dtype=np.int64) if self.ids is None else self.ids[np.asarray(rows, dtype=np.intp)]
-
-    def _lookup(self, image_ids: Any) -> tuple[np.ndarray, np.ndarray]:
-        """The rows that would hold ``image_ids``, and which of those ids the collection really holds."""
-        wanted = np.asarray(image_ids, dtype=np.int64).reshape(-1)
-        if self.ids is None:
-            return wanted, (wanted >= 0) & (wanted < self.n)
-        rows = np.searchsorted(self.ids, wanted)  # ids are stored in increasing order
-        found = rows < self.n
-        found[found] = self.ids[rows[found]] == wanted[found]
-        return rows, found
-
-    def row_of(self, image_id: int) -> int | None:
-        """The row holding image ``image_id``, or None when the collection has no such image."""
-        if not 0 <= image_id < 2**63:  # ids are non-negative int64: anything else is in no collection
-            return None
-        rows, found = self._lookup(image_id)
-        return int(rows[0]) if found[0] else None
-
-    def rows_of(self, image_ids: np.ndarray) -> np.ndarray:
-        """The rows holding ``image_ids`` (all of them must be in the collection)."""
-        rows, found = self._lookup(image_ids)
-        if not found.all():
-            raise ValueError("not every id is in the collection")
-        return rows.astype(np.int64)
-
     @property
     def forest(self) -> Any:
         if self._forest is None and self.forest_loader is not None:
@@ -433,45 +561,105 @@ def index_in_memory(
                        set_representation=rep)
 
 
-def load_index(cache_dir: Path) -> LoadedIndex:
-    """Load and verify the index and the features it was built from.
+def load_index(cache_dir: Path) -> LoadedIndex | ShardedIndex:
+    """Load and verify the index and the features it was built from (a sharded index: every shard).
 
     Raises:
         MissingArtifactError: a stage has not run yet.
         StaleArtifactError: the features changed since the index was built.
         IntegrityError: an artifact does not match its manifest.
     """
+    opened = _open(cache_dir)
+    manifest = opened.manifest
+    if not manifest.get("shards"):
+        return _load_one(index_dir(cache_dir), manifest, opened, 0, opened.n)
+    shards = [load_shard(cache_dir, s, opened) for s in range(shard_count(manifest))]
+    first = shards[0]
+    return ShardedIndex(params=first.params, features_params=opened.features_manifest["params"],
+                        class_names=opened.class_names, features=opened.features, labels=opened.labels,
+                        shards=shards, paths=opened.paths, ids=None if opened.plain_ids else opened.ids)
+
+
+def load_shard(cache_dir: Path, number: int, opened: _Opened | None = None) -> LoadedIndex:
+    """Shard ``number`` of a sharded index, verified, over its rows of the collection's features (a Ray actor
+    serving one shard opens only that one)."""
+    opened = opened or _open(cache_dir)
+    if not opened.manifest.get("shards"):  # an ordinary index is one shard
+        if number != 0:
+            raise ParameterError("shard", f"{number}: the index is not sharded")
+        return _load_one(index_dir(cache_dir), opened.manifest, opened, 0, opened.n)
+    entry = opened.manifest["shards"][number]
+    folder = index_dir(cache_dir) / entry["folder"]
+    lo, hi = (int(x) for x in entry["rows"])
+    return _load_one(folder, shard_manifest(index_dir(cache_dir), entry), opened, lo, hi)
+
+
+@dataclass
+class _Opened:
+    """The features side of an index, verified and memory-mapped, with the index's own manifest."""
+
+    manifest: dict[str, Any]
+    features_manifest: dict[str, Any]
+    features: np.ndarray
+    labels: np.ndarray
+    paths: np.ndarray | None
+    ids: np.ndarray
+    class_names: list[str]
+
+    @property
+    def n(self) -> int:
+        return len(self.features)
+
+    @property
+    def plain_ids(self) -> bool:
+        return bool(np.array_equal(self.ids, np.arange(len(self.ids))))
+
+
+def _open(cache_dir: Path) -> _Opened:
     source, folder = features_dir(cache_dir), index_dir(cache_dir)
     features_manifest = features_stage.load_manifest(cache_dir)
     manifest = read_manifest(folder, stage="index", make_cmd=MAKE_CMD)
     if manifest.get("inputs") != _inputs(cache_dir):
         raise StaleArtifactError("the index was built from other features than the ones extracted now: run `stl10sim index`")
-    if set(manifest.get("artifacts", ())) != ARTIFACTS or "vocabulary" not in manifest:
+    expected = SHARED if manifest.get("shards") else ARTIFACTS
+    if set(manifest.get("artifacts", ())) != expected or "vocabulary" not in manifest:
         raise StaleArtifactError("the index was built by an older version of stl10sim: run `stl10sim index`")
     fmake = features_stage.MAKE_CMD
-
     # plain ndarray views of the memory maps: same pages, but slicing them costs no np.memmap bookkeeping
     # (a third of a query's time at 13,000 images went to memmap.__getitem__)
+    feats = np.asarray(load_npy(source, features_manifest, "features", make_cmd=fmake))
+    labels = np.asarray(load_npy(source, features_manifest, "labels", make_cmd=fmake))
+    paths = None
+    if keys_are_paths(features_stage.source_record(features_manifest)):  # results carry them
+        paths = np.asarray(load_npy(source, features_manifest, "keys", make_cmd=fmake))
+    ids = feature_ids(source, features_manifest, len(feats))
+    return _Opened(manifest, features_manifest, feats, labels, paths, ids,
+                   list(features_manifest.get("class_names", [])))
+
+
+def _load_one(folder: Path, manifest: dict[str, Any], opened: _Opened, lo: int, hi: int) -> LoadedIndex:
+    """An ordinary index in ``folder`` over rows ``lo:hi`` of the opened features."""
+
     def artifact(name: str) -> np.ndarray:
         return np.asarray(load_npy(folder, manifest, name, make_cmd=MAKE_CMD))
 
-    feats = np.asarray(load_npy(source, features_manifest, "features", make_cmd=fmake))
-    labels = np.asarray(load_npy(source, features_manifest, "labels", make_cmd=fmake))
     index = LoadedIndex(
-        params={**manifest["params"], "vocabulary": manifest["vocabulary"]},
-        features_params=features_manifest["params"],
-        class_names=list(features_manifest.get("class_names", [])), features=feats, labels=labels,
+        params={**manifest["params"], "vocabulary": opened.manifest["vocabulary"]},
+        features_params=opened.features_manifest["params"],
+        class_names=opened.class_names, features=opened.features[lo:hi], labels=opened.labels[lo:hi],
         topk=artifact("topk"), topk_bits=artifact("topk_bits"), sets=artifact("sets"),
         vocabulary=artifact("vocabulary"),
         signatures=artifact("signatures"), stats=artifact("stats"),
         table=artifact("token_table"), tree_keys=artifact("tree_keys"), tree_order=artifact("tree_order"),
     )
-    if keys_are_paths(features_stage.source_record(features_manifest)):  # results carry them
-        index.paths = np.asarray(load_npy(source, features_manifest, "keys", make_cmd=fmake))
-    ids = feature_ids(source, features_manifest, len(feats))
+    if opened.paths is not None:
+        index.paths = opened.paths[lo:hi]
+    ids = opened.ids[lo:hi]
     if not np.array_equal(ids, np.arange(len(ids))):
         index.ids = ids
-    if not (len(feats) == len(labels) == len(index.topk) == len(index.sets) == index.n
+    if "ids" in manifest["artifacts"] and not np.array_equal(artifact("ids"), ids):
+        raise IntegrityError("features and index disagree on the images' ids: run `stl10sim index --force`")
+    if not (hi - lo == len(index.labels) == len(index.topk) == len(index.sets) == index.n
             == index.tree_order.shape[1]):
         raise IntegrityError("features and index disagree on the number of images: run `stl10sim index --force`")
     if "forest" not in manifest["artifacts"]:
@@ -484,3 +672,34 @@ def load_index(cache_dir: Path) -> LoadedIndex:
 
     index.forest_loader = load_forest
     return index
+
+
+@dataclass
+class ShardedIndex(_Rows):
+    """A collection indexed as shards: the collection-wide arrays (features, labels, paths, ids) and the shards,
+    each a :class:`LoadedIndex` over its contiguous rows, that a ``Searcher`` fans out to."""
+
+    params: dict[str, Any]
+    features_params: dict[str, Any]
+    class_names: list[str]
+    features: np.ndarray
+    labels: np.ndarray
+    shards: list[LoadedIndex]
+    paths: np.ndarray | None = None
+    ids: np.ndarray | None = None
+    _topk: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.features)
+
+    @property
+    def topk(self) -> np.ndarray:
+        """Every image's top-K dimensions (gathered from the shards on first use: evaluate and duplicates)."""
+        if self._topk is None:
+            self._topk = np.concatenate([np.asarray(shard.topk) for shard in self.shards])
+        return self._topk
+
+    @property
+    def universe(self) -> int:
+        return self.shards[0].universe

@@ -114,6 +114,17 @@ class IndexParams:
 
 
 @dataclass(frozen=True)
+class ShardParams:
+    """How many shards an index is built as: contiguous rows, each an ordinary index with one shared vocabulary;
+    queries fan out to every shard and merge (the answers of one index with the same parameters)."""
+
+    shards: int = _spec(1, low=1, high=4096)
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+
+@dataclass(frozen=True)
 class SearchParams:
     """One query: how many results, which method, how many candidates ``rerank`` re-ranks."""
 

@@ -227,3 +227,72 @@ def linked_pairs(features: np.ndarray, trees: tuple[np.ndarray, np.ndarray], thr
     if not found:
         return np.empty((0, 2), dtype=np.int64)
     return np.unique(np.concatenate(found), axis=0)
+
+
+# ---------------------------------------------------------------- sharded collections
+
+
+def build_shards(jobs: list[tuple[Any, ...]], address: str | None = None,
+                 progress: Progress = SILENT) -> list[dict[str, Any]]:
+    """``index.build_shard(*job)`` for every shard, one Ray task each (they write into the collection's folder,
+    which every node must see); the entries in shard order."""
+    from .index import build_shard
+
+    ray = connect(address, progress)
+    task = ray.remote(num_cpus=1, max_retries=3)(build_shard)
+    refs = [task.remote(*job) for job in jobs]
+    bar = progress.bar(len(refs), "index shards (ray)", unit="shard")
+    try:
+        remaining = list(refs)
+        while remaining:
+            done, remaining = ray.wait(remaining, num_returns=1)
+            ray.get(done[0])  # raises now for a failed shard
+            bar.update(1)
+        return ray.get(refs)
+    except ray.exceptions.RayError as exc:
+        raise EngineError(f"a Ray task failed building a shard: {_first_line(exc)}") from exc
+    finally:
+        bar.close()
+
+
+class _ShardServer:
+    """One Ray actor per shard: it memory-maps its shard once and answers a ``search.Shard``'s questions."""
+
+    def __init__(self, home: str, number: int) -> None:
+        from pathlib import Path
+
+        from .index import load_shard
+        from .search import Shard
+
+        self.shard = Shard(load_shard(Path(home), number))
+
+    def call(self, method: str, args: tuple[Any, ...]) -> Any:
+        return getattr(self.shard, method)(*args)
+
+    def size(self) -> int:
+        return self.shard.n
+
+
+class RayParts:
+    """A sharded collection's shards as Ray actors (``search.LocalParts``' interface): each round of questions is
+    sent to every shard at once and answered in parallel."""
+
+    def __init__(self, home: Any, shards: int, address: str | None = None, progress: Progress = SILENT) -> None:
+        self.ray = connect(address, progress)
+        server = self.ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(_ShardServer)
+        progress.note(f"starting {shards} Ray actor(s), one per shard ...")
+        self.actors = [server.remote(str(home), s) for s in range(shards)]
+        try:
+            self.sizes = self.ray.get([actor.size.remote() for actor in self.actors])
+        except self.ray.exceptions.RayError as exc:
+            raise EngineError(f"a shard's Ray actor could not open it: {_first_line(exc)}") from exc
+
+    def each(self, method: str, calls: list[tuple[int, tuple[Any, ...]]]) -> list[Any]:
+        try:
+            return self.ray.get([self.actors[part].call.remote(method, args) for part, args in calls])
+        except self.ray.exceptions.RayError as exc:
+            raise EngineError(f"a shard's Ray actor failed: {_first_line(exc)}") from exc
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)

@@ -179,7 +179,9 @@ class Shard:
         return (np.asarray(self.index.signatures[rows]) == q.signature).mean(axis=1)
 
     def cosine(self, q: QueryVector, rows: np.ndarray) -> np.ndarray:
-        return np.asarray(self.index.features[rows]) @ q.feature
+        # einsum sums each row in one fixed order, so a row's cosine is the same whichever rows it is computed
+        # with (BLAS picks kernels by the number of rows: the last bit moved), and shards rank as one index
+        return np.einsum("ij,j->i", np.asarray(self.index.features[rows]), q.feature)
 
     def shared(self, q: QueryVector, rows: np.ndarray) -> np.ndarray:
         """How many top-K dimensions each row shares with the query."""
@@ -194,7 +196,7 @@ class Shard:
             scores[q.exclude] = -np.inf
         top = np.argpartition(-scores, wanted - 1)[:wanted] if wanted < len(scores) else np.arange(len(scores))
         keep = top[np.isfinite(scores[top])].astype(np.int64)
-        return keep, scores[keep]
+        return keep, self.cosine(q, keep)  # ranked by the cosine every result shows
 
     def datasketch(self, q: QueryVector, k: int) -> np.ndarray:
         keys = self.index.forest.query(Sketch(q.signature), k + (q.exclude is not None))

@@ -36,7 +36,7 @@ from . import __version__
 from .artifacts import json_ready, json_text, manifest_digest
 from .errors import ImageGoneError, InputError, NoImagesError, ParameterError, Stl10SimError
 from .images import ImageTooLarge
-from .params import METHODS, SearchParams, ServeParams
+from .params import METHODS, EngineParams, SearchParams, ServeParams
 from .paths import features_dir, index_dir
 from .progress import SILENT, Progress
 from .session import Session
@@ -60,9 +60,11 @@ CLOSE = [(b"connection", b"close")]  # on answers to a request whose body is not
 Method = Literal[METHODS]  # type: ignore[valid-type]
 
 
-def create_app(cache_dir: Path, params: ServeParams = ServeParams(), *, progress: Progress = SILENT) -> Any:
-    """The ASGI app serving the collection in ``cache_dir`` (opened now: errors surface before serving)."""
-    session = Session.open(cache_dir, progress=progress)
+def create_app(cache_dir: Path, params: ServeParams = ServeParams(), *, progress: Progress = SILENT,
+               engine: EngineParams = EngineParams()) -> Any:
+    """The ASGI app serving the collection in ``cache_dir`` (opened now: errors surface before serving);
+    ``engine`` ray: each shard is searched by a Ray actor (the API and the page are the same)."""
+    session = Session.open(cache_dir, progress=progress, engine=engine)
     loaded = {"index": manifest_digest(index_dir(cache_dir)), "features": manifest_digest(features_dir(cache_dir))}
     max_body = params.max_upload_mb * 2**20
     # uploads stay in memory: the body is capped below this, so the spooled file never rolls over to disk
@@ -421,13 +423,14 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(cache_dir: Path, params: ServeParams = ServeParams(), *, progress: Progress = SILENT) -> None:
+def serve(cache_dir: Path, params: ServeParams = ServeParams(), *, progress: Progress = SILENT,
+          engine: EngineParams = EngineParams()) -> None:
     """Open the collection and serve it with uvicorn until interrupted."""
     import uvicorn
 
     sock = listen(params.host, params.port)
     try:
-        app = create_app(cache_dir, params, progress=progress)
+        app = create_app(cache_dir, params, progress=progress, engine=engine)
         progress.note(f"serving {app.title} on http://{params.host}:{params.port}/ (Ctrl-C stops)")
         uvicorn.Server(uvicorn_config(app, params)).run(sockets=[sock])
     finally:

@@ -19,8 +19,8 @@ import numpy as np
 from . import sources
 from .errors import ImageGoneError, InputError, NoImagesError, ParameterError, StaleArtifactError
 from .extract import load_manifest, source_record
-from .index import LoadedIndex, ensure_index, load_index
-from .params import DEVICES, SearchParams
+from .index import LoadedIndex, ShardedIndex, ensure_index, load_index
+from .params import DEVICES, EngineParams, SearchParams
 from .progress import SILENT, Progress
 from .search import QueryResult, QueryVector, Searcher
 
@@ -30,9 +30,10 @@ ImageInput = Union[str, Path, bytes, np.ndarray]
 class Session:
     """An opened collection: its verified index, its features and, on demand, its images and model."""
 
-    def __init__(self, index: LoadedIndex, extract_manifest: dict[str, Any], load_ms: float = 0.0,
-                 cache_dir: Path | None = None, progress: Progress = SILENT) -> None:
+    def __init__(self, index: LoadedIndex | ShardedIndex, extract_manifest: dict[str, Any], load_ms: float = 0.0,
+                 cache_dir: Path | None = None, progress: Progress = SILENT, parts: Any = None) -> None:
         self.index = index
+        self.parts = parts  # who answers for each shard (None: this process; ray_engine.RayParts: Ray actors)
         self.progress = progress
         self.extract_manifest = extract_manifest
         self.load_ms = load_ms
@@ -45,7 +46,8 @@ class Session:
         self._mapped = _mapped_files(index)
 
     @classmethod
-    def open(cls, cache_dir: Path, *, build: bool = True, progress: Progress = SILENT) -> Session:
+    def open(cls, cache_dir: Path, *, build: bool = True, progress: Progress = SILENT,
+             engine: EngineParams = EngineParams()) -> Session:
         """Open the collection in ``cache_dir``.
 
         Args:
@@ -53,6 +55,7 @@ class Session:
             build: build the index first when it is missing, or stale (with the parameters it was last
                 built with); otherwise such an index raises.
             progress: told when the index is built first.
+            engine: ``ray``: each shard (an unsharded index is one) is searched by a Ray actor that maps it once.
 
         Raises:
             MissingArtifactError: no features (run ``stl10sim extract``), or no index and ``build`` is False.
@@ -62,8 +65,13 @@ class Session:
         if build:
             ensure_index(cache_dir, progress=progress)
         index = load_index(cache_dir)
+        parts = None
+        if engine.engine == "ray":
+            from .ray_engine import RayParts
+
+            parts = RayParts(cache_dir, len(getattr(index, "shards", [index])), engine.address, progress)
         return cls(index, load_manifest(cache_dir), round((time.perf_counter() - started) * 1e3, 3), cache_dir,
-                   progress)
+                   progress, parts)
 
     def changed_on_disk(self) -> str | None:
         """The first memory-mapped artifact that was truncated or rewritten in place since it was mapped, or None.
@@ -173,7 +181,7 @@ class Session:
 
     def searcher(self, candidates: int = SearchParams.candidates) -> Searcher:
         if candidates not in self._searchers:
-            self._searchers[candidates] = Searcher(self.index, candidates)
+            self._searchers[candidates] = Searcher(self.index, candidates, self.parts)
         return self._searchers[candidates]
 
     def vector(self, image_id: int | None = None, image: ImageInput | None = None, *, name: str | None = None,
@@ -299,10 +307,11 @@ class Session:
         raise ParameterError("image", f"must be a path, bytes or a uint8 array, got {type(image).__name__}")
 
 
-def _mapped_files(index: LoadedIndex) -> list[tuple[str, mmap.mmap, tuple[int, int, int]]]:
+def _mapped_files(index: LoadedIndex | ShardedIndex) -> list[tuple[str, mmap.mmap, tuple[int, int, int]]]:
     """Each memory-mapped file behind the index's arrays: its path, its map and its (inode, size, mtime_ns)."""
     found: dict[str, tuple[str, mmap.mmap, tuple[int, int, int]]] = {}
-    for value in vars(index).values():
+    values = [value for part in [index, *getattr(index, "shards", [])] for value in vars(part).values()]
+    for value in values:
         path, obj = None, value
         while isinstance(obj, np.ndarray):  # a view's base chain ends at the mmap a np.memmap was built on
             path = path or (getattr(obj, "filename", None) if isinstance(obj, np.memmap) else None)
