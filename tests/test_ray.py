@@ -4,6 +4,7 @@ Ray; a killed actor or a killed driver loses nothing; clear exit-2 errors when R
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import threading
 import time
@@ -198,3 +199,43 @@ def test_an_unreachable_address_and_a_missing_ray_are_one_line_exit_2(tmp_path, 
     finally:
         monkeypatch.undo()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+
+
+def test_shards_built_and_served_on_ray_answer_as_one_index(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from stl10_similarity.index import build_index, last_params
+    from stl10_similarity.server import create_app
+    from stl10_similarity.synthetic import synthetic_features
+
+    feats, clusters = synthetic_features(2400, seed=21)
+    np.save(tmp_path / "f.npy", feats)
+    cache = str(tmp_path / "cache")
+    assert invoke("import", "--features", str(tmp_path / "f.npy"), "--collection", "ext", "--cache-dir",
+                  cache).exit_code == 0
+    home = tmp_path / "cache" / "collections" / "ext"
+    assert invoke("index", "--collection", "ext", "--cache-dir", cache).exit_code == 0
+    queries = [{"image_id": i, "k": 10, "method": m, "candidates": 50} for i in (0, 777, 2399) for m in
+               ("rerank", "forest", "exact")]
+
+    def answers(client) -> list[dict]:
+        out = []
+        for q in queries:
+            doc = client.get("/api/v1/search", params=q).json()
+            doc.pop("timing_ms")
+            out.append(doc)
+        return out
+
+    with TestClient(create_app(home)) as client:
+        one = answers(client)
+    out = invoke("index", "--shards", "3", "--engine", "ray", "--collection", "ext", "--cache-dir", cache)
+    assert out.exit_code == 0 and "as 3 shards" in out.stdout, out.output
+    ray_built = {p.name: p.read_bytes() for p in (home / "index" / "shard_001").glob("*.npy")}
+    local = tmp_path / "local"
+    shutil.copytree(home, local)
+    build_index(local, last_params(local), shards=3, force=True)  # the same shards built in this process
+    assert {p.name: p.read_bytes() for p in (local / "index" / "shard_001").glob("*.npy")} == ray_built
+    app = create_app(home, engine=EngineParams(engine="ray"))
+    with TestClient(app) as client:
+        assert answers(client) == one  # the same JSON from one Ray actor per shard
+        assert client.get("/api/v1/images/5").json()["id"] == 5
