@@ -87,9 +87,10 @@ class _Embedder:
         parts = [self.model(self.model.stage(source.images(lo, min(lo + batch_size, len(keys)))))
                  for lo in range(0, len(keys), batch_size)]
         bad, digests = unreadable_in(source, keys, 0, len(keys), offset=start)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        return start, np.concatenate(parts), bad, digests, {"model_seconds": self.model_seconds, "peak_mb": peak,
-                                                            "pid": os.getpid()}
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return start, np.concatenate(parts), bad, digests, {
+            "model_seconds": self.model_seconds, "peak_mb": usage.ru_maxrss / 1024,  # KiB on Linux
+            "cpu_seconds": usage.ru_utime + usage.ru_stime, "pid": os.getpid()}
 
 
 class RayRunner:
@@ -108,6 +109,7 @@ class RayRunner:
         self.pool: list[Any] = []  # the live actors while a job runs (tests kill one)
         self.peak_mb = 0.0  # the largest resident set an actor reached in the last job
         self.pids: set[int] = set()  # the actor processes that embedded something in the last job
+        self.cpu_seconds: dict[int, float] = {}  # CPU time each of those processes had used by its last chunk
 
     def settings(self, params: Any) -> tuple[str, str, int]:
         """Device, precision and batch size, resolved for the workers: CUDA when actors get GPUs, else the CPU
@@ -132,7 +134,7 @@ class RayRunner:
         ray = connect(self.address, progress) if todo else None
         bar = progress.bar(chunks.n, "extract (ray)", unit="img",
                            initial=sum(min(chunks.chunk, chunks.n - s) for s in chunks.done))
-        self.peak_mb, self.pids, model_seconds = 0.0, set(), 0.0
+        self.peak_mb, self.pids, self.cpu_seconds, model_seconds = 0.0, set(), {}, 0.0
         if ray is not None:
             keys = job.source.keys()
             count = self.actors or self._default_actors(ray)
@@ -169,6 +171,7 @@ class RayRunner:
                     bar.update(stop - start)
                     self.peak_mb = max(self.peak_mb, cost["peak_mb"])
                     self.pids.add(int(cost["pid"]))
+                    self.cpu_seconds[int(cost["pid"])] = float(cost["cpu_seconds"])
                     model_seconds = max(model_seconds, cost["model_seconds"])
                     submit(slot)
             finally:
@@ -196,15 +199,19 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _tree_pairs(features: np.ndarray, tree_keys: np.ndarray, tree_order: np.ndarray, threshold: float,
-                max_run: int) -> np.ndarray:
+                max_run: int) -> tuple[np.ndarray, float]:
+    """One tree's linked pairs, and the CPU seconds the task took."""
     from .duplicates import tree_linked_pairs
 
-    return tree_linked_pairs(features, tree_keys, tree_order, threshold, max_run)
+    started = time.process_time()
+    return tree_linked_pairs(features, tree_keys, tree_order, threshold, max_run), time.process_time() - started
+
 
 
 def linked_pairs(features: np.ndarray, trees: tuple[np.ndarray, np.ndarray], threshold: float, max_run: int,
-                 address: str | None = None, progress: Progress = SILENT) -> np.ndarray:
-    """``duplicates.linked_pairs``, one Ray task per tree: the same pairs."""
+                 address: str | None = None, progress: Progress = SILENT,
+                 costs: list[float] | None = None) -> np.ndarray:
+    """``duplicates.linked_pairs``, one Ray task per tree: the same pairs (``costs`` gets each task's CPU seconds)."""
     ray = connect(address, progress)
     tree_keys, tree_order = trees
     features_ref = ray.put(np.ascontiguousarray(features))
@@ -217,7 +224,10 @@ def linked_pairs(features: np.ndarray, trees: tuple[np.ndarray, np.ndarray], thr
         remaining = list(refs)
         while remaining:
             ready, remaining = ray.wait(remaining, num_returns=1)
-            found.append(ray.get(ready[0]))
+            pairs, cpu = ray.get(ready[0])
+            found.append(pairs)
+            if costs is not None:
+                costs.append(cpu)
             bar.update(1)
     except ray.exceptions.RayError as exc:
         raise EngineError(f"a Ray task failed looking for duplicates: {_first_line(exc)}") from exc
