@@ -351,10 +351,10 @@ def _as_before(home: Path, params: P.ExtractParams, given: set[str]) -> P.Extrac
     of its last extraction, unless given on the command line."""
     from dataclasses import replace
 
-    from .extract import load_manifest
+    from .store import features_manifest
 
     try:
-        recorded = load_manifest(home)["params"]
+        recorded = features_manifest(home)["params"]
         before = {"weights": recorded["weights_source"], "image_size": recorded["image_size"],
                   "precision": recorded["precision"]}
     except (Stl10SimError, KeyError, TypeError):
@@ -364,12 +364,12 @@ def _as_before(home: Path, params: P.ExtractParams, given: set[str]) -> P.Extrac
 
 def _folder_root(home: Path, images: Path | None) -> Path:
     """The folder of a collection: ``--images``, or the one its last extraction recorded."""
-    from .extract import load_manifest, source_record
+    from .store import features_manifest
 
     if images is not None:
         return images
     try:
-        record = source_record(load_manifest(home))
+        record = features_manifest(home).source
     except Stl10SimError as exc:
         raise click.UsageError(f"{home.name} is a new collection: give its folder with --images DIR") from exc
     if "root" not in record:  # only a folder source records a folder

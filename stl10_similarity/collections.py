@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .artifacts import MANIFEST, cache_lock, read_manifest, verify_stage
+from . import store
+from .artifacts import cache_lock, verify_stage
 from .errors import InputError, MissingArtifactError, ParameterError, Stl10SimError
-from .extract import load_manifest, source_record
 from .index import index_state
 from .params import DEFAULT_COLLECTION
 from .paths import COLLECTIONS, collection_home, collection_names, features_dir, index_dir
@@ -24,8 +24,8 @@ def list_collections(cache_dir: Path) -> list[dict[str, Any]]:
     for name in collection_names(cache_dir):
         home = collection_home(cache_dir, name)
         try:
-            manifest = load_manifest(home)
-            record = source_record(manifest)
+            manifest = store.features_manifest(home)
+            record = manifest.source
             rows.append({"name": name, "source": describe_record(record), "images": int(manifest["n"]),
                          "skipped": len(manifest.get("skipped", [])), "index": index_state(home)})
         except (Stl10SimError, KeyError, TypeError) as exc:
@@ -90,7 +90,7 @@ def forgotten_if_failed(home: Path) -> Iterator[None]:
 def forget_if_empty(home: Path) -> None:
     """Remove a collection's folder that a failed first extraction left with nothing to resume (no features, no
     finished chunks), so it isn't listed as a collection."""
-    if home.parent.name != COLLECTIONS or (features_dir(home) / MANIFEST).is_file():
+    if home.parent.name != COLLECTIONS or store.has_features(home):
         return
     partial = features_dir(home) / "partial"
     if partial.is_dir() and any(partial.iterdir()):
@@ -105,18 +105,16 @@ def verify_collection(home: Path) -> list[tuple[str, str | None]]:
     Raises:
         MissingArtifactError: the collection has no features yet.
     """
-    from . import extract, index
-
-    report = verify_stage(features_dir(home), extract.load_manifest(home), make_cmd=extract.MAKE_CMD)
-    if (index_dir(home) / MANIFEST).is_file():
-        manifest = read_manifest(index_dir(home), stage="index", make_cmd=index.MAKE_CMD)
-        report += verify_stage(index_dir(home), manifest, make_cmd=index.MAKE_CMD)
-        for entry in manifest.get("shards") or ():
-            folder = index_dir(home) / entry["folder"]
+    report = verify_stage(features_dir(home), store.features_manifest(home), make_cmd=store.EXTRACT_CMD)
+    if store.has_index(home):
+        manifest = store.index_manifest(home)
+        report += verify_stage(index_dir(home), manifest, make_cmd=store.INDEX_CMD)
+        for entry in manifest.shards:
+            folder = index_dir(home) / entry.folder
             try:
-                shard = index.shard_manifest(index_dir(home), entry)
+                shard = store.shard_manifest(home, entry)
             except InputError as exc:
-                report.append((str(folder / MANIFEST), str(exc)))
+                report.append((str(folder), str(exc)))
                 continue
-            report += verify_stage(folder, shard, make_cmd=index.MAKE_CMD)
+            report += verify_stage(folder, shard, make_cmd=store.INDEX_CMD)
     return report

@@ -20,9 +20,7 @@ from .artifacts import (
     commit_staged,
     library_versions,
     load_npy,
-    read_manifest,
     staging_dir,
-    write_manifest,
     write_npy,
     write_npy_chunks,
 )
@@ -33,8 +31,10 @@ from .paths import features_dir
 from .progress import SILENT, Progress
 from .runners import EmbedJob, LocalRunner, Runner
 from .sources import Source
+from . import store
+from .store import Manifest
 
-MAKE_CMD = "stl10sim extract"
+MAKE_CMD = store.EXTRACT_CMD
 
 
 @dataclass(frozen=True)
@@ -65,23 +65,10 @@ def identity_params(source_identity: dict[str, Any], weights: str, image_size: i
     }
 
 
-def load_manifest(cache_dir: Path) -> dict[str, Any]:
-    return read_manifest(features_dir(cache_dir), stage="extract", make_cmd=MAKE_CMD)
-
-
-def source_record(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The source a features manifest was made from (manifests before sources existed named only the data dir)."""
-    inputs = manifest.get("inputs", {})
-    if "source" in inputs:
-        return inputs["source"]
-    params = manifest["params"]
-    return {"kind": "stl10", "data_dir": inputs["data_dir"], "split": params["split"], "limit": params["limit"],
-            "parts": manifest.get("parts")}
-
-
-def _cached(folder: Path, params: dict[str, Any]) -> dict[str, Any] | None:
+def _cached(cache_dir: Path, params: dict[str, Any]) -> Manifest | None:
+    folder = features_dir(cache_dir)
     try:
-        manifest = read_manifest(folder, stage="extract", make_cmd=MAKE_CMD)
+        manifest = store.features_manifest(cache_dir)
     except (MissingArtifactError, IntegrityError):
         return None
     if {k: manifest["params"].get(k) for k in params} != params:
@@ -119,7 +106,7 @@ def extract(
     identity = identity_params(source.identity(), params.weights, params.image_size, precision)
     folder = features_dir(cache_dir)
     with cache_lock(cache_dir, wait=wait, progress=progress):
-        if not force and (manifest := _cached(folder, identity)) is not None:
+        if not force and (manifest := _cached(cache_dir, identity)) is not None:
             return ExtractResult(folder, manifest["n"], time.time() - started, True, 0, manifest)
         work_started = time.perf_counter()
         job = EmbedJob(source, folder / "partial", identity, params.weights, params.image_size, device, precision,
@@ -142,9 +129,8 @@ def extract(
         artifacts = commit_staged(folder, staging)
         record = source.describe()
         listed = [{"path": e["path"], "reason": e["reason"]} for e in skipped]
-        manifest = write_manifest(
-            folder,
-            stage="extract",
+        manifest = store.write_features_manifest(
+            cache_dir,
             params={**identity, "weights_source": _weights_source(params.weights), "batch_size": batch_size,
                     "device": embedded.device},
             artifacts=artifacts,

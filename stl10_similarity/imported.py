@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import cache_lock, commit_staged, library_versions, read_manifest, staging_dir, write_manifest, \
-    write_npy, write_npy_chunks
+from . import store
+from .artifacts import cache_lock, commit_staged, library_versions, staging_dir, write_npy, write_npy_chunks
 from .errors import InputError, MissingArtifactError, NoImagesError
 from .params import DIM
 from .paths import features_dir
@@ -86,7 +86,7 @@ def import_features(features: Path, home: Path, *, labels: Path | None = None, c
 
     with forgotten_if_failed(home), cache_lock(home, wait=wait, progress=progress):
         folder = features_dir(home)
-        if not force and _has_features(folder):
+        if not force and _has_features(home):
             raise InputError(f"{home} holds a collection already: import with {{force}} to replace it, or choose "
                              "another {collection}", options=("force", "collection"))
         staging = staging_dir(folder)
@@ -102,8 +102,8 @@ def import_features(features: Path, home: Path, *, labels: Path | None = None, c
                   "normalised": "l2"}
         if weights is not None:
             params["weights_source"] = weights if weights in ("imagenet", "none") else str(Path(weights).resolve())
-        return write_manifest(
-            folder, stage="extract", params=params, artifacts=artifacts,
+        return store.write_features_manifest(
+            home, params=params, artifacts=artifacts,
             inputs={"source": {"kind": KIND, "features": str(features), "paths": keys is not None, "files": n}},
             n=n, started=started, versions=library_versions(), extra={"class_names": names, "skipped": []})
 
@@ -118,9 +118,9 @@ def reopen(record: dict[str, Any], keys: list[str] | None = None) -> Any:
                         "images to show; query it by id (text or --json)")
 
 
-def _has_features(folder: Path) -> bool:
+def _has_features(home: Path) -> bool:
     try:
-        read_manifest(folder, stage="extract", make_cmd="stl10sim import")
+        store.features_manifest(home, make_cmd="stl10sim import")
     except MissingArtifactError:
         return False
     except InputError:

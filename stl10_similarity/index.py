@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from . import extract as features_stage
+from . import store
+from .store import Manifest
 from .artifacts import (
-    MANIFEST,
     atomic_file,
     iter_npy_rows,
     commit_staged,
@@ -26,10 +27,7 @@ from .artifacts import (
     cache_lock,
     library_versions,
     load_npy,
-    manifest_digest,
-    read_manifest,
     verified_path,
-    write_manifest,
     write_npy,
 )
 from .errors import InputError, IntegrityError, MissingArtifactError, ParameterError, StaleArtifactError
@@ -41,7 +39,7 @@ from .sets import SetRepresentation, TopDims, bitmaps, representation
 from .sources import keys_are_paths
 from .signatures import SCHEME, SEED, minhash_signatures, set_statistics, token_table, top_k_sets
 
-MAKE_CMD = "stl10sim index"
+MAKE_CMD = store.INDEX_CMD
 CHUNK_ROWS = 65536
 ARTIFACTS = {"topk", "topk_bits", "sets", "vocabulary", "signatures", "stats", "token_table", "tree_keys",
              "tree_order", "forest", "ids"}
@@ -76,7 +74,7 @@ class IndexResult:
 
 def _inputs(cache_dir: Path) -> dict[str, str]:
     """What an index is built from: the features manifest, by digest."""
-    return {"features_manifest_sha256": manifest_digest(features_dir(cache_dir))}
+    return {"features_manifest_sha256": store.features_digest(cache_dir)}
 
 
 def shard_count(manifest: dict[str, Any]) -> int:
@@ -92,37 +90,28 @@ def _fits(manifest: dict[str, Any], params: dict[str, Any], inputs: dict[str, st
         set(manifest.get("artifacts", ())) == expected and (shards is None or shard_count(manifest) == shards)
 
 
-def _cached(folder: Path, params: dict[str, Any], inputs: dict[str, str], shards: int) -> dict[str, Any] | None:
+def _cached(cache_dir: Path, params: dict[str, Any], inputs: dict[str, str], shards: int) -> Manifest | None:
+    folder = index_dir(cache_dir)
     try:
-        manifest = read_manifest(folder, stage="index", make_cmd=MAKE_CMD)
+        manifest = store.index_manifest(cache_dir)
         if not _fits(manifest, params, inputs, shards):
             return None
         for name in manifest["artifacts"]:
             verified_path(folder, manifest, name, make_cmd=MAKE_CMD)
-        for entry in manifest.get("shards") or ():
-            shard = shard_manifest(folder, entry)
+        for entry in manifest.shards:
+            shard = store.shard_manifest(cache_dir, entry)
             for name in shard["artifacts"]:
-                verified_path(folder / entry["folder"], shard, name, make_cmd=MAKE_CMD)
+                verified_path(folder / entry.folder, shard, name, make_cmd=MAKE_CMD)
     except (MissingArtifactError, IntegrityError, KeyError, TypeError):
         return None
-    return manifest
-
-
-def shard_manifest(folder: Path, entry: dict[str, Any]) -> dict[str, Any]:
-    """A shard's manifest, checked to be the one its index's manifest lists."""
-    shard = folder / entry["folder"]
-    manifest = read_manifest(shard, stage="index", make_cmd=MAKE_CMD)
-    if manifest_digest(shard) != entry["manifest_sha256"]:
-        raise IntegrityError(f"{shard} is not the shard its index was built with: run `{MAKE_CMD} --force`")
     return manifest
 
 
 def index_state(cache_dir: Path, params: IndexParams | None = None) -> str:
     """``current`` (built from today's features, with ``params`` when given), ``stale``, ``missing``, or
     ``corrupt`` (an unreadable manifest: reported, never silently rebuilt)."""
-    folder = index_dir(cache_dir)
     try:
-        manifest = read_manifest(folder, stage="index", make_cmd=MAKE_CMD)
+        manifest = store.index_manifest(cache_dir)
     except IntegrityError:
         return "corrupt"
     except MissingArtifactError:
@@ -138,7 +127,7 @@ def index_state(cache_dir: Path, params: IndexParams | None = None) -> str:
 def last_params(cache_dir: Path) -> IndexParams:
     """The parameters the index was last built with (defaults if there is none, or it is unreadable)."""
     try:
-        return params_of(read_manifest(index_dir(cache_dir), stage="index", make_cmd=MAKE_CMD)["params"])
+        return params_of(store.index_manifest(cache_dir)["params"])
     except (MissingArtifactError, IntegrityError, KeyError, TypeError, InputError):
         return IndexParams()
 
@@ -146,7 +135,7 @@ def last_params(cache_dir: Path) -> IndexParams:
 def last_shards(cache_dir: Path) -> int:
     """How many shards the index was last built with (1 if there is none, or it is unreadable)."""
     try:
-        return shard_count(read_manifest(index_dir(cache_dir), stage="index", make_cmd=MAKE_CMD))
+        return shard_count(store.index_manifest(cache_dir))
     except (MissingArtifactError, IntegrityError):
         return 1
 
@@ -157,7 +146,7 @@ def ensure_index(cache_dir: Path, *, progress: Progress = SILENT) -> IndexResult
     state = index_state(cache_dir)
     if state in ("current", "corrupt"):
         return None  # a corrupt manifest is reported by load_index, naming the command that fixes it
-    features_stage.load_manifest(cache_dir)  # no features: say `stl10sim extract`, not "building the index"
+    store.features_manifest(cache_dir)  # no features: say `stl10sim extract`, not "building the index"
     params, shards = last_params(cache_dir), last_shards(cache_dir)
     what = "no index yet: building it" if state == "missing" else "the index is out of date: bringing it up to date"
     progress.note(f"{what} ({describe_params(params)}{f', {shards} shards' if shards > 1 else ''}) ...")
@@ -203,20 +192,20 @@ def build_index(
     source = features_dir(cache_dir)
     folder = index_dir(cache_dir)
     with cache_lock(cache_dir, wait=wait, progress=progress):
-        features_manifest = features_stage.load_manifest(cache_dir)
+        features_manifest = store.features_manifest(cache_dir)
         inputs = _inputs(cache_dir)
         recorded = index_params(params)
-        if not force and (manifest := _cached(folder, recorded, inputs, shards)) is not None:
+        if not force and (manifest := _cached(cache_dir, recorded, inputs, shards)) is not None:
             return IndexResult(folder, manifest["n"], time.time() - started, True, manifest)
         feats = load_npy(source, features_manifest, "features", make_cmd=features_stage.MAKE_CMD)  # verified
         path, dim = source / "features.npy", feats.shape[1]
         ids = feature_ids(source, features_manifest, len(feats))
         if shards > 1:
-            manifest = _build_sharded(folder, feats, path, ids, params, shards, engine, inputs, features_manifest,
-                                      started, progress)
+            manifest = _build_sharded(cache_dir, feats, path, ids, params, shards, engine, inputs,
+                                      features_manifest, started, progress)
             return IndexResult(folder, len(ids), time.time() - started, False, manifest)
         staging = staging_dir(folder)
-        base = None if force else _base_for_update(folder, recorded, features_manifest)
+        base = None if force else _base_for_update(cache_dir, recorded, features_manifest)
         step = lambda what: progress.note(f"index: {what} ...")  # noqa: E731
         if base is not None:
             step(f"updating in place the index built at update {base.generation}")
@@ -234,17 +223,17 @@ def build_index(
         with atomic_file(staging / "forest.pkl") as handle:
             pickle.dump(ForestPickle(sigs, trees), handle, protocol=pickle.HIGHEST_PROTOCOL)
         artifacts = commit_staged(folder, staging)
-        manifest = write_manifest(
-            folder, stage="index", params=recorded, artifacts=artifacts, inputs=inputs, n=len(sigs),
+        manifest = store.write_index_manifest(
+            cache_dir, params=recorded, artifacts=artifacts, inputs=inputs, n=len(sigs),
             started=started, versions=library_versions(),
             extra={"collection": features_manifest.get("collection"), "updated": base is not None,
                    "vocabulary": vocab},
         )
-        _remove_unlisted(folder, manifest)
+        store.remove_unlisted(folder, manifest)
         return IndexResult(folder, len(sigs), time.time() - started, False, manifest)
 
 
-def _build_sharded(folder: Path, feats: np.ndarray, path: Path, ids: np.ndarray, params: IndexParams, shards: int,
+def _build_sharded(cache_dir: Path, feats: np.ndarray, path: Path, ids: np.ndarray, params: IndexParams, shards: int,
                    engine: EngineParams, inputs: dict[str, str], features_manifest: dict[str, Any], started: float,
                    progress: Progress) -> dict[str, Any]:
     """Fit the statistics and vocabulary once on every image, then build each shard over its rows with them
@@ -258,9 +247,9 @@ def _build_sharded(folder: Path, feats: np.ndarray, path: Path, ids: np.ndarray,
     progress.note(f"index: fitting the {rep.name} vocabulary ...")
     vocabulary = rep.fit(feats, stats, SEED)
     bounds = [s * n // shards for s in range(shards + 1)]
-    (folder / MANIFEST).unlink(missing_ok=True)  # not an index until every shard, then its manifest, is in
+    store.retire_index_manifest(cache_dir)  # not an index until every shard, then its manifest, is in
     jobs = [(str(path), bounds[s], bounds[s + 1], ids[bounds[s] : bounds[s + 1]], stats, vocabulary,
-             asdict(params), str(folder / f"shard_{s:03d}"), inputs) for s in range(shards)]
+             asdict(params), str(cache_dir), f"shard_{s:03d}", inputs) for s in range(shards)]
     if engine.engine == "ray":
         from .ray_engine import build_shards
 
@@ -272,32 +261,34 @@ def _build_sharded(folder: Path, feats: np.ndarray, path: Path, ids: np.ndarray,
             listed.append(build_shard(*job))
             bar.update(1)
         bar.close()
+    folder = index_dir(cache_dir)
     staging = staging_dir(folder)
     write_npy(staging / "vocabulary.npy", vocabulary)
     write_npy(staging / "stats.npy", stats)
     write_npy(staging / "token_table.npy", token_table(params.num_perm, rep.universe(vocabulary)))
     artifacts = commit_staged(folder, staging)
-    manifest = write_manifest(
-        folder, stage="index", params=index_params(params), artifacts=artifacts, inputs=inputs, n=n,
+    manifest = store.write_index_manifest(
+        cache_dir, params=index_params(params), artifacts=artifacts, inputs=inputs, n=n,
         started=started, versions=library_versions(),
         extra={"collection": features_manifest.get("collection"), "updated": False,
                "vocabulary": vocabulary_record(rep, vocabulary, n), "shards": listed},
     )
-    _remove_unlisted(folder, manifest)
+    store.remove_unlisted(folder, manifest)
     return manifest
 
 
 def build_shard(features_path: str, lo: int, hi: int, ids: np.ndarray, stats: np.ndarray, vocabulary: np.ndarray,
-                params: dict[str, Any], folder: str, inputs: dict[str, str]) -> dict[str, Any]:
+                params: dict[str, Any], home: str, shard: str, inputs: dict[str, str]) -> dict[str, Any]:
     """One shard: an ordinary index over feature rows ``lo:hi`` with the collection's frozen statistics and
     vocabulary, committed in ``folder``. Runs in this process or as a Ray task (the features file is read where
-    it is, already verified by the caller); returns the entry the index's manifest lists it by."""
+    it is, already verified by the caller), in ``index/shard`` of the collection's ``home``; returns the entry
+    the index's manifest lists it by."""
     started = time.time()
     index_params_ = IndexParams(**params)
     shard_features = np.asarray(np.load(features_path, mmap_mode="r")[lo:hi], dtype=np.float32)
     built = index_in_memory(shard_features, np.zeros(hi - lo, np.int16), [], index_params_, stats=stats,
                             vocabulary=vocabulary)
-    target = Path(folder)
+    target = index_dir(Path(home)) / shard
     target.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(target)
     for name in ("topk", "topk_bits", "sets", "vocabulary", "signatures", "stats", "tree_keys", "tree_order"):
@@ -307,23 +298,10 @@ def build_shard(features_path: str, lo: int, hi: int, ids: np.ndarray, stats: np
     with atomic_file(staging / "forest.pkl") as handle:
         pickle.dump(ForestPickle(built.signatures, index_params_.trees), handle, protocol=pickle.HIGHEST_PROTOCOL)
     artifacts = commit_staged(target, staging)
-    write_manifest(target, stage="index", params=index_params(index_params_), artifacts=artifacts,
-                   inputs={**inputs, "rows": f"{lo}:{hi}"}, n=hi - lo, started=started, versions=library_versions(),
-                   extra={"vocabulary": built.params["vocabulary"]})
-    return {"folder": target.name, "rows": [lo, hi], "manifest_sha256": manifest_digest(target)}
-
-
-def _remove_unlisted(folder: Path, manifest: dict[str, Any]) -> None:
-    """Files and shard folders of an earlier layout (unsharded, or another shard count) that this one doesn't use."""
-    import shutil
-
-    keep = {entry.get("file", name) for name, entry in manifest["artifacts"].items()} | {MANIFEST}
-    folders = {entry["folder"] for entry in manifest.get("shards") or ()}
-    for path in folder.iterdir():
-        if path.is_dir() and path.name.startswith("shard_") and path.name not in folders:
-            shutil.rmtree(path, ignore_errors=True)
-        elif path.is_file() and path.suffix in (".npy", ".pkl") and path.name not in keep:
-            path.unlink(missing_ok=True)
+    store.write_index_manifest(Path(home), shard, params=index_params(index_params_), artifacts=artifacts,
+                               inputs={**inputs, "rows": f"{lo}:{hi}"}, n=hi - lo, started=started,
+                               versions=library_versions(), extra={"vocabulary": built.params["vocabulary"]})
+    return store.shard_entry(Path(home), shard, lo, hi).record()
 
 
 def feature_ids(folder: Path, manifest: dict[str, Any], n: int) -> np.ndarray:
@@ -372,25 +350,26 @@ def _build(feats: np.ndarray, path: Path, dim: int, params: IndexParams, staging
 class _Base:
     """An index of an earlier version of the same folder collection, verified, that an update can start from."""
 
-    manifest: dict[str, Any]
+    manifest: Manifest
     arrays: dict[str, np.ndarray]
 
     @property
     def generation(self) -> int:
         """The collection's update count when this index was built: rows written later are recomputed."""
-        return int(self.manifest["collection"]["generation"])
+        return self.manifest.lineage.generation  # type: ignore[union-attr]
 
 
-def _base_for_update(folder: Path, params: dict[str, Any], features_manifest: dict[str, Any]) -> _Base | None:
+def _base_for_update(cache_dir: Path, params: dict[str, Any], features_manifest: Manifest) -> _Base | None:
     """The current index, when it was built with ``params`` from an earlier version of these features."""
-    now = features_manifest.get("collection")
-    if not now or "versions" not in features_manifest.get("artifacts", {}):
+    now = features_manifest.lineage
+    if now is None or "versions" not in features_manifest.get("artifacts", {}):
         return None  # only folder collections record which rows each update wrote
+    folder = index_dir(cache_dir)
     try:
-        manifest = read_manifest(folder, stage="index", make_cmd=MAKE_CMD)
-        built = manifest.get("collection") or {}
-        if manifest.get("shards") or manifest.get("params") != params or set(manifest.get("artifacts", ())) != ARTIFACTS \
-                or built.get("lineage") != now["lineage"] or int(built["generation"]) > int(now["generation"]):
+        manifest = store.index_manifest(cache_dir)
+        built = manifest.lineage
+        if manifest.shards or manifest.get("params") != params or set(manifest.get("artifacts", ())) != ARTIFACTS \
+                or built is None or built.lineage != now.lineage or built.generation > now.generation:
             return None
         names = ("topk", "topk_bits", "sets", "vocabulary", "signatures", "stats", "token_table", "tree_keys",
                  "tree_order", "ids")
@@ -588,18 +567,17 @@ def load_shard(cache_dir: Path, number: int, opened: _Opened | None = None) -> L
         if number != 0:
             raise ParameterError("shard", f"{number}: the index is not sharded")
         return _load_one(index_dir(cache_dir), opened.manifest, opened, 0, opened.n)
-    entry = opened.manifest["shards"][number]
-    folder = index_dir(cache_dir) / entry["folder"]
-    lo, hi = (int(x) for x in entry["rows"])
-    return _load_one(folder, shard_manifest(index_dir(cache_dir), entry), opened, lo, hi)
+    entry = opened.manifest.shards[number]
+    return _load_one(index_dir(cache_dir) / entry.folder, store.shard_manifest(cache_dir, entry), opened,
+                     entry.lo, entry.hi)
 
 
 @dataclass
 class _Opened:
     """The features side of an index, verified and memory-mapped, with the index's own manifest."""
 
-    manifest: dict[str, Any]
-    features_manifest: dict[str, Any]
+    manifest: Manifest
+    features_manifest: Manifest
     features: np.ndarray
     labels: np.ndarray
     paths: np.ndarray | None
@@ -616,9 +594,9 @@ class _Opened:
 
 
 def _open(cache_dir: Path) -> _Opened:
-    source, folder = features_dir(cache_dir), index_dir(cache_dir)
-    features_manifest = features_stage.load_manifest(cache_dir)
-    manifest = read_manifest(folder, stage="index", make_cmd=MAKE_CMD)
+    source = features_dir(cache_dir)
+    features_manifest = store.features_manifest(cache_dir)
+    manifest = store.index_manifest(cache_dir)
     if manifest.get("inputs") != _inputs(cache_dir):
         raise StaleArtifactError("the index was built from other features than the ones extracted now: run `stl10sim index`")
     expected = SHARED if manifest.get("shards") else ARTIFACTS
@@ -630,7 +608,7 @@ def _open(cache_dir: Path) -> _Opened:
     feats = np.asarray(load_npy(source, features_manifest, "features", make_cmd=fmake))
     labels = np.asarray(load_npy(source, features_manifest, "labels", make_cmd=fmake))
     paths = None
-    if keys_are_paths(features_stage.source_record(features_manifest)):  # results carry them
+    if keys_are_paths(features_manifest.source):  # results carry them
         paths = np.asarray(load_npy(source, features_manifest, "keys", make_cmd=fmake))
     ids = feature_ids(source, features_manifest, len(feats))
     return _Opened(manifest, features_manifest, feats, labels, paths, ids,

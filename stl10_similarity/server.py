@@ -33,11 +33,11 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
 from . import __version__
-from .artifacts import json_ready, json_text, manifest_digest
+from . import store
+from .artifacts import json_ready, json_text
 from .errors import ImageGoneError, InputError, NoImagesError, ParameterError, Stl10SimError
 from .images import ImageTooLarge
 from .params import METHODS, EngineParams, SearchParams, ServeParams
-from .paths import features_dir, index_dir
 from .progress import SILENT, Progress
 from .session import Session
 
@@ -65,7 +65,7 @@ def create_app(cache_dir: Path, params: ServeParams = ServeParams(), *, progress
     """The ASGI app serving the collection in ``cache_dir`` (opened now: errors surface before serving);
     ``engine`` ray: each shard is searched by a Ray actor (the API and the page are the same)."""
     session = Session.open(cache_dir, progress=progress, engine=engine)
-    loaded = {"index": manifest_digest(index_dir(cache_dir)), "features": manifest_digest(features_dir(cache_dir))}
+    loaded = {"index": store.index_digest(cache_dir), "features": store.features_digest(cache_dir)}
     max_body = params.max_upload_mb * 2**20
     # uploads stay in memory: the body is capped below this, so the spooled file never rolls over to disk
     MultiPartParser.spool_max_size = max_body + 2**20
@@ -120,9 +120,9 @@ def create_app(cache_dir: Path, params: ServeParams = ServeParams(), *, progress
     def health() -> dict[str, Any]:
         """The collection this server answers from, and whether a newer index or features exist on disk."""
         newer = {}
-        for name, folder in (("index", index_dir(cache_dir)), ("features", features_dir(cache_dir))):
+        for name, digest in (("index", store.index_digest), ("features", store.features_digest)):
             try:
-                newer[name] = manifest_digest(folder) != loaded[name]
+                newer[name] = digest(cache_dir) != loaded[name]
             except OSError:
                 newer[name] = True
         return json_ready({"status": "ok", "n": session.n, **session.index.params,

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import sources
 from .errors import ImageGoneError, InputError, NoImagesError, ParameterError, StaleArtifactError
-from .extract import load_manifest, source_record
+from . import store
 from .index import LoadedIndex, ShardedIndex, ensure_index, load_index
 from .params import DEVICES, EngineParams, SearchParams
 from .progress import SILENT, Progress
@@ -70,7 +70,7 @@ class Session:
             from .ray_engine import RayParts
 
             parts = RayParts(cache_dir, len(getattr(index, "shards", [index])), engine.address, progress)
-        return cls(index, load_manifest(cache_dir), round((time.perf_counter() - started) * 1e3, 3), cache_dir,
+        return cls(index, store.features_manifest(cache_dir), round((time.perf_counter() - started) * 1e3, 3), cache_dir,
                    progress, parts)
 
     def changed_on_disk(self) -> str | None:
@@ -150,10 +150,7 @@ class Session:
     def _features_tag(self) -> str:
         """The features manifest's digest, read once: the session answers from the features it opened."""
         if self._tag is None:
-            from .artifacts import manifest_digest
-            from .paths import features_dir
-
-            self._tag = manifest_digest(features_dir(self.cache_dir))[:16] if self.cache_dir else "0"
+            self._tag = store.features_digest(self.cache_dir)[:16] if self.cache_dir else "0"
         return self._tag
 
     def _indexed_digests(self) -> np.ndarray | None:
@@ -171,7 +168,7 @@ class Session:
         if self._source is None:
             try:
                 keys = None if self.index.paths is None else [str(k) for k in self.index.paths]
-                self._source = sources.reopen(source_record(self.extract_manifest), keys)
+                self._source = sources.reopen(self.extract_manifest.source, keys)
             except InputError as exc:
                 raise type(exc)(f"the images the features came from are needed here: {exc.template}",
                                 options=exc.options) from exc

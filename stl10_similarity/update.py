@@ -26,14 +26,12 @@ from typing import Any
 import numpy as np
 
 from .artifacts import (
-    MANIFEST,
     cache_lock,
     sha256_file,
     commit_staged,
     library_versions,
     load_npy,
     staging_dir,
-    write_manifest,
     write_npy,
     write_npy_chunks,
 )
@@ -43,13 +41,13 @@ from .extract import (
     ExtractResult,
     identity_params,
     _weights_source,
-    load_manifest,
 )
 from .folders import FolderSource, folder_labels, scan
 from .model import resize_side
 from .params import DIM, ExtractParams
 from .paths import features_dir
 from .progress import SILENT, Progress
+from . import store
 from .runners import EmbedJob, LocalRunner, Runner
 
 UPDATE_ARTIFACTS = ("stamps", "digests", "versions")  # what a collection needs beyond extract's artifacts
@@ -77,7 +75,7 @@ class Plan:
 class Previous:
     """The collection as its last extraction left it."""
 
-    manifest: dict[str, Any]
+    manifest: store.Manifest
     keys: list[str]
     ids: np.ndarray
     stamps: np.ndarray  # (n, 2) int64: size, mtime_ns
@@ -94,7 +92,7 @@ def load_previous(cache_dir: Path, identity: dict[str, Any]) -> Previous | None:
     """The collection's last extraction if it can be built on (same folder and model, verified files)."""
     folder = features_dir(cache_dir)
     try:
-        manifest = load_manifest(cache_dir)
+        manifest = store.features_manifest(cache_dir)
     except (MissingArtifactError, IntegrityError):
         return None
     params = manifest.get("params", {})
@@ -189,7 +187,7 @@ def update_folder(
 
     with forgotten_if_failed(cache_dir), cache_lock(cache_dir, wait=wait, progress=progress):
         previous = None if force else load_previous(cache_dir, identity)
-        if previous is None and not force and (folder / MANIFEST).is_file():
+        if previous is None and not force and store.has_features(cache_dir):
             progress.note("the collection was made from another folder, other weights, input size or precision, "
                           "or by an older version: embedding every image again (ids start over)")
         progress.note("comparing the folder with the collection ...")
@@ -214,7 +212,7 @@ def update_folder(
                            {**identity, "embed_sha256": fingerprint}, params.weights, params.image_size, device,
                            precision, batch_size, params.chunk_size, force)
             embedded = runner.embed(job, progress)
-        manifest, counts, skipped = _write(folder, root, identity, plan, previous, embedded, started, params,
+        manifest, counts, skipped = _write(cache_dir, root, identity, plan, previous, embedded, started, params,
                                            batch_size, embedded.device if embedded else device)
         if embedded is not None:
             shutil.rmtree(embedded.folder, ignore_errors=True)
@@ -225,10 +223,11 @@ def update_folder(
                              round(finished - work_started - model_seconds, 3), tuple(skipped), counts=counts)
 
 
-def _write(folder: Path, root: Path, identity: dict[str, Any], plan: Plan, previous: Previous | None,
+def _write(home: Path, root: Path, identity: dict[str, Any], plan: Plan, previous: Previous | None,
            embedded: Any, started: float, params: ExtractParams, batch_size: int,
            device: str) -> tuple[dict[str, Any], dict[str, int], list[dict[str, Any]]]:
     """Assemble and commit the collection's next version: kept rows in id order, then the new images."""
+    folder = features_dir(home)
     failed = {e["id"] for e in embedded.skipped} if embedded is not None else set()
     n_changed = len(plan.changed)
     skipped = list(plan.still_skipped) + list(plan.unnamable)
@@ -244,8 +243,9 @@ def _write(folder: Path, root: Path, identity: dict[str, Any], plan: Plan, previ
             gone[row] = True  # changed into something unreadable: it leaves the collection
     kept_rows = np.flatnonzero(~gone)
     new_positions = [p for p in range(n_changed, len(plan.embed)) if p not in failed]
-    generation = int(previous.manifest["collection"]["generation"]) + 1 if previous else 1
-    next_id = int(previous.manifest["collection"]["next_id"]) if previous else 0
+    state = previous.manifest.lineage if previous else None
+    generation = state.generation + 1 if state else 1
+    next_id = state.next_id if state else 0
     keys = [previous.keys[r] for r in kept_rows] + [plan.embed[p] for p in new_positions] if previous \
         else [plan.embed[p] for p in new_positions]
     n = len(keys)
@@ -279,9 +279,9 @@ def _write(folder: Path, root: Path, identity: dict[str, Any], plan: Plan, previ
     artifacts = commit_staged(folder, staging)
     counts = {"new": len(new_positions), "changed": int(sum(1 for r in changed_at if not gone[r])),
               "removed": int(gone.sum()), "unchanged": plan.unchanged}
-    lineage = previous.manifest["collection"]["lineage"] if previous else uuid.uuid4().hex
-    manifest = write_manifest(
-        folder, stage="extract",
+    lineage = previous.manifest.lineage.lineage if previous and previous.manifest.lineage else uuid.uuid4().hex
+    manifest = store.write_features_manifest(
+        home,
         params={**identity, "weights_source": _weights_source(params.weights), "batch_size": batch_size,
                 "device": device},
         artifacts=artifacts,

@@ -1,5 +1,6 @@
-"""Import rules that keep the architecture easy to see: the library never prints, and only the faces (the CLI
-and the server) talk to a terminal or to HTTP."""
+"""Import rules that keep the architecture easy to see: the library never prints, only the faces (the CLI
+and the server) talk to a terminal or to HTTP, only the store touches manifests, only the ray engine imports
+Ray, and only the source registry asks which kind a collection is."""
 
 from __future__ import annotations
 
@@ -58,4 +59,35 @@ def test_only_the_source_registry_asks_which_kind_a_collection_is():
     offenders = [f"{path.name}:{n}" for path in sorted(PACKAGE.glob("*.py")) if path.name != "sources.py"
                  for n, line in enumerate(path.read_text().splitlines(), 1)
                  if "kind" in line and asks.search(line) and "sets" not in line and "vocabulary" not in line]
+    assert offenders == []
+
+
+def test_only_the_store_reads_or_writes_manifests():
+    """Manifests (and the protocol between the stages they carry) have one home: store.py, over artifacts.py's
+    file operations. Every other module asks the store."""
+    private = {"read_manifest", "write_manifest", "manifest_digest", "MANIFEST"}
+    offenders = []
+    for path, tree in _modules():
+        if path.name in ("store.py", "artifacts.py"):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                offenders += [f"{path.name}:{node.lineno} imports {a.name}" for a in node.names if a.name in private]
+            elif isinstance(node, ast.Attribute) and node.attr in private:
+                offenders.append(f"{path.name}:{node.lineno} uses {node.attr}")
+            elif isinstance(node, ast.Constant) and node.value == "manifest.json":
+                offenders.append(f"{path.name}:{node.lineno} names manifest.json")
+    assert offenders == []
+
+
+def test_ray_is_imported_only_by_the_ray_engine():
+    """Without the ray extra nothing changes: only ray_engine.py imports Ray, and only inside its functions."""
+    offenders = []
+    for path, tree in _modules():
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n.split(".")[0] == "ray" for n in names):
+                if path.name != "ray_engine.py" or node.col_offset == 0:
+                    offenders.append(f"{path.name}:{node.lineno}")
     assert offenders == []
