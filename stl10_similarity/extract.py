@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,32 +120,40 @@ def extract(
         n = int(keep.sum())
         if n == 0:
             raise DataError(f"none of the {source.size} images could be read: {skipped[0]['path']}: {skipped[0]['reason']}")
-        staging = staging_dir(folder)
-        # stream the chunks into one file: memory stays at one chunk even for the 100,000 unlabelled images
-        write_npy_chunks(staging / "features.npy", (n, DIM), np.float32,
-                         (np.load(path)[keep[s : s + chunk]] for s, path in zip(starts, embedded.files)))
-        write_npy(staging / "labels.npy", source.labels()[keep])
-        write_npy(staging / "ids.npy", np.arange(n, dtype=np.int64))
-        write_npy(staging / "keys.npy", np.array([k for k, ok in zip(source.keys(), keep) if ok], dtype=str))
-        artifacts = commit_staged(folder, staging)
-        record = source.describe()
         listed = [{"path": e["path"], "reason": e["reason"]} for e in skipped]
-        manifest = store.write_features_manifest(
-            cache_dir,
-            params={**identity, "weights_source": _weights_source(params.weights), "batch_size": batch_size,
-                    "device": embedded.device},
-            artifacts=artifacts,
-            inputs={"source": record},
-            n=n,
-            started=started,
-            versions=library_versions("torch", "torchvision"),
-            extra={"class_names": source.class_names, "skipped": listed},
-        )
+        manifest = commit_features(
+            cache_dir, (np.load(path)[keep[s : s + chunk]] for s, path in zip(starts, embedded.files)), n,
+            {"labels": source.labels()[keep], "ids": np.arange(n, dtype=np.int64),
+             "keys": np.array([k for k, ok in zip(source.keys(), keep) if ok], dtype=str)},
+            params=run_params(identity, params.weights, batch_size, embedded.device), source=source.describe(),
+            started=started, extra={"class_names": source.class_names, "skipped": listed})
         shutil.rmtree(embedded.folder, ignore_errors=True)
         finished = time.perf_counter()
         return ExtractResult(folder, n, time.time() - started, False, embedded.resumed, manifest,
                              embedded.model_seconds, round(finished - work_started - embedded.model_seconds, 3),
                              tuple(listed))
+
+
+def commit_features(home: Path, blocks: Iterable[np.ndarray], n: int, arrays: dict[str, np.ndarray], *,
+                    params: dict[str, Any], source: dict[str, Any], started: float,
+                    extra: dict[str, Any]) -> Manifest:
+    """The features stage's one write path (a whole extraction, a folder update): the features streamed into
+    staging a block at a time (memory stays at one block, even for 100,000 images), the per-row ``arrays``
+    beside them, all committed at once, then the manifest last."""
+    folder = features_dir(home)
+    staging = staging_dir(folder)
+    write_npy_chunks(staging / "features.npy", (n, DIM), np.float32, blocks)
+    for name, array in arrays.items():
+        write_npy(staging / f"{name}.npy", array)
+    artifacts = commit_staged(folder, staging)
+    return store.write_features_manifest(home, params=params, artifacts=artifacts, inputs={"source": source}, n=n,
+                                         started=started, versions=library_versions("torch", "torchvision"),
+                                         extra=extra)
+
+
+def run_params(identity: dict[str, Any], weights: str, batch_size: int, device: str) -> dict[str, Any]:
+    """What a features manifest records as its parameters: the identity, and how the run went."""
+    return {**identity, "weights_source": _weights_source(weights), "batch_size": batch_size, "device": device}
 
 
 def _weights_source(weights: str) -> str:

@@ -25,26 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import (
-    cache_lock,
-    sha256_file,
-    commit_staged,
-    library_versions,
-    load_npy,
-    staging_dir,
-    write_npy,
-    write_npy_chunks,
-)
+from .artifacts import cache_lock, load_npy, sha256_file
 from .errors import DataError, IntegrityError, MissingArtifactError
-from .extract import (
-    MAKE_CMD,
-    ExtractResult,
-    identity_params,
-    _weights_source,
-)
+from .extract import MAKE_CMD, ExtractResult, commit_features, identity_params, run_params
 from .folders import FolderSource, folder_labels, scan
 from .model import resize_side
-from .params import DIM, ExtractParams
+from .params import ExtractParams
 from .paths import features_dir
 from .progress import SILENT, Progress
 from . import store
@@ -266,32 +252,19 @@ def _write(home: Path, root: Path, identity: dict[str, Any], plan: Plan, previou
     digests = np.array([read.get(k) or plan.digests.get(k) or known.get(k, b"") for k in keys], dtype="S32")
     old_features = load_npy(folder, previous.manifest, "features", make_cmd=MAKE_CMD) if previous else None
     labels, class_names = folder_labels(keys)
-    staging = staging_dir(folder)
-    write_npy_chunks(staging / "features.npy", (n, DIM), np.float32,
-                     _feature_blocks(old_features, kept_rows, changed_at, new_positions, embedded))
-    write_npy(staging / "labels.npy", labels)
-    write_npy(staging / "ids.npy", ids)
-    write_npy(staging / "keys.npy", np.array(keys, dtype=str))
-    write_npy(staging / "stamps.npy", stamps)
-    write_npy(staging / "digests.npy", digests)
-    write_npy(staging / "versions.npy", versions)
-    del old_features
-    artifacts = commit_staged(folder, staging)
     counts = {"new": len(new_positions), "changed": int(sum(1 for r in changed_at if not gone[r])),
               "removed": int(gone.sum()), "unchanged": plan.unchanged}
-    lineage = previous.manifest.lineage.lineage if previous and previous.manifest.lineage else uuid.uuid4().hex
-    manifest = store.write_features_manifest(
-        home,
-        params={**identity, "weights_source": _weights_source(params.weights), "batch_size": batch_size,
-                "device": device},
-        artifacts=artifacts,
-        inputs={"source": {"kind": "folder", "root": str(root), "side": identity["side"], "files": n}},
-        n=n, started=started, versions=library_versions("torch", "torchvision"),
+    lineage = state.lineage if state else uuid.uuid4().hex
+    manifest = commit_features(
+        home, _feature_blocks(old_features, kept_rows, changed_at, new_positions, embedded), n,
+        {"labels": labels, "ids": ids, "keys": np.array(keys, dtype=str), "stamps": stamps, "digests": digests,
+         "versions": versions},
+        params=run_params(identity, params.weights, batch_size, device),
+        source={"kind": "folder", "root": str(root), "side": identity["side"], "files": n}, started=started,
         extra={"class_names": class_names, "skipped": skipped,
                "collection": {"lineage": lineage, "generation": generation,
                               "next_id": int(next_id + len(new_positions))},
-               "update": counts},
-    )
+               "update": counts})
     return manifest, counts, skipped
 
 
