@@ -140,7 +140,7 @@ def main() -> None:
         index = LoadedIndex(params={}, features_params={}, class_names=[], features=feats, labels=labels,
                             topk=sets, topk_bits=bitmaps(sets, feats.shape[1]), sets=sets,
                             vocabulary=np.zeros((0, feats.shape[1]), np.float32), signatures=sigs, stats=stats,
-                            table=np.zeros((1, 1), np.uint32),
+                            token_table=np.zeros((1, 1), np.uint32),
                             tree_keys=keys, tree_order=order)
         print(json.dumps({"scale": scale, "max_level": max_level, "mean_tokens": round(float(levels.sum(1).mean()), 1),
                           "mean_active_dims": round(float((levels > 0).sum(1).mean()), 1),

@@ -347,28 +347,28 @@ def iter_npy_rows(path: Path, rows: int) -> Iterator[np.ndarray]:
 
 
 @contextlib.contextmanager
-def cache_lock(cache_dir: Path, *, wait: bool = True, progress: Progress = SILENT) -> Iterator[None]:
+def cache_lock(home: Path, *, wait: bool = True, progress: Progress = SILENT) -> Iterator[None]:
     """Hold the cache dir's lock so that two writers never interleave.
 
     Args:
-        cache_dir: the cache dir to lock.
+        home: the collection's home (or the data dir) to lock.
         wait: block until the lock is free; otherwise fail at once.
         progress: told once if we have to wait.
     """
     import filelock
 
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        home.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise environment_failure(exc, str(cache_dir)) from exc
-    lock_path = cache_dir / ".lock"
+        raise environment_failure(exc, str(home)) from exc
+    lock_path = home / ".lock"
     lock = filelock.FileLock(str(lock_path))
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:
         if not wait:
             raise EnvironmentFailure(
-                f"another stl10sim command is using {cache_dir}; wait for it, or drop {{wait=False}}",
+                f"another stl10sim command is using {home}; wait for it, or drop {{wait=False}}",
                 options=("wait=False",),
             ) from None
         progress.note(f"waiting for another stl10sim command to release {lock_path} ...")

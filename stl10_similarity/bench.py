@@ -161,7 +161,7 @@ PREVIOUS_CANDIDATES = 800  # its default pool was 4,000 (400 candidates x 10): t
 
 def index_bytes(index: LoadedIndex) -> int:
     """What the index holds in memory beyond the features (forest.pkl stays on disk)."""
-    arrays = (index.topk, index.topk_bits, index.sets, index.vocabulary, index.signatures, index.stats, index.table,
+    arrays = (index.topk, index.topk_bits, index.sets, index.vocabulary, index.signatures, index.stats, index.token_table,
               index.tree_keys, index.tree_order)
     distinct = {id(a): a for a in arrays}  # top-dims indexes hold one array as both topk and sets
     return int(sum(np.asarray(a).nbytes for a in distinct.values()))
@@ -219,7 +219,7 @@ def run_bench(
     step("signatures: bulk and datasketch's per-image update loop (baseline), on the index's sets")
     baseline_n = min(baseline_n, n)
     t0 = time.perf_counter()
-    bulk_same = minhash_signatures(index.sets[:baseline_n], index.table)
+    bulk_same = minhash_signatures(index.sets[:baseline_n], index.token_table)
     bulk_same_seconds = time.perf_counter() - t0
     universe = index.universe
     t0 = time.perf_counter()

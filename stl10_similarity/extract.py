@@ -66,10 +66,10 @@ def identity_params(source_identity: dict[str, Any], weights: str, image_size: i
     }
 
 
-def _cached(cache_dir: Path, params: dict[str, Any]) -> Manifest | None:
-    folder = features_dir(cache_dir)
+def _cached(home: Path, params: dict[str, Any]) -> Manifest | None:
+    folder = features_dir(home)
     try:
-        manifest = store.features_manifest(cache_dir)
+        manifest = store.features_manifest(home)
     except (MissingArtifactError, IntegrityError):
         return None
     if {k: manifest["params"].get(k) for k in params} != params:
@@ -84,7 +84,7 @@ def _cached(cache_dir: Path, params: dict[str, Any]) -> Manifest | None:
 
 def extract(
     source: Source,
-    cache_dir: Path,
+    home: Path,
     params: ExtractParams = ExtractParams(),
     *,
     force: bool = False,
@@ -93,7 +93,7 @@ def extract(
     pipelined: bool | None = None,
     runner: Runner | None = None,
 ) -> ExtractResult:
-    """Extract features for ``source`` into ``cache_dir/features``, resuming or reusing earlier work.
+    """Extract features for ``source`` into ``home/features``, resuming or reusing earlier work.
 
     ``params.split`` and ``params.limit`` choose the source (the caller opened it); the rest shape the model.
     ``runner`` embeds (default: ``LocalRunner(pipelined)``, this process; ``pipelined``, default on GPUs, reads
@@ -105,9 +105,9 @@ def extract(
     runner = runner or LocalRunner(pipelined)
     device, precision, batch_size = runner.settings(params)
     identity = identity_params(source.identity(), params.weights, params.image_size, precision)
-    folder = features_dir(cache_dir)
-    with cache_lock(cache_dir, wait=wait, progress=progress):
-        if not force and (manifest := _cached(cache_dir, identity)) is not None:
+    folder = features_dir(home)
+    with cache_lock(home, wait=wait, progress=progress):
+        if not force and (manifest := _cached(home, identity)) is not None:
             return ExtractResult(folder, manifest["n"], time.time() - started, True, 0, manifest)
         work_started = time.perf_counter()
         job = EmbedJob(source, folder / "partial", identity, params.weights, params.image_size, device, precision,
@@ -122,7 +122,7 @@ def extract(
             raise DataError(f"none of the {source.size} images could be read: {skipped[0]['path']}: {skipped[0]['reason']}")
         listed = [{"path": e["path"], "reason": e["reason"]} for e in skipped]
         manifest = commit_features(
-            cache_dir, (np.load(path)[keep[s : s + chunk]] for s, path in zip(starts, embedded.files)), n,
+            home, (np.load(path)[keep[s : s + chunk]] for s, path in zip(starts, embedded.files)), n,
             {"labels": source.labels()[keep], "ids": np.arange(n, dtype=np.int64),
              "keys": np.array([k for k, ok in zip(source.keys(), keep) if ok], dtype=str)},
             params=run_params(identity, params.weights, batch_size, embedded.device), source=source.describe(),

@@ -72,9 +72,9 @@ class IndexResult:
     manifest: dict[str, Any]
 
 
-def _inputs(cache_dir: Path) -> dict[str, str]:
+def _inputs(home: Path) -> dict[str, str]:
     """What an index is built from: the features manifest, by digest."""
-    return {"features_manifest_sha256": store.features_digest(cache_dir)}
+    return {"features_manifest_sha256": store.features_digest(home)}
 
 
 def shard_count(manifest: dict[str, Any]) -> int:
@@ -90,16 +90,16 @@ def _fits(manifest: dict[str, Any], params: dict[str, Any], inputs: dict[str, st
         set(manifest.get("artifacts", ())) == expected and (shards is None or shard_count(manifest) == shards)
 
 
-def _cached(cache_dir: Path, params: dict[str, Any], inputs: dict[str, str], shards: int) -> Manifest | None:
-    folder = index_dir(cache_dir)
+def _cached(home: Path, params: dict[str, Any], inputs: dict[str, str], shards: int) -> Manifest | None:
+    folder = index_dir(home)
     try:
-        manifest = store.index_manifest(cache_dir)
+        manifest = store.index_manifest(home)
         if not _fits(manifest, params, inputs, shards):
             return None
         for name in manifest["artifacts"]:
             verified_path(folder, manifest, name, make_cmd=MAKE_CMD)
         for entry in manifest.shards:
-            shard = store.shard_manifest(cache_dir, entry)
+            shard = store.shard_manifest(home, entry)
             for name in shard["artifacts"]:
                 verified_path(folder / entry.folder, shard, name, make_cmd=MAKE_CMD)
     except (MissingArtifactError, IntegrityError, KeyError, TypeError):
@@ -107,50 +107,50 @@ def _cached(cache_dir: Path, params: dict[str, Any], inputs: dict[str, str], sha
     return manifest
 
 
-def index_state(cache_dir: Path, params: IndexParams | None = None) -> str:
+def index_state(home: Path, params: IndexParams | None = None) -> str:
     """``current`` (built from today's features, with ``params`` when given), ``stale``, ``missing``, or
     ``corrupt`` (an unreadable manifest: reported, never silently rebuilt)."""
     try:
-        manifest = store.index_manifest(cache_dir)
+        manifest = store.index_manifest(home)
     except IntegrityError:
         return "corrupt"
     except MissingArtifactError:
         return "missing"
     try:
-        inputs = _inputs(cache_dir)
+        inputs = _inputs(home)
     except OSError:
         return "stale"  # no features manifest to compare with
     wanted = index_params(params) if params is not None else manifest.get("params")
     return "current" if _fits(manifest, wanted, inputs) else "stale"
 
 
-def last_params(cache_dir: Path) -> IndexParams:
+def last_params(home: Path) -> IndexParams:
     """The parameters the index was last built with (defaults if there is none, or it is unreadable)."""
     try:
-        return params_of(store.index_manifest(cache_dir)["params"])
+        return params_of(store.index_manifest(home)["params"])
     except (MissingArtifactError, IntegrityError, KeyError, TypeError, InputError):
         return IndexParams()
 
 
-def last_shards(cache_dir: Path) -> int:
+def last_shards(home: Path) -> int:
     """How many shards the index was last built with (1 if there is none, or it is unreadable)."""
     try:
-        return shard_count(store.index_manifest(cache_dir))
+        return shard_count(store.index_manifest(home))
     except (MissingArtifactError, IntegrityError):
         return 1
 
 
-def ensure_index(cache_dir: Path, *, progress: Progress = SILENT) -> IndexResult | None:
+def ensure_index(home: Path, *, progress: Progress = SILENT) -> IndexResult | None:
     """Build the index first when it is missing (default parameters) or stale (the parameters it was last
     built with), saying so in one note; ``None`` when it is current."""
-    state = index_state(cache_dir)
+    state = index_state(home)
     if state in ("current", "corrupt"):
         return None  # a corrupt manifest is reported by load_index, naming the command that fixes it
-    store.features_manifest(cache_dir)  # no features: say `stl10sim extract`, not "building the index"
-    params, shards = last_params(cache_dir), last_shards(cache_dir)
+    store.features_manifest(home)  # no features: say `stl10sim extract`, not "building the index"
+    params, shards = last_params(home), last_shards(home)
     what = "no index yet: building it" if state == "missing" else "the index is out of date: bringing it up to date"
     progress.note(f"{what} ({describe_params(params)}{f', {shards} shards' if shards > 1 else ''}) ...")
-    return build_index(cache_dir, params, shards=shards, progress=_WaitsOnly(progress))
+    return build_index(home, params, shards=shards, progress=_WaitsOnly(progress))
 
 
 def describe_params(params: IndexParams) -> str:
@@ -175,7 +175,7 @@ class _WaitsOnly:
 
 
 def build_index(
-    cache_dir: Path,
+    home: Path,
     params: IndexParams = IndexParams(),
     *,
     force: bool = False,
@@ -184,28 +184,28 @@ def build_index(
     shards: int = ShardParams.shards,
     engine: EngineParams = EngineParams(),
 ) -> IndexResult:
-    """Build (or reuse) the index for the features in ``cache_dir``; ``shards`` > 1 builds that many shards
+    """Build (or reuse) the index for the features in ``home``; ``shards`` > 1 builds that many shards
     (contiguous rows, each an ordinary index, all with one vocabulary), on Ray when ``engine`` says so."""
     ShardParams(shards=shards)  # validates
     started = time.time()
     trees = params.trees
-    source = features_dir(cache_dir)
-    folder = index_dir(cache_dir)
-    with cache_lock(cache_dir, wait=wait, progress=progress):
-        features_manifest = store.features_manifest(cache_dir)
-        inputs = _inputs(cache_dir)
+    source = features_dir(home)
+    folder = index_dir(home)
+    with cache_lock(home, wait=wait, progress=progress):
+        features_manifest = store.features_manifest(home)
+        inputs = _inputs(home)
         recorded = index_params(params)
-        if not force and (manifest := _cached(cache_dir, recorded, inputs, shards)) is not None:
+        if not force and (manifest := _cached(home, recorded, inputs, shards)) is not None:
             return IndexResult(folder, manifest["n"], time.time() - started, True, manifest)
         feats = load_npy(source, features_manifest, "features", make_cmd=features_stage.MAKE_CMD)  # verified
         path, dim = source / "features.npy", feats.shape[1]
         ids = feature_ids(source, features_manifest, len(feats))
         if shards > 1:
-            manifest = _build_sharded(cache_dir, feats, path, ids, params, shards, engine, inputs,
+            manifest = _build_sharded(home, feats, path, ids, params, shards, engine, inputs,
                                       features_manifest, started, progress)
             return IndexResult(folder, len(ids), time.time() - started, False, manifest)
         staging = staging_dir(folder)
-        base = None if force else _base_for_update(cache_dir, recorded, features_manifest)
+        base = None if force else _base_for_update(home, recorded, features_manifest)
         step = lambda what: progress.note(f"index: {what} ...")  # noqa: E731
         if base is not None:
             step(f"updating in place the index built at update {base.generation}")
@@ -224,7 +224,7 @@ def build_index(
             pickle.dump(ForestPickle(sigs, trees), handle, protocol=pickle.HIGHEST_PROTOCOL)
         artifacts = commit_staged(folder, staging)
         manifest = store.write_index_manifest(
-            cache_dir, params=recorded, artifacts=artifacts, inputs=inputs, n=len(sigs),
+            home, params=recorded, artifacts=artifacts, inputs=inputs, n=len(sigs),
             started=started, versions=library_versions(),
             extra={"collection": features_manifest.get("collection"), "updated": base is not None,
                    "vocabulary": vocab},
@@ -233,7 +233,7 @@ def build_index(
         return IndexResult(folder, len(sigs), time.time() - started, False, manifest)
 
 
-def _build_sharded(cache_dir: Path, feats: np.ndarray, path: Path, ids: np.ndarray, params: IndexParams, shards: int,
+def _build_sharded(home: Path, feats: np.ndarray, path: Path, ids: np.ndarray, params: IndexParams, shards: int,
                    engine: EngineParams, inputs: dict[str, str], features_manifest: dict[str, Any], started: float,
                    progress: Progress) -> dict[str, Any]:
     """Fit the statistics and vocabulary once on every image, then build each shard over its rows with them
@@ -247,9 +247,9 @@ def _build_sharded(cache_dir: Path, feats: np.ndarray, path: Path, ids: np.ndarr
     progress.note(f"index: fitting the {rep.name} vocabulary ...")
     vocabulary = rep.fit(feats, stats, SEED)
     bounds = [s * n // shards for s in range(shards + 1)]
-    store.retire_index_manifest(cache_dir)  # not an index until every shard, then its manifest, is in
+    store.retire_index_manifest(home)  # not an index until every shard, then its manifest, is in
     jobs = [(str(path), bounds[s], bounds[s + 1], ids[bounds[s] : bounds[s + 1]], stats, vocabulary,
-             asdict(params), str(cache_dir), f"shard_{s:03d}", inputs) for s in range(shards)]
+             asdict(params), str(home), f"shard_{s:03d}", inputs) for s in range(shards)]
     if engine.engine == "ray":
         from .ray_engine import build_shards
 
@@ -261,14 +261,14 @@ def _build_sharded(cache_dir: Path, feats: np.ndarray, path: Path, ids: np.ndarr
             listed.append(build_shard(*job))
             bar.update(1)
         bar.close()
-    folder = index_dir(cache_dir)
+    folder = index_dir(home)
     staging = staging_dir(folder)
     write_npy(staging / "vocabulary.npy", vocabulary)
     write_npy(staging / "stats.npy", stats)
     write_npy(staging / "token_table.npy", token_table(params.num_perm, rep.universe(vocabulary)))
     artifacts = commit_staged(folder, staging)
     manifest = store.write_index_manifest(
-        cache_dir, params=index_params(params), artifacts=artifacts, inputs=inputs, n=n,
+        home, params=index_params(params), artifacts=artifacts, inputs=inputs, n=n,
         started=started, versions=library_versions(),
         extra={"collection": features_manifest.get("collection"), "updated": False,
                "vocabulary": vocabulary_record(rep, vocabulary, n), "shards": listed},
@@ -293,7 +293,7 @@ def build_shard(features_path: str, lo: int, hi: int, ids: np.ndarray, stats: np
     staging = staging_dir(target)
     for name in ("topk", "topk_bits", "sets", "vocabulary", "signatures", "stats", "tree_keys", "tree_order"):
         write_npy(staging / f"{name}.npy", np.asarray(getattr(built, name)))
-    write_npy(staging / "token_table.npy", built.table)
+    write_npy(staging / "token_table.npy", built.token_table)
     write_npy(staging / "ids.npy", np.asarray(ids, dtype=np.int64))
     with atomic_file(staging / "forest.pkl") as handle:
         pickle.dump(ForestPickle(built.signatures, index_params_.trees), handle, protocol=pickle.HIGHEST_PROTOCOL)
@@ -359,14 +359,14 @@ class _Base:
         return self.manifest.lineage.generation  # type: ignore[union-attr]
 
 
-def _base_for_update(cache_dir: Path, params: dict[str, Any], features_manifest: Manifest) -> _Base | None:
+def _base_for_update(home: Path, params: dict[str, Any], features_manifest: Manifest) -> _Base | None:
     """The current index, when it was built with ``params`` from an earlier version of these features."""
     now = features_manifest.lineage
     if now is None or "versions" not in features_manifest.get("artifacts", {}):
         return None  # only folder collections record which rows each update wrote
-    folder = index_dir(cache_dir)
+    folder = index_dir(home)
     try:
-        manifest = store.index_manifest(cache_dir)
+        manifest = store.index_manifest(home)
         built = manifest.lineage
         if manifest.shards or manifest.get("params") != params or set(manifest.get("artifacts", ())) != ARTIFACTS \
                 or built is None or built.lineage != now.lineage or built.generation > now.generation:
@@ -481,7 +481,7 @@ class LoadedIndex(_Rows):
     vocabulary: np.ndarray  # the frozen state the sets came from (centroids, or empty)
     signatures: np.ndarray
     stats: np.ndarray
-    table: np.ndarray  # token table: each token's hash under each permutation, padding row last
+    token_table: np.ndarray  # each token's hash under each permutation, padding row last (token_table.npy)
     tree_keys: np.ndarray
     tree_order: np.ndarray
     forest_loader: Callable[[], Any] | None = None
@@ -497,7 +497,7 @@ class LoadedIndex(_Rows):
     @property
     def universe(self) -> int:
         """How many tokens the sets can hold (the token table's last row is the padding token)."""
-        return len(self.table) - 1
+        return len(self.token_table) - 1
 
     def representation(self) -> SetRepresentation:
         """How a new image's set is formed: the representation the index was built with, frozen."""
@@ -535,12 +535,12 @@ def index_in_memory(
     return LoadedIndex(params=recorded, features_params={}, class_names=class_names,
                        features=features, labels=labels, topk=topk, topk_bits=bitmaps(topk, features.shape[1]),
                        sets=sets, vocabulary=vocabulary,
-                       signatures=sigs, stats=stats, table=table, tree_keys=tree_keys, tree_order=tree_order,
+                       signatures=sigs, stats=stats, token_table=table, tree_keys=tree_keys, tree_order=tree_order,
                        forest_loader=lambda: build_forest(sigs, trees),  # only forest-query needs the object
                        set_representation=rep)
 
 
-def load_index(cache_dir: Path) -> LoadedIndex | ShardedIndex:
+def load_index(home: Path) -> LoadedIndex | ShardedIndex:
     """Load and verify the index and the features it was built from (a sharded index: every shard).
 
     Raises:
@@ -548,27 +548,27 @@ def load_index(cache_dir: Path) -> LoadedIndex | ShardedIndex:
         StaleArtifactError: the features changed since the index was built.
         IntegrityError: an artifact does not match its manifest.
     """
-    opened = _open(cache_dir)
+    opened = _open(home)
     manifest = opened.manifest
     if not manifest.get("shards"):
-        return _load_one(index_dir(cache_dir), manifest, opened, 0, opened.n)
-    shards = [load_shard(cache_dir, s, opened) for s in range(shard_count(manifest))]
+        return _load_one(index_dir(home), manifest, opened, 0, opened.n)
+    shards = [load_shard(home, s, opened) for s in range(shard_count(manifest))]
     first = shards[0]
     return ShardedIndex(params=first.params, features_params=opened.features_manifest["params"],
                         class_names=opened.class_names, features=opened.features, labels=opened.labels,
                         shards=shards, paths=opened.paths, ids=None if opened.plain_ids else opened.ids)
 
 
-def load_shard(cache_dir: Path, number: int, opened: _Opened | None = None) -> LoadedIndex:
+def load_shard(home: Path, number: int, opened: _Opened | None = None) -> LoadedIndex:
     """Shard ``number`` of a sharded index, verified, over its rows of the collection's features (a Ray actor
     serving one shard opens only that one)."""
-    opened = opened or _open(cache_dir)
+    opened = opened or _open(home)
     if not opened.manifest.get("shards"):  # an ordinary index is one shard
         if number != 0:
             raise ParameterError("shard", f"{number}: the index is not sharded")
-        return _load_one(index_dir(cache_dir), opened.manifest, opened, 0, opened.n)
+        return _load_one(index_dir(home), opened.manifest, opened, 0, opened.n)
     entry = opened.manifest.shards[number]
-    return _load_one(index_dir(cache_dir) / entry.folder, store.shard_manifest(cache_dir, entry), opened,
+    return _load_one(index_dir(home) / entry.folder, store.shard_manifest(home, entry), opened,
                      entry.lo, entry.hi)
 
 
@@ -593,11 +593,11 @@ class _Opened:
         return bool(np.array_equal(self.ids, np.arange(len(self.ids))))
 
 
-def _open(cache_dir: Path) -> _Opened:
-    source = features_dir(cache_dir)
-    features_manifest = store.features_manifest(cache_dir)
-    manifest = store.index_manifest(cache_dir)
-    if manifest.get("inputs") != _inputs(cache_dir):
+def _open(home: Path) -> _Opened:
+    source = features_dir(home)
+    features_manifest = store.features_manifest(home)
+    manifest = store.index_manifest(home)
+    if manifest.get("inputs") != _inputs(home):
         raise StaleArtifactError("the index was built from other features than the ones extracted now: run `stl10sim index`")
     expected = SHARED if manifest.get("shards") else ARTIFACTS
     if set(manifest.get("artifacts", ())) != expected or "vocabulary" not in manifest:
@@ -628,7 +628,7 @@ def _load_one(folder: Path, manifest: dict[str, Any], opened: _Opened, lo: int, 
         topk=artifact("topk"), topk_bits=artifact("topk_bits"), sets=artifact("sets"),
         vocabulary=artifact("vocabulary"),
         signatures=artifact("signatures"), stats=artifact("stats"),
-        table=artifact("token_table"), tree_keys=artifact("tree_keys"), tree_order=artifact("tree_order"),
+        token_table=artifact("token_table"), tree_keys=artifact("tree_keys"), tree_order=artifact("tree_order"),
     )
     if opened.paths is not None:
         index.paths = opened.paths[lo:hi]

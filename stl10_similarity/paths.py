@@ -54,9 +54,10 @@ def collection_names(cache_dir: Path) -> list[str]:
     return names
 
 
-def features_dir(cache_dir: Path) -> Path:
-    return cache_dir / "features"
+def features_dir(home: Path) -> Path:
+    """A collection's features stage, in its home (``collection_home``)."""
+    return home / "features"
 
 
-def index_dir(cache_dir: Path) -> Path:
-    return cache_dir / "index"
+def index_dir(home: Path) -> Path:
+    return home / "index"

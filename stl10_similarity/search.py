@@ -143,7 +143,7 @@ class Shard:
         feature = feature.astype(np.float32)
         topk = top_k_sets(feature[None, :], p["top_k"], p["basis"], stats)[0]
         sets = self._representation.sets(feature[None, :], stats, np.asarray(self.index.vocabulary))
-        sig = minhash_signatures(sets, self.index.table, threads=1)[0]
+        sig = minhash_signatures(sets, self.index.token_table, threads=1)[0]
         return QueryVector(feature, topk, sets[0], sig, None, QueryInfo(None, None, None, image))
 
     def ranges(self, q: QueryVector) -> np.ndarray:

@@ -60,12 +60,12 @@ CLOSE = [(b"connection", b"close")]  # on answers to a request whose body is not
 Method = Literal[METHODS]  # type: ignore[valid-type]
 
 
-def create_app(cache_dir: Path, params: ServeParams = ServeParams(), *, progress: Progress = SILENT,
+def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Progress = SILENT,
                engine: EngineParams = EngineParams()) -> Any:
-    """The ASGI app serving the collection in ``cache_dir`` (opened now: errors surface before serving);
+    """The ASGI app serving the collection in ``home`` (opened now: errors surface before serving);
     ``engine`` ray: each shard is searched by a Ray actor (the API and the page are the same)."""
-    session = Session.open(cache_dir, progress=progress, engine=engine)
-    loaded = {"index": store.index_digest(cache_dir), "features": store.features_digest(cache_dir)}
+    session = Session.open(home, progress=progress, engine=engine)
+    loaded = {"index": store.index_digest(home), "features": store.features_digest(home)}
     max_body = params.max_upload_mb * 2**20
     # uploads stay in memory: the body is capped below this, so the spooled file never rolls over to disk
     MultiPartParser.spool_max_size = max_body + 2**20
@@ -122,7 +122,7 @@ def create_app(cache_dir: Path, params: ServeParams = ServeParams(), *, progress
         newer = {}
         for name, digest in (("index", store.index_digest), ("features", store.features_digest)):
             try:
-                newer[name] = digest(cache_dir) != loaded[name]
+                newer[name] = digest(home) != loaded[name]
             except OSError:
                 newer[name] = True
         return json_ready({"status": "ok", "n": session.n, **session.index.params,
@@ -423,14 +423,14 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(cache_dir: Path, params: ServeParams = ServeParams(), *, progress: Progress = SILENT,
+def serve(home: Path, params: ServeParams = ServeParams(), *, progress: Progress = SILENT,
           engine: EngineParams = EngineParams()) -> None:
     """Open the collection and serve it with uvicorn until interrupted."""
     import uvicorn
 
     sock = listen(params.host, params.port)
     try:
-        app = create_app(cache_dir, params, progress=progress, engine=engine)
+        app = create_app(home, params, progress=progress, engine=engine)
         progress.note(f"serving {app.title} on http://{params.host}:{params.port}/ (Ctrl-C stops)")
         uvicorn.Server(uvicorn_config(app, params)).run(sockets=[sock])
     finally:

@@ -31,13 +31,13 @@ class Session:
     """An opened collection: its verified index, its features and, on demand, its images and model."""
 
     def __init__(self, index: LoadedIndex | ShardedIndex, extract_manifest: dict[str, Any], load_ms: float = 0.0,
-                 cache_dir: Path | None = None, progress: Progress = SILENT, parts: Any = None) -> None:
+                 home: Path | None = None, progress: Progress = SILENT, parts: Any = None) -> None:
         self.index = index
         self.parts = parts  # who answers for each shard (None: this process; ray_engine.RayParts: Ray actors)
         self.progress = progress
         self.extract_manifest = extract_manifest
         self.load_ms = load_ms
-        self.cache_dir = cache_dir
+        self.home = home
         self._searchers: dict[int, Searcher] = {}
         self._model: Any = None
         self._source: Any = None
@@ -46,12 +46,12 @@ class Session:
         self._mapped = _mapped_files(index)
 
     @classmethod
-    def open(cls, cache_dir: Path, *, build: bool = True, progress: Progress = SILENT,
+    def open(cls, home: Path, *, build: bool = True, progress: Progress = SILENT,
              engine: EngineParams = EngineParams()) -> Session:
-        """Open the collection in ``cache_dir``.
+        """Open the collection in ``home``.
 
         Args:
-            cache_dir: the cache dir holding the features (and the index).
+            home: the collection's home (`paths.collection_home`): its features, and its index.
             build: build the index first when it is missing, or stale (with the parameters it was last
                 built with); otherwise such an index raises.
             progress: told when the index is built first.
@@ -63,14 +63,14 @@ class Session:
         """
         started = time.perf_counter()
         if build:
-            ensure_index(cache_dir, progress=progress)
-        index = load_index(cache_dir)
+            ensure_index(home, progress=progress)
+        index = load_index(home)
         parts = None
         if engine.engine == "ray":
             from .ray_engine import RayParts
 
-            parts = RayParts(cache_dir, len(getattr(index, "shards", [index])), engine.address, progress)
-        return cls(index, store.features_manifest(cache_dir), round((time.perf_counter() - started) * 1e3, 3), cache_dir,
+            parts = RayParts(home, len(getattr(index, "shards", [index])), engine.address, progress)
+        return cls(index, store.features_manifest(home), round((time.perf_counter() - started) * 1e3, 3), home,
                    progress, parts)
 
     def changed_on_disk(self) -> str | None:
@@ -150,17 +150,17 @@ class Session:
     def _features_tag(self) -> str:
         """The features manifest's digest, read once: the session answers from the features it opened."""
         if self._tag is None:
-            self._tag = store.features_digest(self.cache_dir)[:16] if self.cache_dir else "0"
+            self._tag = store.features_digest(self.home)[:16] if self.home else "0"
         return self._tag
 
     def _indexed_digests(self) -> np.ndarray | None:
-        if self._digests is None and self.cache_dir is not None \
+        if self._digests is None and self.home is not None \
                 and "digests" in self.extract_manifest.get("artifacts", {}):
             from .artifacts import load_npy
             from .extract import MAKE_CMD
             from .paths import features_dir
 
-            self._digests = np.asarray(load_npy(features_dir(self.cache_dir), self.extract_manifest, "digests",
+            self._digests = np.asarray(load_npy(features_dir(self.home), self.extract_manifest, "digests",
                                                 make_cmd=MAKE_CMD, mmap=False))
         return self._digests
 

@@ -74,11 +74,11 @@ def file_stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def load_previous(cache_dir: Path, identity: dict[str, Any]) -> Previous | None:
+def load_previous(home: Path, identity: dict[str, Any]) -> Previous | None:
     """The collection's last extraction if it can be built on (same folder and model, verified files)."""
-    folder = features_dir(cache_dir)
+    folder = features_dir(home)
     try:
-        manifest = store.features_manifest(cache_dir)
+        manifest = store.features_manifest(home)
     except (MissingArtifactError, IntegrityError):
         return None
     params = manifest.get("params", {})
@@ -146,7 +146,7 @@ def plan_update(root: Path, previous: Previous | None, threads: int = 8, progres
 
 def update_folder(
     root: Path,
-    cache_dir: Path,
+    home: Path,
     params: ExtractParams = ExtractParams(),
     *,
     force: bool = False,
@@ -155,7 +155,7 @@ def update_folder(
     pipelined: bool | None = None,
     runner: Runner | None = None,
 ) -> ExtractResult:
-    """Create or bring up to date the folder collection in ``cache_dir`` (its home: ``paths.collection_home``)
+    """Create or bring up to date the folder collection whose home is ``home`` (``paths.collection_home``)
     from the images below ``root``; ``result.counts`` says how many were new, changed, removed and unchanged.
 
     ``force`` embeds every file again and starts the collection over (new ids from 0). ``runner`` embeds the
@@ -168,12 +168,12 @@ def update_folder(
     device, precision, batch_size = runner.settings(params)
     # a folder collection is its folder (by path): which files it holds is the update's business, not the identity's
     identity = identity_params({"images": str(root), "side": side}, params.weights, params.image_size, precision)
-    folder = features_dir(cache_dir)
+    folder = features_dir(home)
     from .collections import forgotten_if_failed  # collections reads index and extract: imported when used
 
-    with forgotten_if_failed(cache_dir), cache_lock(cache_dir, wait=wait, progress=progress):
-        previous = None if force else load_previous(cache_dir, identity)
-        if previous is None and not force and store.has_features(cache_dir):
+    with forgotten_if_failed(home), cache_lock(home, wait=wait, progress=progress):
+        previous = None if force else load_previous(home, identity)
+        if previous is None and not force and store.has_features(home):
             progress.note("the collection was made from another folder, other weights, input size or precision, "
                           "or by an older version: embedding every image again (ids start over)")
         progress.note("comparing the folder with the collection ...")
@@ -198,7 +198,7 @@ def update_folder(
                            {**identity, "embed_sha256": fingerprint}, params.weights, params.image_size, device,
                            precision, batch_size, params.chunk_size, force)
             embedded = runner.embed(job, progress)
-        manifest, counts, skipped = _write(cache_dir, root, identity, plan, previous, embedded, started, params,
+        manifest, counts, skipped = _write(home, root, identity, plan, previous, embedded, started, params,
                                            batch_size, embedded.device if embedded else device)
         if embedded is not None:
             shutil.rmtree(embedded.folder, ignore_errors=True)
