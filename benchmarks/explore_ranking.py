@@ -23,7 +23,7 @@ from stl10_similarity import evaluate as ev
 from stl10_similarity.index import index_in_memory
 from stl10_similarity.params import POOL_FACTOR, IndexParams
 from stl10_similarity.search import Searcher
-from stl10_similarity.sets import set_intersections
+from stl10_similarity.index.sets import set_intersections
 
 
 def main() -> None:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stl10_similarity import stl10
+from stl10_similarity.sources import stl10
 from stl10_similarity.bench import machine
-from stl10_similarity.extract import extract
-from stl10_similarity.model import FeatureModel, default_batch_size, pick_device, resolve_precision
+from stl10_similarity.ingest.extract import extract
+from stl10_similarity.ingest.model import FeatureModel, default_batch_size, pick_device, resolve_precision
 from stl10_similarity.params import ExtractParams
 
 SHAPE = (3, 96, 96)

@@ -31,7 +31,7 @@ def _child_code() -> str:
 import json, sys, time
 from pathlib import Path
 import numpy, PIL.Image  # imported before measuring, as in a running server
-from stl10_similarity.images import ImageError, decode_square
+from stl10_similarity.sources.images import ImageError, decode_square
 data = Path(sys.argv[1]).read_bytes()
 def status_kb(field):
     for line in open("/proc/self/status"):

@@ -68,9 +68,9 @@ def main() -> None:
     from stl10_similarity.duplicates import duplicate_trees, find_duplicates, linked_pairs
     from stl10_similarity.index import build_index, last_params
     from stl10_similarity.params import DuplicatesParams, EngineParams, ExtractParams, IndexParams
-    from stl10_similarity.runners import LocalRunner
+    from stl10_similarity.ingest.runners import LocalRunner
     from stl10_similarity.session import Session
-    from stl10_similarity.update import update_folder
+    from stl10_similarity.ingest.update import update_folder
 
     work = Path(tempfile.mkdtemp(prefix="stl10sim-ray-"))
     params = ExtractParams(weights=args.weights, image_size=args.image_size)

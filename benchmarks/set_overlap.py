@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stl10_similarity.signatures import set_statistics, to_set_basis
+from stl10_similarity.index.signatures import set_statistics, to_set_basis
 from stl10_similarity.synthetic import synthetic_features
 
 

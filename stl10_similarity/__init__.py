@@ -3,7 +3,7 @@
 The library's front door (imported on first use, so ``import stl10_similarity`` stays cheap)::
 
     from stl10_similarity import Session
-    session = Session.open(cache_dir)
+    session = Session.open(home)
     result = session.query(image_id=42, k=5)
 
 See docs/python-api.md.
@@ -19,9 +19,10 @@ _EXPORTS = {
     "Session": "session", "QueryResult": "search", "Match": "search", "QueryInfo": "search",
     "ExtractParams": "params", "IndexParams": "params", "SearchParams": "params", "EvaluateParams": "params",
     "Stl10SimError": "errors", "InputError": "errors", "ParameterError": "errors", "ImageGoneError": "errors",
-    "NoImagesError": "errors", "ImageError": "images", "decode_square": "images", "import_features": "imported",
-    "resolve_cache_dir": "paths", "resolve_data_dir": "paths", "collection_home": "paths",
-    "update_folder": "update",
+    "NoImagesError": "errors", "ImageError": "sources.images", "decode_square": "sources.images",
+    "import_features": "sources.imported", "resolve_cache_dir": "store.paths", "resolve_data_dir": "store.paths",
+    "collection_home": "store.paths", "update_folder": "ingest.update", "EngineParams": "params",
+    "ShardParams": "params",
 }
 __all__ = sorted(_EXPORTS)
 

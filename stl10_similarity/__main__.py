@@ -1,3 +1,3 @@
-from .cli import run
+from stl10_similarity.cli import run
 
 run()

@@ -19,13 +19,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .forest import build_forest
-from .index import LoadedIndex, describe_params, index_in_memory
-from .params import BenchParams, IndexParams
-from .progress import SILENT, Progress
-from .search import Searcher
-from .signatures import datasketch_signature, minhash_signatures
-from .synthetic import synthetic_features
+from stl10_similarity.index.forest import build_forest
+from stl10_similarity.index import LoadedIndex, describe_params, index_in_memory
+from stl10_similarity.params import BenchParams, IndexParams
+from stl10_similarity.progress import SILENT, Progress
+from stl10_similarity.search import Searcher
+from stl10_similarity.index.signatures import datasketch_signature, minhash_signatures
+from stl10_similarity.synthetic import synthetic_features
 
 EXACT_TIMED_QUERIES = 20  # brute force at 1M takes ~0.5 s a query: time a few, report batched qps too
 # the datasketch forest object (millions of Python objects, ~10 GB at a million images and 32 trees) is timed on
@@ -77,7 +77,7 @@ def machine() -> dict[str, Any]:
             mem = round(int(handle.readline().split()[1]) / 2**20, 1)
     except (OSError, ValueError, IndexError):
         pass
-    from .artifacts import library_versions
+    from stl10_similarity.store.artifacts import library_versions
 
     return {"cpu": model, "cores": os.cpu_count(), "memory_gib": mem, "platform": platform.platform(),
             "date": time.strftime("%Y-%m-%d"), **library_versions()}
@@ -170,7 +170,7 @@ def index_bytes(index: LoadedIndex) -> int:
 def bench_features(path: Any) -> np.ndarray:
     """A user's features for ``bench --features``: a 2-D float32/float16 .npy, memory-mapped, checked, then
     normalised to unit rows in memory (float32), as extraction stores them (``imported``'s checks)."""
-    from .imported import normalised_chunks, open_features
+    from stl10_similarity.sources.imported import normalised_chunks, open_features
 
     raw = open_features(path, dim=None, min_rows=16)
     feats = np.empty(raw.shape, dtype=np.float32)
@@ -202,7 +202,7 @@ def run_bench(
     data_seconds = time.perf_counter() - t0
     n = len(feats)
     if k >= n:
-        from .errors import ParameterError
+        from stl10_similarity.errors import ParameterError
 
         raise ParameterError("k", f"({k}) must be smaller than the number of features ({n})")
     query_ids = np.sort(rng.choice(n, size=min(queries, n), replace=False))

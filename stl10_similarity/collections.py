@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import store
-from .artifacts import cache_lock, verify_stage
-from .errors import InputError, MissingArtifactError, ParameterError, Stl10SimError
-from .index import index_state
-from .params import DEFAULT_COLLECTION
-from .paths import COLLECTIONS, collection_home, collection_names, features_dir, index_dir
-from .sources import describe_record
+from stl10_similarity import store
+from stl10_similarity.store.artifacts import cache_lock, verify_stage
+from stl10_similarity.errors import InputError, MissingArtifactError, ParameterError, Stl10SimError
+from stl10_similarity.index import index_state
+from stl10_similarity.params import DEFAULT_COLLECTION
+from stl10_similarity.store.paths import COLLECTIONS, collection_home, collection_names, features_dir, index_dir
+from stl10_similarity.sources import describe_record
 
 
 def list_collections(cache_dir: Path) -> list[dict[str, Any]]:

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .forest import prefix_arrays
-from .index import LoadedIndex, ShardedIndex
-from .params import DuplicatesParams, EngineParams
-from .progress import SILENT, Progress
-from .signatures import minhash_signatures, token_table
+from stl10_similarity.index.forest import prefix_arrays
+from stl10_similarity.index import LoadedIndex, ShardedIndex
+from stl10_similarity.params import DuplicatesParams, EngineParams
+from stl10_similarity.progress import SILENT, Progress
+from stl10_similarity.index.signatures import minhash_signatures, token_table
 
 # images in one prefix run before it is split by the next depth; share of exact pairs found at 100,000 images:
 # 0.958 at 64, 0.977 at 256, 0.989 at 1024 (4.5 s), 0.992 at 2048 (6.5 s) (docs/collections.md)
@@ -103,7 +103,7 @@ def linked_pairs(index: LoadedIndex | ShardedIndex, threshold: float, max_run: i
     process, or (``engine="ray"``) one Ray task per tree, which finds the same pairs."""
     trees = duplicate_trees(index)
     if engine == "ray":
-        from . import ray_engine
+        from stl10_similarity import ray_engine
 
         return ray_engine.linked_pairs(index.features, trees, threshold, max_run, address, progress)
     found = [tree_linked_pairs(index.features, trees[0][t], trees[1][t], threshold, max_run)

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .params import DIM, EvaluateParams
-from .progress import SILENT, Progress
-from .session import Session
-from .sets import set_intersections
+from stl10_similarity.errors import InputError
+from stl10_similarity.params import DIM, EvaluateParams
+from stl10_similarity.progress import SILENT, Progress
+from stl10_similarity.session import Session
+from stl10_similarity.index.sets import set_intersections
 
 # ---------------------------------------------------------------- metrics (pure)
 
@@ -219,7 +219,7 @@ def plot_precision(report: EvaluationReport, path: Any = None) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .grid import write_picture
+    from stl10_similarity.grid import write_picture
 
     fig = Figure(figsize=(6.4, 4.2), dpi=100)
     FigureCanvasAgg(fig)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .params import PICTURE_FORMATS
-from .search import QueryResult
+from stl10_similarity.params import PICTURE_FORMATS
+from stl10_similarity.search import QueryResult
 
 PANEL_W, PANEL_H, DPI = 2.4, 3.0, 100  # inches per panel: 96 px images drawn at 2.5x
 MAX_COLUMNS = 6
@@ -31,7 +31,7 @@ def grid_size(k: int) -> tuple[int, int]:
 
 def picture_format(path: Path) -> str:
     """The format a picture written to ``path`` gets, from its suffix; a ParameterError for any other."""
-    from .errors import ParameterError
+    from stl10_similarity.errors import ParameterError
 
     fmt = PICTURE_FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
@@ -41,7 +41,7 @@ def picture_format(path: Path) -> str:
 
 def write_picture(path: Path, png: bytes) -> None:
     """Write a rendered picture (PNG bytes) to ``path`` in the format its suffix names, atomically."""
-    from .artifacts import write_bytes
+    from stl10_similarity.store.artifacts import write_bytes
 
     fmt = picture_format(path)
     if fmt != "PNG":

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import ParameterError
+from stl10_similarity.errors import ParameterError
 
 DIM = 1280  # MobileNetV2's pooled feature size
 DEVICES = ("auto", "cpu", "cuda", "mps")

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EngineError, ParameterError
-from .progress import SILENT, Progress
-from .runners import Chunks, EmbedJob, Embedded, unreadable_in
-from .sources import reopens_by_keys
+from stl10_similarity.errors import EngineError, ParameterError
+from stl10_similarity.progress import SILENT, Progress
+from stl10_similarity.ingest.runners import Chunks, EmbedJob, Embedded, unreadable_in
+from stl10_similarity.sources import reopens_by_keys
 
 CONNECT_TIMEOUT = 5.0  # seconds to reach a cluster's address before saying it is unreachable
 IN_FLIGHT_PER_ACTOR = 2  # chunks queued per actor: one running, one ready, so an actor never waits on the driver
@@ -72,7 +72,7 @@ class _Embedder:
     """One Ray actor's state: the feature model, built once."""
 
     def __init__(self, weights: str, image_size: int, device: str, precision: str) -> None:
-        from .model import FeatureModel
+        from stl10_similarity.ingest.model import FeatureModel
 
         started = time.perf_counter()
         self.model = FeatureModel(weights, image_size, device, precision)
@@ -81,7 +81,7 @@ class _Embedder:
     def embed(self, record: dict[str, Any], keys: list[str], start: int,
               batch_size: int) -> tuple[int, np.ndarray, list[dict[str, Any]], dict[int, str], dict[str, float]]:
         """The chunk of ``keys`` (positions ``start`` on): features, unreadable files, digests, and what it cost."""
-        from .sources import reopen
+        from stl10_similarity.sources import reopen
 
         source = reopen(record, keys)
         parts = [self.model(self.model.stage(source.images(lo, min(lo + batch_size, len(keys)))))
@@ -114,7 +114,7 @@ class RayRunner:
     def settings(self, params: Any) -> tuple[str, str, int]:
         """Device, precision and batch size, resolved for the workers: CUDA when actors get GPUs, else the CPU
         (the driver may have neither)."""
-        from .model import default_batch_size, resolve_precision
+        from stl10_similarity.ingest.model import default_batch_size, resolve_precision
 
         device = "cuda" if self.gpus_per_actor > 0 else "cpu"
         if params.device not in ("auto", device):
@@ -201,7 +201,7 @@ def _first_line(exc: BaseException) -> str:
 def _tree_pairs(features: np.ndarray, tree_keys: np.ndarray, tree_order: np.ndarray, threshold: float,
                 max_run: int) -> tuple[np.ndarray, float]:
     """One tree's linked pairs, and the CPU seconds the task took."""
-    from .duplicates import tree_linked_pairs
+    from stl10_similarity.duplicates import tree_linked_pairs
 
     started = time.process_time()
     return tree_linked_pairs(features, tree_keys, tree_order, threshold, max_run), time.process_time() - started
@@ -246,7 +246,7 @@ def build_shards(jobs: list[tuple[Any, ...]], address: str | None = None,
                  progress: Progress = SILENT) -> list[dict[str, Any]]:
     """``index.build_shard(*job)`` for every shard, one Ray task each (they write into the collection's folder,
     which every node must see); the entries in shard order."""
-    from .index import build_shard
+    from stl10_similarity.index import build_shard
 
     ray = connect(address, progress)
     task = ray.remote(num_cpus=1, max_retries=3)(build_shard)
@@ -271,8 +271,8 @@ class _ShardServer:
     def __init__(self, home: str, number: int) -> None:
         from pathlib import Path
 
-        from .index import load_shard
-        from .search import Shard
+        from stl10_similarity.index import load_shard
+        from stl10_similarity.search import Shard
 
         self.shard = Shard(load_shard(Path(home), number))
 

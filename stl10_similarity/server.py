@@ -32,14 +32,14 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
-from . import __version__
-from . import store
-from .artifacts import json_ready, json_text
-from .errors import ImageGoneError, InputError, NoImagesError, ParameterError, Stl10SimError
-from .images import ImageTooLarge
-from .params import METHODS, EngineParams, SearchParams, ServeParams
-from .progress import SILENT, Progress
-from .session import Session
+from stl10_similarity import __version__
+from stl10_similarity import store
+from stl10_similarity.store.artifacts import json_ready, json_text
+from stl10_similarity.errors import ImageGoneError, InputError, NoImagesError, ParameterError, Stl10SimError
+from stl10_similarity.sources.images import ImageTooLarge
+from stl10_similarity.params import METHODS, EngineParams, SearchParams, ServeParams
+from stl10_similarity.progress import SILENT, Progress
+from stl10_similarity.session import Session
 
 WEB = Path(__file__).parent / "web"
 PAGE_LIMIT = 500  # most images one /api/v1/images page may list

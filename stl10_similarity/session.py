@@ -16,13 +16,13 @@ from typing import Any, Union
 
 import numpy as np
 
-from . import sources
-from .errors import ImageGoneError, InputError, NoImagesError, ParameterError, StaleArtifactError
-from . import store
-from .index import LoadedIndex, ShardedIndex, ensure_index, load_index
-from .params import DEVICES, EngineParams, SearchParams
-from .progress import SILENT, Progress
-from .search import QueryResult, QueryVector, Searcher
+from stl10_similarity import sources
+from stl10_similarity.errors import ImageGoneError, InputError, NoImagesError, ParameterError, StaleArtifactError
+from stl10_similarity import store
+from stl10_similarity.index import LoadedIndex, ShardedIndex, ensure_index, load_index
+from stl10_similarity.params import DEVICES, EngineParams, SearchParams
+from stl10_similarity.progress import SILENT, Progress
+from stl10_similarity.search import QueryResult, QueryVector, Searcher
 
 ImageInput = Union[str, Path, bytes, np.ndarray]
 
@@ -67,7 +67,7 @@ class Session:
         index = load_index(home)
         parts = None
         if engine.engine == "ray":
-            from .ray_engine import RayParts
+            from stl10_similarity.ray_engine import RayParts
 
             parts = RayParts(home, len(getattr(index, "shards", [index])), engine.address, progress)
         return cls(index, store.features_manifest(home), round((time.perf_counter() - started) * 1e3, 3), home,
@@ -156,9 +156,9 @@ class Session:
     def _indexed_digests(self) -> np.ndarray | None:
         if self._digests is None and self.home is not None \
                 and "digests" in self.extract_manifest.get("artifacts", {}):
-            from .artifacts import load_npy
-            from .extract import MAKE_CMD
-            from .paths import features_dir
+            from stl10_similarity.store.artifacts import load_npy
+            from stl10_similarity.ingest.extract import MAKE_CMD
+            from stl10_similarity.store.paths import features_dir
 
             self._digests = np.asarray(load_npy(features_dir(self.home), self.extract_manifest, "digests",
                                                 make_cmd=MAKE_CMD, mmap=False))
@@ -239,7 +239,7 @@ class Session:
     def model(self, device: str = "auto") -> Any:
         """The feature model exactly as the collection was extracted (weights, input size)."""
         if self._model is None:
-            from .model import FeatureModel, query_precision
+            from stl10_similarity.ingest.model import FeatureModel, query_precision
 
             params = self.extract_manifest["params"]
             source = params.get("weights_source", "imagenet")
@@ -259,7 +259,7 @@ class Session:
     def grid(self, result: QueryResult, path: Path | None = None) -> bytes:
         """The result grid as PNG bytes (query first, then its matches); also written to ``path`` if given, in
         the format its suffix names (``params.PICTURE_FORMATS``)."""
-        from .grid import render_grid
+        from stl10_similarity.grid import render_grid
 
         if result.query_image is not None:
             query_image = result.query_image
@@ -269,14 +269,14 @@ class Session:
             query_image, _ = self._pixels(result.query.image or "", None)
         png = render_grid(result, query_image, self.images([m.id for m in result.results]))
         if path is not None:
-            from .grid import write_picture
+            from stl10_similarity.grid import write_picture
 
             write_picture(Path(path), png)
         return png
 
     def duplicates_picture(self, groups: list[Any], path: Path | None = None) -> bytes:
         """Groups of near-duplicates drawn as PNG bytes (``grid.render_groups``); also written to ``path``."""
-        from .grid import MAX_GROUP_IMAGES, MAX_GROUP_ROWS, render_groups, write_picture
+        from stl10_similarity.grid import MAX_GROUP_IMAGES, MAX_GROUP_ROWS, render_groups, write_picture
 
         drawn = groups[:MAX_GROUP_ROWS]
         png = render_groups(drawn, [self.images(list(g.ids[:MAX_GROUP_IMAGES])) for g in drawn])
@@ -287,8 +287,8 @@ class Session:
     def _pixels(self, image: ImageInput, name: str | None) -> tuple[np.ndarray, str]:
         """uint8 ``(3, H, W)`` pixels of the user's image and the name it goes by. Files and bytes go through the
         decoder folder images go through, to the same square, so a file embeds as it would in a folder."""
-        from .images import decode_square
-        from .model import resize_side
+        from stl10_similarity.sources.images import decode_square
+        from stl10_similarity.ingest.model import resize_side
 
         side = resize_side(int(self.extract_manifest["params"]["image_size"]))
         if isinstance(image, (str, Path)):

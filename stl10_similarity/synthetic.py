@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .params import DIM
+from stl10_similarity.params import DIM
 
 
 def cluster_count(n: int) -> int:

@@ -20,7 +20,7 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("STL10SIM_DATA_DIR", raising=False)
     monkeypatch.setenv("STL10SIM_URL", "http://127.0.0.1:9/stl10_binary.tar.gz")  # discard port: refused at once
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
-    monkeypatch.setattr("stl10_similarity.fetch.RETRY_DELAYS", (0.0, 0.0, 0.0))  # retries, without the waiting
+    monkeypatch.setattr("stl10_similarity.sources.fetch.RETRY_DELAYS", (0.0, 0.0, 0.0))  # retries, without the waiting
 
 
 def invoke(*args: str, **kwargs):

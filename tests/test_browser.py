@@ -119,7 +119,7 @@ def test_click_an_image_shows_its_neighbours_and_back_works(page, server_url):
 def test_upload_your_own_image(page, server_url, built_cache, tmp_path):
     from PIL import Image
 
-    from stl10_similarity import stl10
+    from stl10_similarity.sources import stl10
 
     pixels = stl10.open_source(built_cache / "data", "train+test").images(9, 10)[0].transpose(1, 2, 0)
     path = tmp_path / "my-photo.png"

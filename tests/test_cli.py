@@ -24,7 +24,7 @@ def test_end_to_end_from_archive(tmp_path, archive):
     assert invoke("-q", "download", "--archive", str(archive), "--no-verify", "--cache-dir", cache).exit_code == 0
     extract = invoke("-q", "extract", *FAST, "--cache-dir", cache)
     assert extract.exit_code == 0 and "features for 100 images" in extract.output
-    from stl10_similarity.model import cpu_has_bf16, pick_device
+    from stl10_similarity.ingest.model import cpu_has_bf16, pick_device
 
     device = pick_device("auto")  # a GPU where there is one: the suite runs on both
     precision = "bf16" if device == "cpu" and cpu_has_bf16() else "fp32"

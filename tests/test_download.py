@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from archive_server import ArchiveServer
 from conftest import invoke
-from stl10_similarity import stl10
+from stl10_similarity.sources import stl10
 from stl10_similarity.cli import main
 
 

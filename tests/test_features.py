@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import invoke
-from stl10_similarity import stl10
+from stl10_similarity.sources import stl10
 from stl10_similarity.cli import main
-from stl10_similarity.model import FeatureModel, cpu_has_bf16, default_batch_size, pick_device, resolve_precision
+from stl10_similarity.ingest.model import FeatureModel, cpu_has_bf16, default_batch_size, pick_device, resolve_precision
 
 PRECISIONS = ["auto", "fp32"] + (["bf16"] if cpu_has_bf16() else [])
 
@@ -63,7 +63,7 @@ def test_default_batch_sizes():
 
 
 def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
-    from stl10_similarity import model as features
+    from stl10_similarity.ingest import model as features
 
     monkeypatch.setattr(features, "cpu_has_bf16", lambda: True)
     assert resolve_precision("auto", "cpu") == "bf16"
@@ -76,7 +76,7 @@ def test_folding_batch_norms_keeps_the_features():
     """With non-trivial BatchNorm statistics, the folded network computes the same features."""
     import torch
 
-    from stl10_similarity.model import build_model, fold_batch_norms
+    from stl10_similarity.ingest.model import build_model, fold_batch_norms
 
     model = build_model("none")
     generator = torch.Generator().manual_seed(3)

@@ -89,9 +89,9 @@ def test_debug_works_after_the_command_too(tmp_path):
 
 
 @pytest.mark.parametrize("command, target, said", [
-    (["extract", "--images", "PHOTOS", "--collection", "mine"], "stl10_similarity.update.update_folder",
+    (["extract", "--images", "PHOTOS", "--collection", "mine"], "stl10_similarity.ingest.update.update_folder",
      "Interrupted: finished chunks of features are kept and the collection is as it was"),
-    (["download"], "stl10_similarity.stl10.download", "Interrupted: the bytes downloaded so far are kept"),
+    (["download"], "stl10_similarity.sources.stl10.download", "Interrupted: the bytes downloaded so far are kept"),
     (["query", "--image-id", "0"], "stl10_similarity.session.Session.open", "Interrupted."),
 ])
 def test_ctrl_c_says_what_this_command_keeps(tmp_path, monkeypatch, command, target, said):

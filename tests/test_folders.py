@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from conftest import invoke
 from stl10_fixture import make_images
 from stl10_similarity.cli import main
-from stl10_similarity.folders import FolderSource, scan
-from stl10_similarity.images import decode_square
+from stl10_similarity.sources.folders import FolderSource, scan
+from stl10_similarity.sources.images import decode_square
 
 FAST = ["--weights", "none", "--image-size", "64", "--batch-size", "16"]
 

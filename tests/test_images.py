@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from stl10_fixture import make_images
-from stl10_similarity.images import MAX_ASPECT, MAX_DECODED_BYTES, ImageError, ImageTooLarge, decode_square
+from stl10_similarity.sources.images import MAX_ASPECT, MAX_DECODED_BYTES, ImageError, ImageTooLarge, decode_square
 
 
 def _encoded(img: Image.Image, format: str, **options) -> bytes:

@@ -11,9 +11,9 @@ from PIL import Image
 
 from conftest import invoke
 from stl10_fixture import make_images
-from stl10_similarity import stl10
+from stl10_similarity.sources import stl10
 from stl10_similarity.cli import main
-from stl10_similarity.images import decode_square
+from stl10_similarity.sources.images import decode_square
 
 
 def _photo(size=(120, 90)) -> Image.Image:
@@ -111,7 +111,7 @@ def test_decoder_handles_modes(tmp_path):
 
 def test_bf16_collection_is_searchable_from_a_cpu_without_bf16(tmp_path, archive, monkeypatch):
     """A cache made on a bf16 machine and copied to one without: image queries fall back to fp32, not an error."""
-    from stl10_similarity import model as features
+    from stl10_similarity.ingest import model as features
 
     cache = str(tmp_path / "c")
     monkeypatch.setattr(features, "cpu_has_bf16", lambda: True)
@@ -131,7 +131,7 @@ def test_bf16_collection_is_searchable_from_a_cpu_without_bf16(tmp_path, archive
 
 def test_fp16_collection_is_searchable_from_a_cpu(cache, tmp_path):
     """A cache extracted in fp16 on a GPU, copied to a CPU-only machine: image queries embed in fp32 there."""
-    from stl10_similarity.model import query_precision
+    from stl10_similarity.ingest.model import query_precision
 
     assert query_precision("fp16", "cpu") == "fp32" and query_precision("bf16", "cpu") in ("bf16", "fp32")
     manifest_path = cache / "features" / "manifest.json"

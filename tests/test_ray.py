@@ -18,8 +18,8 @@ from stl10_fixture import make_images
 from stl10_similarity.duplicates import find_duplicates
 from stl10_similarity.errors import EngineError
 from stl10_similarity.params import DuplicatesParams, EngineParams, ExtractParams
-from stl10_similarity.runners import LocalRunner
-from stl10_similarity.update import update_folder
+from stl10_similarity.ingest.runners import LocalRunner
+from stl10_similarity.ingest.update import update_folder
 
 ray = pytest.importorskip("ray")
 from stl10_similarity.ray_engine import RayRunner, connect  # noqa: E402

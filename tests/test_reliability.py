@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import invoke
-from stl10_similarity import artifacts
+from stl10_similarity.store import artifacts
 from stl10_similarity.cli import main
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from stl10_fixture import make_images, write_stl10
-from stl10_similarity import stl10
-from stl10_similarity.extract import extract
+from stl10_similarity.sources import stl10
+from stl10_similarity.ingest.extract import extract
 from stl10_similarity.params import ExtractParams
 from stl10_similarity.progress import SILENT
-from stl10_similarity.runners import Chunks, EmbedJob, LocalRunner, unreadable_in
-from stl10_similarity.update import update_folder
+from stl10_similarity.ingest.runners import Chunks, EmbedJob, LocalRunner, unreadable_in
+from stl10_similarity.ingest.update import update_folder
 
 PARAMS = ExtractParams(weights="none", image_size=64, batch_size=4, chunk_size=8, device="cpu", precision="fp32")
 
@@ -32,7 +32,7 @@ class LastChunkFirst:
         return LocalRunner().settings(params)
 
     def embed(self, job: EmbedJob, progress=SILENT):
-        from stl10_similarity.model import FeatureModel
+        from stl10_similarity.ingest.model import FeatureModel
 
         chunks = Chunks(job)
         model = FeatureModel(job.weights, job.image_size, job.device, job.precision)

@@ -67,7 +67,7 @@ def test_one_image_and_its_png(client, built_cache):
     assert "max-age" in response.headers["cache-control"]
     from PIL import Image
 
-    from stl10_similarity import stl10
+    from stl10_similarity.sources import stl10
 
     with Image.open(io.BytesIO(response.content)) as img:
         pixels = np.asarray(img.convert("RGB"))
@@ -93,7 +93,7 @@ def test_search_is_what_the_cli_prints(client, built_cache, query):
 
 
 def test_upload_search_matches_the_cli_image_query(client, built_cache, tmp_path):
-    from stl10_similarity import stl10
+    from stl10_similarity.sources import stl10
 
     pixels = stl10.open_source(built_cache / "data", "train+test").images(9, 10)[0].transpose(1, 2, 0)
     path = tmp_path / "nine.png"

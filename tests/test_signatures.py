@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stl10_similarity.signatures import (
+from stl10_similarity.index.signatures import (
     datasketch_signature,
     minhash_signatures,
     permuted_token_table,
@@ -50,7 +50,7 @@ def test_pipeline_signatures_match_datasketch(built_cache):
 
 def test_padded_sets_of_any_size_match_datasketch():
     """Rows shorter than the array are padded with the padding token, which never changes a signature."""
-    from stl10_similarity.signatures import token_table
+    from stl10_similarity.index.signatures import token_table
 
     rng = np.random.default_rng(5)
     universe, width = 300, 20
@@ -85,8 +85,8 @@ def test_bulk_forest_equals_datasketch_add_and_index():
 
     from datasketch import MinHashLSHForest
 
-    from stl10_similarity.forest import Sketch as _Sketch
-    from stl10_similarity.forest import build_forest, prefix_arrays
+    from stl10_similarity.index.forest import Sketch as _Sketch
+    from stl10_similarity.index.forest import build_forest, prefix_arrays
 
     rng = np.random.default_rng(3)
     sigs = rng.integers(0, 2**32, (300, 64), dtype=np.uint32)
@@ -116,7 +116,7 @@ def test_index_pickle_is_a_datasketch_forest_of_the_signatures(built_cache):
 
     from datasketch import MinHashLSHForest
 
-    from stl10_similarity.forest import Sketch
+    from stl10_similarity.index.forest import Sketch
 
     forest = pickle.loads((built_cache / "index" / "forest.pkl").read_bytes())
     sigs = np.load(built_cache / "index" / "signatures.npy")
@@ -128,7 +128,7 @@ def test_index_pickle_is_a_datasketch_forest_of_the_signatures(built_cache):
 
 
 def test_set_intersections_count_shared_members():
-    from stl10_similarity.sets import set_intersections, set_sizes
+    from stl10_similarity.index.sets import set_intersections, set_sizes
 
     rng = np.random.default_rng(4)
     sets = np.sort(np.stack([rng.choice(1280, 50, replace=False) for _ in range(30)]), axis=1).astype(np.uint16)

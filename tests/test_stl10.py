@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from conftest import invoke
 from stl10_fixture import write_stl10
-from stl10_similarity import stl10
+from stl10_similarity.sources import stl10
 from stl10_similarity.cli import main
 
 

@@ -8,7 +8,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from stl10_similarity import artifacts
+from stl10_similarity.store import artifacts
 from stl10_similarity.cli import main
 from stl10_similarity.session import Session
 

@@ -25,16 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import cache_lock, load_npy, sha256_file
-from .errors import DataError, IntegrityError, MissingArtifactError
-from .extract import MAKE_CMD, ExtractResult, commit_features, identity_params, run_params
-from .folders import FolderSource, folder_labels, scan
-from .model import resize_side
-from .params import ExtractParams
-from .paths import features_dir
-from .progress import SILENT, Progress
-from . import store
-from .runners import EmbedJob, LocalRunner, Runner
+from stl10_similarity.store.artifacts import cache_lock, load_npy, sha256_file
+from stl10_similarity.errors import DataError, IntegrityError, MissingArtifactError
+from stl10_similarity.ingest.extract import MAKE_CMD, ExtractResult, commit_features, identity_params, run_params
+from stl10_similarity.sources.folders import FolderSource, folder_labels, scan
+from stl10_similarity.ingest.model import resize_side
+from stl10_similarity.params import ExtractParams
+from stl10_similarity.store.paths import features_dir
+from stl10_similarity.progress import SILENT, Progress
+from stl10_similarity import store
+from stl10_similarity.ingest.runners import EmbedJob, LocalRunner, Runner
 
 UPDATE_ARTIFACTS = ("stamps", "digests", "versions")  # what a collection needs beyond extract's artifacts
 
@@ -169,7 +169,7 @@ def update_folder(
     # a folder collection is its folder (by path): which files it holds is the update's business, not the identity's
     identity = identity_params({"images": str(root), "side": side}, params.weights, params.image_size, precision)
     folder = features_dir(home)
-    from .collections import forgotten_if_failed  # collections reads index and extract: imported when used
+    from stl10_similarity.collections import forgotten_if_failed  # collections reads index and extract: imported when used
 
     with forgotten_if_failed(home), cache_lock(home, wait=wait, progress=progress):
         previous = None if force else load_previous(home, identity)

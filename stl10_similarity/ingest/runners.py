@@ -21,11 +21,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .artifacts import write_json, write_npy
-from .params import EngineParams
-from .pipeline import BackgroundWriter, prefetched
-from .progress import SILENT, Progress
-from .sources import Source
+from stl10_similarity.store.artifacts import write_json, write_npy
+from stl10_similarity.params import EngineParams
+from stl10_similarity.ingest.pipeline import BackgroundWriter, prefetched
+from stl10_similarity.progress import SILENT, Progress
+from stl10_similarity.sources import Source
 
 # where reading and writing run on threads beside the model: on a 2-core CPU they only slowed it (docs/decisions.md)
 PIPELINE_DEVICES = ("cuda", "mps")
@@ -142,12 +142,12 @@ class LocalRunner:
         self.pipelined = pipelined
 
     def settings(self, params: Any) -> tuple[str, str, int]:
-        from .model import run_settings
+        from stl10_similarity.ingest.model import run_settings
 
         return run_settings(params)
 
     def embed(self, job: EmbedJob, progress: Progress = SILENT) -> Embedded:
-        from .model import FeatureModel
+        from stl10_similarity.ingest.model import FeatureModel
 
         chunks = Chunks(job)
         todo = chunks.todo()
@@ -190,7 +190,7 @@ class LocalRunner:
 def runner_for(engine: EngineParams, pipelined: bool | None = None) -> Runner:
     """The runner ``engine`` names: ``local`` (``pipelined`` as :class:`LocalRunner` takes it) or ``ray``."""
     if engine.engine == "ray":
-        from .ray_engine import RayRunner
+        from stl10_similarity.ray_engine import RayRunner
 
         return RayRunner(engine.address, engine.actors, engine.gpus_per_actor)
     return LocalRunner(pipelined)

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from . import extract as features_stage
-from . import store
-from .store import Manifest
-from .artifacts import (
+from stl10_similarity.ingest import extract as features_stage
+from stl10_similarity import store
+from stl10_similarity.store import Manifest
+from stl10_similarity.store.artifacts import (
     atomic_file,
     iter_npy_rows,
     commit_staged,
@@ -30,14 +30,14 @@ from .artifacts import (
     verified_path,
     write_npy,
 )
-from .errors import InputError, IntegrityError, MissingArtifactError, ParameterError, StaleArtifactError
-from .paths import features_dir, index_dir
-from .forest import ForestPickle, build_forest, merge_prefix_arrays, prefix_arrays
-from .params import EngineParams, IndexParams, ShardParams
-from .progress import SILENT, Progress
-from .sets import SetRepresentation, TopDims, bitmaps, representation
-from .sources import keys_are_paths
-from .signatures import SCHEME, SEED, minhash_signatures, set_statistics, token_table, top_k_sets
+from stl10_similarity.errors import InputError, IntegrityError, MissingArtifactError, ParameterError, StaleArtifactError
+from stl10_similarity.store.paths import features_dir, index_dir
+from stl10_similarity.index.forest import ForestPickle, build_forest, merge_prefix_arrays, prefix_arrays
+from stl10_similarity.params import EngineParams, IndexParams, ShardParams
+from stl10_similarity.progress import SILENT, Progress
+from stl10_similarity.index.sets import SetRepresentation, TopDims, bitmaps, representation
+from stl10_similarity.sources import keys_are_paths
+from stl10_similarity.index.signatures import SCHEME, SEED, minhash_signatures, set_statistics, token_table, top_k_sets
 
 MAKE_CMD = store.INDEX_CMD
 CHUNK_ROWS = 65536
@@ -251,7 +251,7 @@ def _build_sharded(home: Path, feats: np.ndarray, path: Path, ids: np.ndarray, p
     jobs = [(str(path), bounds[s], bounds[s + 1], ids[bounds[s] : bounds[s + 1]], stats, vocabulary,
              asdict(params), str(home), f"shard_{s:03d}", inputs) for s in range(shards)]
     if engine.engine == "ray":
-        from .ray_engine import build_shards
+        from stl10_similarity.ray_engine import build_shards
 
         listed = build_shards(jobs, engine.address, progress)
     else:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .signatures import SCHEME
+from stl10_similarity.index.signatures import SCHEME
 
 
 class Sketch:

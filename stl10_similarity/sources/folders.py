@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError
-from .images import ImageError, decode_square
-from .params import IMAGE_SUFFIXES
+from stl10_similarity.errors import DataError
+from stl10_similarity.sources.images import ImageError, decode_square
+from stl10_similarity.params import IMAGE_SUFFIXES
 
 
 def scan(root: Path, unnamable: list[str] | None = None) -> list[str]:

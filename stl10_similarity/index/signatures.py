@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .params import DIM
+from stl10_similarity.params import DIM
 
 SCHEME = "affine32"  # datasketch >= 2 default; recorded in every index manifest
 SEED = 1  # datasketch's default MinHash seed

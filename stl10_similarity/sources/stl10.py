@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import cache_lock, environment_failure, write_json
-from .params import SPLITS
-from .progress import SILENT, Progress
-from .errors import DataError, EnvironmentFailure, InputError, ParameterError
+from stl10_similarity.store.artifacts import cache_lock, environment_failure, write_json
+from stl10_similarity.params import SPLITS
+from stl10_similarity.progress import SILENT, Progress
+from stl10_similarity.errors import DataError, EnvironmentFailure, InputError, ParameterError
 
 URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
 URL_ENV = "STL10SIM_URL"  # lets tests (and mirrors) serve the archive from elsewhere
@@ -418,7 +418,7 @@ def _from_network(data_dir: Path, verify: bool, progress: Progress) -> DownloadR
     mismatch is refused. The part file stays until the files are installed, so a kill at any point
     costs at most the bytes in flight.
     """
-    from .fetch import fetch
+    from stl10_similarity.sources.fetch import fetch
 
     url = download_url()
     if not url.startswith(("http://", "https://")):

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifacts import MANIFEST, manifest_digest, read_manifest, write_manifest
-from .errors import IntegrityError
-from .paths import features_dir, index_dir
+from stl10_similarity.store.artifacts import MANIFEST, manifest_digest, read_manifest, write_manifest
+from stl10_similarity.errors import IntegrityError
+from stl10_similarity.store.paths import features_dir, index_dir
 
 FEATURES_STAGE, INDEX_STAGE = "extract", "index"
 EXTRACT_CMD, INDEX_CMD = "stl10sim extract", "stl10sim index"

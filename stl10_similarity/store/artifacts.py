@@ -23,8 +23,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from .errors import EnvironmentFailure, IntegrityError, MissingArtifactError
-from .progress import SILENT, Progress
+from stl10_similarity.errors import EnvironmentFailure, IntegrityError, MissingArtifactError
+from stl10_similarity.progress import SILENT, Progress
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import IntegrityError
+from stl10_similarity.errors import IntegrityError
 
 
 class Source(Protocol):

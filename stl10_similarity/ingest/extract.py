@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import (
+from stl10_similarity.store.artifacts import (
     cache_lock,
     commit_staged,
     library_versions,
@@ -25,15 +25,15 @@ from .artifacts import (
     write_npy,
     write_npy_chunks,
 )
-from .errors import DataError, IntegrityError, MissingArtifactError
-from .model import FeatureModel, weights_identity
-from .params import DIM, ExtractParams
-from .paths import features_dir
-from .progress import SILENT, Progress
-from .runners import EmbedJob, LocalRunner, Runner
-from .sources import Source
-from . import store
-from .store import Manifest
+from stl10_similarity.errors import DataError, IntegrityError, MissingArtifactError
+from stl10_similarity.ingest.model import FeatureModel, weights_identity
+from stl10_similarity.params import DIM, ExtractParams
+from stl10_similarity.store.paths import features_dir
+from stl10_similarity.progress import SILENT, Progress
+from stl10_similarity.ingest.runners import EmbedJob, LocalRunner, Runner
+from stl10_similarity.sources import Source
+from stl10_similarity import store
+from stl10_similarity.store import Manifest
 
 MAKE_CMD = store.EXTRACT_CMD
 

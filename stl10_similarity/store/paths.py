@@ -6,8 +6,8 @@ import os
 import re
 from pathlib import Path
 
-from .errors import ParameterError
-from .params import DEFAULT_COLLECTION
+from stl10_similarity.errors import ParameterError
+from stl10_similarity.params import DEFAULT_COLLECTION
 
 CACHE_ENV = "STL10SIM_CACHE_DIR"
 COLLECTIONS = "collections"

@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from .forest import Sketch
-from .index import LoadedIndex
-from .params import POOL_FACTOR, POOL_GROWTH, POOL_GROWTH_FROM, SCAN_LIMIT, SearchParams
-from .sets import bitmap_intersections, bitmaps, set_intersections, set_sizes
-from .signatures import minhash_signatures, top_k_sets
+from stl10_similarity.index.forest import Sketch
+from stl10_similarity.index import LoadedIndex
+from stl10_similarity.params import POOL_FACTOR, POOL_GROWTH, POOL_GROWTH_FROM, SCAN_LIMIT, SearchParams
+from stl10_similarity.index.sets import bitmap_intersections, bitmaps, set_intersections, set_sizes
+from stl10_similarity.index.signatures import minhash_signatures, top_k_sets
 
 OVERSHOOT = 2  # a depth may bring up to this many times the pool before it is trimmed
 # One exact scan at a time in a process. A scan already runs on all of BLAS's threads; concurrent ones (the

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from stl10_similarity.errors import InputError
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # what Pillow may open: nothing else is even sniffed
 MAX_PIXELS = 100_000_000  # width x height, read from the header, before anything is decoded
