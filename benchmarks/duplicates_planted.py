@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import collection_arrays, exact_pairs, worlds  # benchmarks/ is on the path when run as a script
+
 KINDS = ("resized x1.5", "JPEG quality 40", "cropped 2 px")
 
 
@@ -66,27 +68,6 @@ def plant(source: Path, target: Path, count: int, seed: int = 0, upscale: int | 
     return planted
 
 
-def exact_pairs_of(feats: np.ndarray, threshold: float, block: int = 2048) -> set[tuple[int, int]]:
-    pairs: set[tuple[int, int]] = set()
-    for lo in range(0, len(feats), block):
-        scores = feats[lo : lo + block] @ feats.T
-        rows, cols = np.nonzero(scores >= threshold)
-        keep = cols > rows + lo
-        pairs.update(zip((rows[keep] + lo).tolist(), cols[keep].tolist()))
-    return pairs
-
-
-def worlds(feats: np.ndarray, count: int, seed: int = 1) -> np.ndarray:
-    """``feats`` and ``count - 1`` copies whose centred features have their dimensions permuted."""
-    rng = np.random.default_rng(seed)
-    mean = feats.mean(axis=0)
-    out = [feats]
-    for _ in range(count - 1):
-        copy = np.maximum(mean + (feats - mean)[:, rng.permutation(feats.shape[1])], 0.0)
-        out.append((copy / np.linalg.norm(copy, axis=1, keepdims=True)).astype(np.float32))
-    return np.concatenate(out)
-
-
 def measure(feats: np.ndarray, planted: list[tuple[int, int, int]], threshold: float) -> dict:
     """The duplicate search in-process (the code `stl10sim duplicates` runs) against exact all pairs."""
     from stl10_similarity.duplicates import find_duplicates
@@ -100,7 +81,7 @@ def measure(feats: np.ndarray, planted: list[tuple[int, int, int]], threshold: f
     groups = find_duplicates(index, DuplicatesParams(threshold=threshold))
     search_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    exact = exact_pairs_of(feats, threshold)
+    exact = exact_pairs(feats, threshold)
     exact_seconds = time.perf_counter() - t0
     return {"images": len(feats), "index_build_seconds": round(index_seconds, 2),
             "duplicates_seconds": round(search_seconds, 2), "exact_all_pairs_seconds": round(exact_seconds, 2),
@@ -163,8 +144,8 @@ def main() -> None:
         subprocess.run([*cli, "duplicates", "--collection", "dups", "--json", "--threshold", str(args.threshold)],
                        env=env, check=True, capture_output=True, text=True)
         report["duplicates_process_seconds"] = round(time.perf_counter() - t0, 2)
-        folder = work / "cache" / "collections" / "dups" / "features"
-        feats, keys = np.load(folder / "features.npy"), np.load(folder / "keys.npy")
+        feats, keys = collection_arrays(work / "cache" / "collections" / "dups", "features", "keys")
+        folder = work / "cache" / "collections" / "dups" / "features"  # the verified files, kept with --keep
         setup = {"image_size": args.image_size, "upscale": args.upscale}
         report.update(setup)
         if args.keep:

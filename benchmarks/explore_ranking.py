@@ -13,13 +13,14 @@ precision@10 and the median in-process search time of each, beside exact search.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from common import collection_arrays  # benchmarks/ is on the path when run as a script
 from stl10_similarity import evaluate as ev
+from stl10_similarity.store import features_manifest
 from stl10_similarity.index import index_in_memory
 from stl10_similarity.params import POOL_FACTOR, IndexParams
 from stl10_similarity.search import Searcher
@@ -37,10 +38,9 @@ def main() -> None:
     args = parser.parse_args()
     k = 10
     for cache in args.caches:
-        folder = cache / "features"
-        feats = np.ascontiguousarray(np.load(folder / "features.npy"), dtype=np.float32)
-        labels = np.load(folder / "labels.npy")
-        names = json.loads((folder / "manifest.json").read_text())["class_names"]
+        feats, labels = collection_arrays(cache, "features", "labels")
+        feats = np.ascontiguousarray(feats, dtype=np.float32)
+        names = features_manifest(cache)["class_names"]
         queries = ev.choose_queries(len(feats), args.queries)
         sims = feats[queries] @ feats.T
         sims[np.arange(len(queries)), queries] = -np.inf
@@ -84,13 +84,13 @@ def _row(searcher: Searcher, feats: np.ndarray, labels: np.ndarray, queries: np.
         t0 = time.perf_counter()
         ids = searcher.forest_candidates(v, pool_size)
         if how == "estimate":
-            kept = searcher._top(ids, searcher.estimated_jaccard(v, ids), budget)
+            kept = searcher.top(ids, searcher.estimated_jaccard(v, ids), budget)
         elif how == "jaccard":
             shared = set_intersections(v.topk, searcher.index.topk[ids], 1280)
-            kept = searcher._top(ids, shared.astype(np.float64), budget)
+            kept = searcher.top(ids, shared.astype(np.float64), budget)
         else:
             kept = ids
-        got = searcher._top(kept, searcher.cosine(v, kept), k)
+        got = searcher.top(kept, searcher.cosine(v, kept), k)
         times.append(time.perf_counter() - t0)
         recalls.append(float((feats[got] @ feats[q] >= kth[r] - 1e-6).sum()) / k)
         precisions.append(float((labels[got] == labels[q]).mean()))

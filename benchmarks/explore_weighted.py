@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import collection_arrays  # benchmarks/ is on the path when run as a script
 from stl10_similarity.index.forest import prefix_arrays
 from stl10_similarity.index import LoadedIndex
 from stl10_similarity.index.sets import bitmaps
@@ -73,9 +74,7 @@ def main() -> None:
     parser.add_argument("--trees", type=int, default=8)
     parser.add_argument("--budgets", default="50,100,200,400")
     args = parser.parse_args()
-    folder = args.cache_dir / "features"
-    feats = np.load(folder / "features.npy")
-    labels = np.load(folder / "labels.npy")
+    feats, labels = collection_arrays(args.cache_dir, "features", "labels")
     n = len(feats)
     rng = np.random.default_rng(0)
     queries = np.sort(rng.choice(n, size=min(args.queries, n), replace=False))

@@ -17,35 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
+from common import build_collection  # benchmarks/ is on the path when run as a script
 from stl10_similarity.bench import machine
-
-SHAPE = (3, 96, 96)
-
-
-def build_collection(source: Path, target: Path, images: int) -> None:
-    """train = the first 5/13 of ``images``, test = the rest, cycling through the source's labelled photos."""
-    src, dst = source / "stl10_binary", target / "stl10_binary"
-    dst.mkdir(parents=True)
-    x = np.concatenate([np.fromfile(src / f"{s}_X.bin", np.uint8).reshape(-1, *SHAPE) for s in ("train", "test")])
-    y = np.concatenate([np.fromfile(src / f"{s}_y.bin", np.uint8) for s in ("train", "test")])
-    n_train = images * 5 // 13
-    for split, count, offset in (("train", n_train, 0), ("test", images - n_train, n_train)):
-        pick = (np.arange(count) + offset) % len(x)
-        x[pick].tofile(dst / f"{split}_X.bin")
-        y[pick].tofile(dst / f"{split}_y.bin")
-    for name in ("class_names.txt", "fold_indices.txt"):
-        shutil.copy(src / name, dst / name)
-    (dst / "unlabeled_X.bin").write_bytes(b"")
-
+from stl10_similarity.store import features_manifest
 
 def timed_extract(checkout: Path, data: Path, cache: Path, weights: str, precision: str | None) -> dict:
     args = [sys.executable, "-m", "stl10_similarity", "-q", "extract", "--data-dir", str(data),
@@ -59,7 +39,7 @@ def timed_extract(checkout: Path, data: Path, cache: Path, weights: str, precisi
     seconds = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"extract failed in {checkout}: {child.stderr.read().decode().strip()}")
-    manifest = json.loads((cache / "features" / "manifest.json").read_text())
+    manifest = features_manifest(cache)
     return {"checkout": str(checkout), "precision": manifest["params"]["precision"],
             "batch_size": manifest["params"]["batch_size"], "images": manifest["n"],
             "wall_seconds": round(seconds, 1), "images_per_second": round(manifest["n"] / seconds, 1),

@@ -28,20 +28,7 @@ from stl10_similarity.ingest.extract import extract
 from stl10_similarity.ingest.model import FeatureModel, default_batch_size, pick_device, resolve_precision
 from stl10_similarity.params import ExtractParams
 
-SHAPE = (3, 96, 96)
-
-
-def tiled(source: Path, target: Path, images: int) -> None:
-    src, dst = source / "stl10_binary", target / "stl10_binary"
-    dst.mkdir(parents=True)
-    pool = np.concatenate([np.fromfile(src / f"{p}_X.bin", np.uint8).reshape(-1, *SHAPE)
-                           for p in ("train", "test", "unlabeled") if (src / f"{p}_X.bin").is_file()])
-    with open(dst / "unlabeled_X.bin", "wb") as out:
-        for lo in range(0, images, 10_000):
-            pool[np.arange(lo, min(lo + 10_000, images)) % len(pool)].tofile(out)
-    for name in ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "class_names.txt"):
-        shutil.copy(src / name, dst / name)
-
+from common import SHAPE, tiled  # benchmarks/ is on the path when run as a script
 
 def network_only(params: ExtractParams, batch: int, device: str, precision: str, repeats: int = 20) -> float:
     import torch

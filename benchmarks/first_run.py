@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract_end_to_end import SHAPE, build_collection  # benchmarks/ is on the path when run as a script
+from common import SHAPE, build_collection  # benchmarks/ is on the path when run as a script
 from stl10_similarity.bench import machine
 
 

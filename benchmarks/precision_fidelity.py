@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from common import collection_arrays  # benchmarks/ is on the path when run as a script
 from stl10_similarity.extract_bench import fidelity
 
 
 def main(reference: Path, other: Path) -> None:
-    a = np.load(reference / "features" / "features.npy")
-    b = np.load(other / "features" / "features.npy")
-    labels = np.load(reference / "features" / "labels.npy")
+    a, labels = collection_arrays(reference, "features", "labels")
+    (b,) = collection_arrays(other, "features")
     assert a.shape == b.shape, "the two caches hold different collections"
 
     def precision_at_10(x: np.ndarray) -> float:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import collection_arrays, exact_pairs, report  # benchmarks/ is on the path when run as a script
+
 
 def cpu_now() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -39,15 +41,6 @@ def timed(work):
     wall, cpu = time.perf_counter(), cpu_now()
     out = work()
     return out, round(time.perf_counter() - wall, 2), round(cpu_now() - cpu, 2)
-
-
-def exact_pairs(features: np.ndarray, threshold: float, block: int = 2048) -> set[tuple[int, int]]:
-    found = set()
-    for lo in range(0, len(features), block):
-        sims = features[lo : lo + block] @ features.T
-        i, j = np.nonzero(sims >= threshold)
-        found.update((lo + a, b) for a, b in zip(i.tolist(), j.tolist()) if lo + a < b)
-    return found
 
 
 def main() -> None:
@@ -74,30 +67,27 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="stl10sim-ray-"))
     params = ExtractParams(weights=args.weights, image_size=args.image_size)
-    report: dict = {"photos": str(args.photos), "machine": {"cpus": __import__("os").cpu_count()},
+    doc: dict = {"photos": str(args.photos), "machine": {"cpus": __import__("os").cpu_count()},
                     "ray": ray.__version__}
 
     local, wall, cpu = timed(lambda: update_folder(args.photos, work / "local", params, runner=LocalRunner()))
-    report["extract_local"] = {"images": local.n, "wall_s": wall, "cpu_s": cpu, "model_s": local.model_seconds}
-    print(json.dumps(report["extract_local"]), file=sys.stderr)
+    doc["extract_local"] = {"images": local.n, "wall_s": wall, "cpu_s": cpu, "model_s": local.model_seconds}
+    print(json.dumps(doc["extract_local"]), file=sys.stderr)
 
     _, wall, _ = timed(lambda: ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR"))
-    report["ray_start_s"] = wall
+    doc["ray_start_s"] = wall
     runner = ray_engine.RayRunner(actors=args.actors)
     remote, wall, cpu = timed(lambda: update_folder(args.photos, work / "ray", params, runner=runner))
     actors_cpu = round(sum(runner.cpu_seconds.values()), 2)
-    report["extract_ray"] = {"images": remote.n, "wall_s": wall, "driver_cpu_s": cpu, "actors_cpu_s": actors_cpu,
+    doc["extract_ray"] = {"images": remote.n, "wall_s": wall, "driver_cpu_s": cpu, "actors_cpu_s": actors_cpu,
                              "cpu_s": round(cpu + actors_cpu, 2), "actors": len(runner.pids),
                              "actor_peak_rss_mb": round(runner.peak_mb, 1),
                              "batch_size": remote.manifest["params"]["batch_size"],
                              "chunk": params.chunk_size}
-    print(json.dumps(report["extract_ray"]), file=sys.stderr)
-    a = np.load(work / "local" / "features" / "features.npy")
-    b = np.load(work / "ray" / "features" / "features.npy")
-    same_keys = bool(np.array_equal(np.load(work / "local" / "features" / "keys.npy"),
-                                    np.load(work / "ray" / "features" / "keys.npy")))
-    report["extract_equal"] = {"keys_and_ids": same_keys and bool(np.array_equal(
-        np.load(work / "local" / "features" / "ids.npy"), np.load(work / "ray" / "features" / "ids.npy"))),
+    print(json.dumps(doc["extract_ray"]), file=sys.stderr)
+    a, keys_a, ids_a = collection_arrays(work / "local", "features", "keys", "ids")
+    b, keys_b, ids_b = collection_arrays(work / "ray", "features", "keys", "ids")
+    doc["extract_equal"] = {"keys_and_ids": bool(np.array_equal(keys_a, keys_b) and np.array_equal(ids_a, ids_b)),
         "bit_identical_rows": int((a == b).all(axis=1).sum()), "rows": len(a),
         "max_abs_diff": float(np.abs(a - b).max()), "min_cosine": float((a * b).sum(axis=1).min())}
 
@@ -106,22 +96,22 @@ def main() -> None:
     session = Session.open(home)
     dup = DuplicatesParams(threshold=args.threshold)
     groups_local, wall, cpu = timed(lambda: find_duplicates(session.index, dup))
-    report["duplicates_local"] = {"wall_s": wall, "cpu_s": cpu, "groups": len(groups_local)}
+    doc["duplicates_local"] = {"wall_s": wall, "cpu_s": cpu, "groups": len(groups_local)}
     costs: list[float] = []
     trees = duplicate_trees(session.index)
     (pairs_ray, wall, cpu) = timed(lambda: ray_engine.linked_pairs(session.index.features, trees, dup.threshold,
                                                                    1024, costs=costs))
     groups_ray, wall2, cpu2 = timed(lambda: find_duplicates(session.index, dup, engine=EngineParams(engine="ray")))
-    report["duplicates_ray"] = {"wall_s": wall2, "driver_cpu_s": cpu2, "tasks_cpu_s": round(sum(costs), 2),
+    doc["duplicates_ray"] = {"wall_s": wall2, "driver_cpu_s": cpu2, "tasks_cpu_s": round(sum(costs), 2),
                                 "cpu_s": round(cpu2 + sum(costs), 2), "groups": len(groups_ray),
                                 "pairs_only_wall_s": wall}
     exact = exact_pairs(np.asarray(session.index.features), dup.threshold)
     found = {tuple(p) for p in linked_pairs(session.index, dup.threshold).tolist()}
-    report["duplicates_equal"] = {"same_groups": groups_local == groups_ray,
+    doc["duplicates_equal"] = {"same_groups": groups_local == groups_ray,
                                   "same_pairs": found == {tuple(p) for p in pairs_ray.tolist()},
                                   "exact_pairs": len(exact), "found_pairs": len(found & exact),
                                   "recall_of_exact_pairs": round(len(found & exact) / len(exact), 4) if exact else None}
-    print(json.dumps(report["duplicates_equal"]), file=sys.stderr)
+    print(json.dumps(doc["duplicates_equal"]), file=sys.stderr)
 
     rng = np.random.default_rng(0)
     rows = rng.choice(session.n, size=min(args.queries, session.n), replace=False)
@@ -141,16 +131,14 @@ def main() -> None:
     build_index(home, last_params(home), shards=args.shards)
     sharded = Session.open(home)
     on_ray = Session.open(home, engine=EngineParams(engine="ray"))
-    report["search"] = {"shards": args.shards, "queries": len(ids), "k": 10}
+    doc["search"] = {"shards": args.shards, "queries": len(ids), "k": 10}
     for m in methods:
         here, there = run(sharded, m), run(on_ray, m)
-        report["search"][m] = {"unsharded_p50_ms": unsharded[m][1], "sharded_p50_ms": here[1],
+        doc["search"][m] = {"unsharded_p50_ms": unsharded[m][1], "sharded_p50_ms": here[1],
                                "ray_actors_p50_ms": there[1], "sharded_equal": here[0] == unsharded[m][0],
                                "ray_equal": there[0] == unsharded[m][0]}
     on_ray.parts.close()
-    print(json.dumps(report, indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    report(doc, args.out)
 
 
 if __name__ == "__main__":

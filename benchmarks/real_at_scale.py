@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from duplicates_planted import worlds  # noqa: E402
+from common import collection_arrays, worlds  # noqa: E402  (benchmarks/ is on the path when run as a script)
 
 from stl10_similarity.index import index_in_memory  # noqa: E402
 from stl10_similarity.params import IndexParams, SearchParams  # noqa: E402
@@ -33,8 +31,8 @@ from stl10_similarity.synthetic import synthetic_features  # noqa: E402
 def old_rerank(searcher: Searcher, v, k: int) -> tuple[np.ndarray, int]:
     """The default before: the pool's candidates with the best MinHash estimates, ordered by cosine."""
     pool = searcher.forest_candidates(v, max(searcher.pool, searcher.candidates, k))
-    keep = searcher._top(pool, searcher.estimated_jaccard(v, pool), max(searcher.candidates, k))
-    return searcher._top(keep, searcher.cosine(v, keep), k), len(pool)
+    keep = searcher.top(pool, searcher.estimated_jaccard(v, pool), max(searcher.candidates, k))
+    return searcher.top(keep, searcher.cosine(v, keep), k), len(pool)
 
 
 def run(feats: np.ndarray, queries: np.ndarray, k: int = 10) -> dict:
@@ -70,7 +68,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    real = np.ascontiguousarray(np.load(args.cache_dir / "features" / "features.npy"), dtype=np.float32)
+    real = np.ascontiguousarray(collection_arrays(args.cache_dir, "features")[0], dtype=np.float32)
     queries = np.sort(np.random.default_rng(0).choice(len(real), args.queries, replace=False))
     rows = []
     for copies in [int(x) for x in args.copies.split(",")]:

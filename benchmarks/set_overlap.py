@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import collection_arrays  # benchmarks/ is on the path when run as a script
+
 from stl10_similarity.index.signatures import set_statistics, to_set_basis
 from stl10_similarity.synthetic import synthetic_features
 
@@ -52,7 +54,7 @@ def main() -> None:
     parser.add_argument("cache_dir", type=Path)
     parser.add_argument("--queries", type=int, default=300)
     args = parser.parse_args()
-    real = np.ascontiguousarray(np.load(args.cache_dir / "features" / "features.npy"), dtype=np.float32)
+    real = np.ascontiguousarray(collection_arrays(args.cache_dir, "features")[0], dtype=np.float32)
     report("real", real, args.queries, (20, 100, 400), ("raw", "centered", "standardized"))
     report("synthetic", synthetic_features(len(real))[0], args.queries, (100,), ("centered",))
 

@@ -11,12 +11,12 @@ rerank method and exact search on the same seeded queries. Prints a Markdown tab
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import numpy as np
 
+from common import collection_arrays  # benchmarks/ is on the path when run as a script
 from stl10_similarity import evaluate as ev
+from stl10_similarity.store import features_manifest
 from stl10_similarity.index import index_in_memory
 from stl10_similarity.params import EvaluateParams, IndexParams
 from stl10_similarity.session import Session
@@ -36,10 +36,8 @@ def main() -> None:
     parser.add_argument("cache_dir", type=Path)
     parser.add_argument("--queries", type=int, default=1000)
     args = parser.parse_args()
-    folder = args.cache_dir / "features"
-    feats = np.load(folder / "features.npy")
-    labels = np.load(folder / "labels.npy")
-    names = json.loads((folder / "manifest.json").read_text())["class_names"]
+    feats, labels = collection_arrays(args.cache_dir, "features", "labels")
+    names = features_manifest(args.cache_dir)["class_names"]
     ids = ev.choose_queries(len(feats), args.queries)
     print(f"{len(ids)} queries over {len(feats)} images, k=10\n")
     print("| basis | top-k | num_perm | trees | candidates | rerank P@10 | exact P@10 | rerank R@10 vs cosine "

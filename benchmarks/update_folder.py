@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from stl10_similarity.store import index_manifest
+
 import numpy as np
 
 
@@ -75,7 +77,7 @@ def main() -> None:
     out["update_line"] = line.strip()
     out["update_index_s"], _ = run("-q", "index", *common)
     home = cache / "collections" / "dev"
-    manifest = json.loads((home / "index" / "manifest.json").read_text())
+    manifest = index_manifest(home)
     out["index_updated_in_place"] = manifest["updated"]
 
     from stl10_similarity.session import Session

@@ -371,9 +371,9 @@ class Searcher:
     def cosine(self, q: QueryVector, ids: np.ndarray) -> np.ndarray:
         return self._scores("cosine", q, ids)
 
-    def _top(self, ids: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-        order = np.lexsort((ids, -scores))  # best score first, ties by id
-        return ids[order[:k]]
+    def top(self, ids: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+        """The ``k`` rows of ``ids`` with the best ``scores``, best first, ties by row (how every method ranks)."""
+        return self._ranked(ids, scores, k)[0]
 
     def _ranked(self, ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         order = np.lexsort((ids, -scores))[:k]  # best score first, ties by row

@@ -149,3 +149,12 @@ def remove_unlisted(folder: Path, manifest: Manifest) -> None:
             shutil.rmtree(path, ignore_errors=True)
         elif path.is_file() and path.suffix in (".npy", ".pkl") and path.name not in keep:
             path.unlink(missing_ok=True)
+
+
+def features_arrays(home: Path, *names: str) -> list[Any]:
+    """The named arrays of a collection's features stage (``features``, ``labels``, ``keys``, ``ids`` ...),
+    verified against the manifest and memory-mapped: how scripts outside the library read a collection."""
+    from stl10_similarity.store.artifacts import load_npy
+
+    manifest = features_manifest(home)
+    return [load_npy(features_dir(home), manifest, name, make_cmd=EXTRACT_CMD) for name in names]
