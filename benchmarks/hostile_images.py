@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The image decoder against hostile images: time and peak memory per image, each in a fresh process.
 
-    python benchmarks/hostile_images.py [--side 232] [--out benchmarks/results-hostile-images.json]
+    python benchmarks/hostile_images.py [--side 232] [--out benchmarks/results/hostile-images.json]
 
 Writes a corpus (thin strips, huge JPEGs baseline and progressive, huge PNG / WebP / BMP / TIFF / GIF just
 inside and just outside the limits, 16-bit, palette, many-frame GIF and TIFF, a header that lies about its

@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--weights", required=True)
     parser.add_argument("--add", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results-update-folder.json"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "update-folder.json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="stl10sim-update-"))
     folder, cache = work / "photos", work / "cache"
