@@ -15,14 +15,22 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+# name -> "module" (the name is that module's attribute) or "module:" (the name is the module itself). This is
+# the API the faces (cli.py, server.py) use: a test keeps them to it, params, errors and progress.
 _EXPORTS = {
     "Session": "session", "QueryResult": "search", "Match": "search", "QueryInfo": "search",
     "ExtractParams": "params", "IndexParams": "params", "SearchParams": "params", "EvaluateParams": "params",
+    "EngineParams": "params", "ShardParams": "params",
     "Stl10SimError": "errors", "InputError": "errors", "ParameterError": "errors", "ImageGoneError": "errors",
-    "NoImagesError": "errors", "ImageError": "sources.images", "decode_square": "sources.images",
-    "import_features": "sources.imported", "resolve_cache_dir": "store.paths", "resolve_data_dir": "store.paths",
-    "collection_home": "store.paths", "update_folder": "ingest.update", "EngineParams": "params",
-    "ShardParams": "params",
+    "NoImagesError": "errors", "ImageError": "sources.images", "ImageTooLarge": "sources.images",
+    "decode_square": "sources.images", "import_features": "sources.imported", "resolve_cache_dir": "store.paths",
+    "resolve_data_dir": "store.paths", "collection_home": "store.paths", "update_folder": "ingest.update",
+    "summary_line": "ingest.update", "extract": "ingest.extract", "runner_for": "ingest.runners",
+    "build_index": "index", "find_duplicates": "duplicates", "existing_collection": "collections",
+    "list_collections": "collections", "remove_collection": "collections", "verify_collection": "collections",
+    "features_manifest": "store", "features_digest": "store", "index_digest": "store", "json_text": "store.artifacts",
+    "json_ready": "store.artifacts", "picture_format": "grid", "run_bench": "bench", "bench_features": "bench",
+    "run_extract_bench": "extract_bench", "stl10": "sources.stl10:", "evaluate": "evaluate:",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -32,4 +40,6 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'stl10_similarity' has no attribute {name!r}")
     from importlib import import_module
 
-    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    where = _EXPORTS[name]
+    found = import_module(f".{where.rstrip(':')}", __name__)
+    return found if where.endswith(":") else getattr(found, name)

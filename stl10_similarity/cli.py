@@ -96,7 +96,7 @@ def _progress(ctx: click.Context) -> ConsoleProgress:
 
 
 def _echo_json(obj: Any) -> None:
-    from stl10_similarity.store.artifacts import json_text
+    from stl10_similarity import json_text
 
     click.echo(json_text(obj))
 
@@ -148,22 +148,22 @@ def _engine(engine: str, address: str | None, actors: int | None = None,
 
 def _home(cache_dir: Path | None, collection: str) -> Path:
     """The folder holding a collection's artifacts (extract makes it when it is new)."""
-    from stl10_similarity.store.paths import collection_home, resolve_cache_dir
+    from stl10_similarity import collection_home, resolve_cache_dir
 
     return collection_home(resolve_cache_dir(cache_dir), collection)
 
 
 def _existing(cache_dir: Path | None, collection: str) -> Path:
     """The folder of a collection that must exist already: an unknown name lists the ones there are."""
-    from stl10_similarity.collections import existing_collection
-    from stl10_similarity.store.paths import resolve_cache_dir
+    from stl10_similarity import existing_collection
+    from stl10_similarity import resolve_cache_dir
 
     return existing_collection(resolve_cache_dir(cache_dir), collection)
 
 
 def _picture_path(ctx: click.Context, _param: Any, path: Path | None) -> Path | None:
     if path is not None:
-        from stl10_similarity.grid import picture_format
+        from stl10_similarity import picture_format
 
         picture_format(path)  # while parsing, before any work: a name whose format we can't write
     return path
@@ -224,8 +224,8 @@ def download(ctx: click.Context, data_dir: Path | None, archive: Path | None, no
     Sources, in order: --archive; files already in place; stl10_binary.tar.gz in the data dir; the
     network ($STL10SIM_URL overrides the address). An interrupted download resumes.
     """
-    from stl10_similarity.sources import stl10
-    from stl10_similarity.store.paths import resolve_data_dir
+    from stl10_similarity import stl10
+    from stl10_similarity import resolve_data_dir
 
     target = resolve_data_dir(data_dir, cache_dir)
     interrupted_keeps(ctx, "the bytes downloaded so far are kept; rerun the same command to resume")
@@ -289,9 +289,9 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
     --engine ray embeds a folder collection's new and changed files on Ray actors (a local Ray, or the
     cluster at --address); planning and the commit stay here, so ids, artifacts and features are the same.
     """
-    from stl10_similarity.sources import stl10
-    from stl10_similarity.ingest.extract import extract as run_extract
-    from stl10_similarity.store.paths import resolve_data_dir
+    from stl10_similarity import stl10
+    from stl10_similarity import extract as run_extract
+    from stl10_similarity import resolve_data_dir
 
     params = P.ExtractParams(split=split, limit=limit, batch_size=batch_size, device=device, weights=weights,
                              image_size=image_size, precision=precision, chunk_size=chunk_size)
@@ -333,8 +333,8 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
 def _extract_folder(home: Path, root: Path, params: P.ExtractParams, force: bool, no_wait: bool,
                     progress: ConsoleProgress, engine: P.EngineParams) -> None:
     """Create or update a folder collection: one summary line on stdout, warnings on stderr."""
-    from stl10_similarity.ingest.runners import runner_for
-    from stl10_similarity.ingest.update import summary_line, update_folder
+    from stl10_similarity import runner_for
+    from stl10_similarity import summary_line, update_folder
 
     result = update_folder(root, home, params, force=force, wait=not no_wait, progress=progress,
                            runner=runner_for(engine))
@@ -351,7 +351,7 @@ def _as_before(home: Path, params: P.ExtractParams, given: set[str]) -> P.Extrac
     of its last extraction, unless given on the command line."""
     from dataclasses import replace
 
-    from stl10_similarity.store import features_manifest
+    from stl10_similarity import features_manifest
 
     try:
         recorded = features_manifest(home)["params"]
@@ -364,7 +364,7 @@ def _as_before(home: Path, params: P.ExtractParams, given: set[str]) -> P.Extrac
 
 def _folder_root(home: Path, images: Path | None) -> Path:
     """The folder of a collection: ``--images``, or the one its last extraction recorded."""
-    from stl10_similarity.store import features_manifest
+    from stl10_similarity import features_manifest
 
     if images is not None:
         return images
@@ -398,8 +398,8 @@ def duplicates(ctx: click.Context, threshold: float, as_json: bool, png: Path | 
     min_cosine is the lowest cosine between any two images of a group. Builds the index first if needed.
     --engine ray looks for pairs tree by tree as Ray tasks: the same groups.
     """
-    from stl10_similarity.duplicates import find_duplicates
-    from stl10_similarity.session import Session
+    from stl10_similarity import find_duplicates
+    from stl10_similarity import Session
 
     runs_on = _engine(engine, address)
     session = Session.open(_existing(cache_dir, collection), progress=_progress(ctx))
@@ -449,7 +449,7 @@ def import_(ctx: click.Context, features: Path, collection: str, labels: Path | 
     any collection. It holds no images: grids and the page's pictures are not available, and `query --image`
     needs --weights (and --image-size) naming the model the features came from.
     """
-    from stl10_similarity.sources.imported import import_features
+    from stl10_similarity import import_features
 
     if collection == P.DEFAULT_COLLECTION:
         raise click.UsageError("stl10 is STL-10's own collection: import into another --collection NAME")
@@ -475,7 +475,7 @@ def verify(ctx: click.Context, collection: str, cache_dir: Path | None) -> None:
     Other commands hash an artifact once and then trust its file stamp (size, times, inode) until the file
     changes; this one always hashes everything. One line per artifact on stdout; exit 2 if any does not match.
     """
-    from stl10_similarity.collections import verify_collection
+    from stl10_similarity import verify_collection
 
     report = verify_collection(_existing(cache_dir, collection))
     for path, problem in report:
@@ -500,8 +500,8 @@ def verify(ctx: click.Context, collection: str, cache_dir: Path | None) -> None:
 @click.pass_context
 def collections(ctx: click.Context, as_json: bool, remove: str | None, no_wait: bool, cache_dir: Path | None) -> None:
     """List the collections in the cache dir: source, size, and whether the index is current."""
-    from stl10_similarity.collections import list_collections, remove_collection
-    from stl10_similarity.store.paths import resolve_cache_dir
+    from stl10_similarity import list_collections, remove_collection
+    from stl10_similarity import resolve_cache_dir
 
     if remove is not None:
         home = remove_collection(resolve_cache_dir(cache_dir), remove, wait=not no_wait)
@@ -573,7 +573,7 @@ def index(ctx: click.Context, shards: int, engine: str, address: str | None, col
     defaults when it is missing: run this to choose others. --force also fits the centroids again
     (an update in place keeps them).
     """
-    from stl10_similarity.index import build_index
+    from stl10_similarity import build_index
 
     params = index_params_from(kwargs)
     runs_on = _engine(engine, address)
@@ -649,7 +649,7 @@ def query(ctx: click.Context, image_ids: tuple[int, ...], images: tuple[Path, ..
     the query itself, never fewer than min(k, N-1) results. Builds the index first when it is missing or
     out of date (one line on stderr). With several queries and --png grid.png, grids are grid-<id>.png.
     """
-    from stl10_similarity.session import Session
+    from stl10_similarity import Session
 
     if not image_ids and not images:
         raise click.UsageError("give at least one --image-id N or --image PATH")
@@ -725,7 +725,7 @@ def evaluate(ctx: click.Context, queries: int | None, k: int, methods: tuple[str
     in-process p50/p99 and candidates examined per query.
     """
     from stl10_similarity import evaluate as ev
-    from stl10_similarity.session import Session
+    from stl10_similarity import Session
 
     params = P.EvaluateParams(queries=queries, k=k, methods=methods or P.EvaluateParams.methods, candidates=candidates)
     session = Session.open(_existing(cache_dir, collection), progress=_progress(ctx))
@@ -830,18 +830,18 @@ def bench(ctx: click.Context, stage: str, n: int | None, k: int, queries: int, b
     params = P.BenchParams(stage=stage, n=n, k=k, queries=queries, baseline_n=baseline_n,
                            budgets=budgets or P.BenchParams.budgets, seed=seed)
     if stage == "extract":
-        from stl10_similarity.sources import stl10
-        from stl10_similarity.extract_bench import run_extract_bench
-        from stl10_similarity.store.paths import resolve_data_dir
+        from stl10_similarity import stl10
+        from stl10_similarity import run_extract_bench
+        from stl10_similarity import resolve_data_dir
 
         source = stl10.open_source(resolve_data_dir(data_dir, cache_dir), P.ExtractParams.split)
         extract_params = P.ExtractParams(weights=weights, image_size=image_size, device=device)
         result = run_extract_bench(source, extract_params, n=params.size, progress=_progress(ctx))
         click.echo(json.dumps(result) if as_json else format_extract_bench(result))
         return
-    from stl10_similarity.bench import run_bench
+    from stl10_similarity import run_bench
 
-    from stl10_similarity.bench import bench_features
+    from stl10_similarity import bench_features
 
     index_params = index_params_from(kwargs)
     features = None if features_path is None else bench_features(features_path)

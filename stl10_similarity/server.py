@@ -33,13 +33,13 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
 from stl10_similarity import __version__
-from stl10_similarity import store
-from stl10_similarity.store.artifacts import json_ready, json_text
+from stl10_similarity import features_digest, index_digest
+from stl10_similarity import json_ready, json_text
 from stl10_similarity.errors import ImageGoneError, InputError, NoImagesError, ParameterError, Stl10SimError
-from stl10_similarity.sources.images import ImageTooLarge
+from stl10_similarity import ImageTooLarge
 from stl10_similarity.params import METHODS, EngineParams, SearchParams, ServeParams
 from stl10_similarity.progress import SILENT, Progress
-from stl10_similarity.session import Session
+from stl10_similarity import Session
 
 WEB = Path(__file__).parent / "web"
 PAGE_LIMIT = 500  # most images one /api/v1/images page may list
@@ -65,7 +65,7 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
     """The ASGI app serving the collection in ``home`` (opened now: errors surface before serving);
     ``engine`` ray: each shard is searched by a Ray actor (the API and the page are the same)."""
     session = Session.open(home, progress=progress, engine=engine)
-    loaded = {"index": store.index_digest(home), "features": store.features_digest(home)}
+    loaded = {"index": index_digest(home), "features": features_digest(home)}
     max_body = params.max_upload_mb * 2**20
     # uploads stay in memory: the body is capped below this, so the spooled file never rolls over to disk
     MultiPartParser.spool_max_size = max_body + 2**20
@@ -120,7 +120,7 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
     def health() -> dict[str, Any]:
         """The collection this server answers from, and whether a newer index or features exist on disk."""
         newer = {}
-        for name, digest in (("index", store.index_digest), ("features", store.features_digest)):
+        for name, digest in (("index", index_digest), ("features", features_digest)):
             try:
                 newer[name] = digest(home) != loaded[name]
             except OSError:

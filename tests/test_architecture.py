@@ -92,3 +92,29 @@ def test_ray_is_imported_only_by_the_ray_engine():
                 if path.name != "ray_engine.py" or node.col_offset == 0:
                     offenders.append(f"{path.name}:{node.lineno}")
     assert offenders == []
+
+
+def test_the_faces_use_the_api_params_errors_and_progress_only():
+    """cli.py and server.py import what the package exports (``stl10_similarity.__all__``) and the shared
+    params, errors and progress: nothing from inside the wings."""
+    import stl10_similarity
+
+    allowed_modules = {"stl10_similarity", "stl10_similarity.params", "stl10_similarity.errors",
+                       "stl10_similarity.progress", "stl10_similarity.server"}
+    offenders = []
+    for path, tree in _modules():
+        if path.name not in ("cli.py", "server.py"):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stl10_similarity"):
+                if node.module not in allowed_modules:
+                    offenders.append(f"{path.name}:{node.lineno} {node.module}")
+                elif node.module == "stl10_similarity":
+                    offenders += [f"{path.name}:{node.lineno} {a.name}" for a in node.names
+                                  if a.name not in stl10_similarity.__all__
+                                  and a.name not in ("params", "__version__")]
+            elif isinstance(node, ast.ImportFrom) and node.level:
+                offenders.append(f"{path.name}:{node.lineno} relative import")
+    assert offenders == []
+    for name in stl10_similarity.__all__:  # and every exported name resolves
+        assert getattr(stl10_similarity, name) is not None, name
