@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import socket
 import threading
 from contextlib import asynccontextmanager
@@ -28,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
@@ -84,22 +83,22 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
     app.add_middleware(_Guard, max_body=max_body, max_concurrent=params.max_concurrent,
                        body_timeout=params.body_timeout, changed=session.changed_on_disk)
 
-    def error(status: int, message: str, **extra: Any) -> JSONResponse:
-        return JSONResponse({"error": {"status": status, "message": message, **extra}}, status_code=status)
+    def error(status: int, message: str, **extra: Any) -> Response:
+        return Response(_error_body(status, message, **extra), status_code=status, media_type="application/json")
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         return error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
         details = [{"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
                    for e in exc.errors()]
         first = details[0] if details else {"where": "request", "problem": "invalid"}
         return error(422, f"{first['where']}: {first['problem']}", details=details)
 
     @app.exception_handler(Stl10SimError)
-    async def library_error(request: Request, exc: Stl10SimError) -> JSONResponse:
+    async def library_error(request: Request, exc: Stl10SimError) -> Response:
         if isinstance(exc, ParameterError) and exc.param == "image_id":
             return error(404, exc.render())
         if isinstance(exc, ImageGoneError):
@@ -111,7 +110,7 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
         return error(400 if isinstance(exc, InputError) else 500, exc.render())
 
     @app.exception_handler(Exception)
-    async def crash(request: Request, exc: Exception) -> JSONResponse:
+    async def crash(request: Request, exc: Exception) -> Response:
         return error(500, f"internal error ({exc.__class__.__name__}); the server keeps running")
 
     # ------------------------------------------------------------ API
@@ -332,8 +331,9 @@ async def _reject(send: Any, status: int, message: str, extra: list[tuple[bytes,
     await send({"type": "http.response.body", "body": body})
 
 
-def _error_body(status: int, message: str) -> bytes:
-    return json.dumps({"error": {"status": status, "message": message}}).encode()
+def _error_body(status: int, message: str, **extra: Any) -> bytes:
+    """Every error the server sends, from a route or from below the app: the API's one JSON rendering."""
+    return json_text({"error": {"status": status, "message": message, **extra}}).encode()
 
 
 def http_protocol(header_timeout: float) -> type:
