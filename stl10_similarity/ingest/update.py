@@ -18,17 +18,18 @@ import shutil
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stl10_similarity.store.artifacts import cache_lock, load_npy, sha256_file
+from stl10_similarity.store.artifacts import cache_lock, load_npy
 from stl10_similarity.errors import DataError, IntegrityError, MissingArtifactError
 from stl10_similarity.ingest.extract import MAKE_CMD, ExtractResult, commit_features, identity_params, run_params
-from stl10_similarity.sources.folders import FolderSource, folder_labels, scan
+from stl10_similarity.sources import StampedSource
+from stl10_similarity.sources.folders import FolderSource
 from stl10_similarity.ingest.model import resize_side
 from stl10_similarity.params import ExtractParams
 from stl10_similarity.store.paths import features_dir
@@ -69,11 +70,6 @@ class Previous:
     versions: np.ndarray  # (n,) int64
 
 
-def file_stamp(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
-
-
 def load_previous(home: Path, identity: dict[str, Any]) -> Previous | None:
     """The collection's last extraction if it can be built on (same folder and model, verified files)."""
     folder = features_dir(home)
@@ -96,14 +92,14 @@ def load_previous(home: Path, identity: dict[str, Any]) -> Previous | None:
         return None  # damaged: start the collection over rather than build on it
 
 
-def plan_update(root: Path, previous: Previous | None, threads: int = 8, progress: Progress = SILENT) -> Plan:
-    """Compare the folder with the previous extraction (by path, size and mtime; by content when those moved)."""
-    unnamable: list[str] = []
-    found = scan(root, unnamable)
+def plan_update(source: StampedSource, previous: Previous | None, threads: int = 8,
+                progress: Progress = SILENT) -> Plan:
+    """Compare the source as it is now with the previous extraction: by key and stamp, and by content (the
+    item's digest) where the stamp moved. For a folder: by path, size and mtime; by SHA-256 when those moved."""
     stamps: dict[str, tuple[int, int]] = {}
-    for key in found:
+    for key in source.keys():
         try:
-            stamps[key] = file_stamp(root / key)
+            stamps[key] = source.stamp(key)
         except OSError:
             continue  # vanished while scanning: as if it were not there
     old_rows = {key: row for row, key in enumerate(previous.keys)} if previous else {}
@@ -122,7 +118,7 @@ def plan_update(root: Path, previous: Previous | None, threads: int = 8, progres
 
     def hashed(key: str) -> tuple[str, bytes | None]:
         try:
-            return key, bytes.fromhex(sha256_file(root / key))
+            return key, source.digest(key)
         except OSError:
             return key, None  # unreadable now: embedding will say why and skip it
 
@@ -141,7 +137,7 @@ def plan_update(root: Path, previous: Previous | None, threads: int = 8, progres
     embed = [previous.keys[row] for row in changed] + sorted(new) if previous else sorted(new)
     return Plan(embed, np.array(changed, dtype=np.int64), np.array(removed, dtype=np.int64), stamps, digests,
                 still_skipped, unchanged,
-                [{"path": name, "reason": "its name is not valid UTF-8: rename it to include it"} for name in unnamable])
+                list(source.unnamable))
 
 
 def update_folder(
@@ -161,27 +157,47 @@ def update_folder(
     ``force`` embeds every file again and starts the collection over (new ids from 0). ``runner`` embeds the
     planned files (default: ``LocalRunner(pipelined)``, this process); the commit is the same whichever runs.
     """
-    started = time.time()
     root = Path(root).resolve()
     side = resize_side(params.image_size)  # images are decoded straight to the square the model's transform wants
+    return update_collection(lambda: FolderSource(root, side, scanned=True), home, params, force=force, wait=wait,
+                             progress=progress, pipelined=pipelined, runner=runner)
+
+
+def update_collection(
+    listing: Callable[[], StampedSource],
+    home: Path,
+    params: ExtractParams = ExtractParams(),
+    *,
+    force: bool = False,
+    wait: bool = True,
+    progress: Progress = SILENT,
+    pipelined: bool | None = None,
+    runner: Runner | None = None,
+) -> ExtractResult:
+    """Create or bring up to date the collection in ``home`` from any source that stamps its items
+    (``sources.StampedSource``; ``listing()`` gives it as it is now, and is called under the collection's lock):
+    only new items and items whose stamp and content changed are embedded, ids are kept and never reused."""
+    started = time.time()
     runner = runner or LocalRunner(pipelined)
     device, precision, batch_size = runner.settings(params)
-    # a folder collection is its folder (by path): which files it holds is the update's business, not the identity's
-    identity = identity_params({"images": str(root), "side": side}, params.weights, params.image_size, precision)
     folder = features_dir(home)
     from stl10_similarity.collections import forgotten_if_failed  # collections reads index and extract: imported when used
 
     with forgotten_if_failed(home), cache_lock(home, wait=wait, progress=progress):
+        progress.note("comparing the folder with the collection ...")
+        source = listing()
+        # a collection kept up to date is its source (a folder, by path): which items it holds is the update's
+        # business, not the identity's
+        identity = identity_params(source.home_identity(), params.weights, params.image_size, precision)
         previous = None if force else load_previous(home, identity)
         if previous is None and not force and store.has_features(home):
             progress.note("the collection was made from another folder, other weights, input size or precision, "
                           "or by an older version: embedding every image again (ids start over)")
-        progress.note("comparing the folder with the collection ...")
-        plan = plan_update(root, previous, progress=progress)
+        plan = plan_update(source, previous, progress=progress)
         for entry in plan.unnamable:
             progress.note(f"warning: skipped {entry['path']}: {entry['reason']}")
         if not plan.stamps:
-            raise DataError(f"{root} holds no images")
+            raise DataError(f"{source.describe_items()} holds no images")
         # nothing new, changed, removed, or touched (a moved size/mtime was hashed: its stamp must be recorded)
         if previous is not None and not plan.embed and not len(plan.removed) and not plan.digests:
             manifest = previous.manifest
@@ -194,11 +210,11 @@ def update_folder(
             # the run's identity names exactly the files to embed: a rerun after a kill resumes only the same work
             fingerprint = hashlib.sha256("\n".join(
                 f"{k}\t{plan.stamps[k][0]}\t{plan.stamps[k][1]}" for k in plan.embed).encode()).hexdigest()
-            job = EmbedJob(FolderSource(root, side, keys=plan.embed), folder / "partial",
+            job = EmbedJob(source.subset(plan.embed), folder / "partial",
                            {**identity, "embed_sha256": fingerprint}, params.weights, params.image_size, device,
                            precision, batch_size, params.chunk_size, force)
             embedded = runner.embed(job, progress)
-        manifest, counts, skipped = _write(home, root, identity, plan, previous, embedded, started, params,
+        manifest, counts, skipped = _write(home, source, identity, plan, previous, embedded, started, params,
                                            batch_size, embedded.device if embedded else device)
         if embedded is not None:
             shutil.rmtree(embedded.folder, ignore_errors=True)
@@ -209,7 +225,7 @@ def update_folder(
                              round(finished - work_started - model_seconds, 3), tuple(skipped), counts=counts)
 
 
-def _write(home: Path, root: Path, identity: dict[str, Any], plan: Plan, previous: Previous | None,
+def _write(home: Path, source: StampedSource, identity: dict[str, Any], plan: Plan, previous: Previous | None,
            embedded: Any, started: float, params: ExtractParams, batch_size: int,
            device: str) -> tuple[dict[str, Any], dict[str, int], list[dict[str, Any]]]:
     """Assemble and commit the collection's next version: kept rows in id order, then the new images."""
@@ -237,7 +253,7 @@ def _write(home: Path, root: Path, identity: dict[str, Any], plan: Plan, previou
     n = len(keys)
     if n == 0:
         reason = skipped[0]["reason"] if skipped else "no readable images"
-        raise DataError(f"none of the images in {root} could be read: {reason}")
+        raise DataError(f"none of the images in {source.describe_items()} could be read: {reason}")
     ids = np.concatenate([previous.ids[kept_rows] if previous else np.empty(0, np.int64),
                           np.arange(next_id, next_id + len(new_positions), dtype=np.int64)])
     versions = np.concatenate([previous.versions[kept_rows] if previous else np.empty(0, np.int64),
@@ -248,10 +264,22 @@ def _write(home: Path, root: Path, identity: dict[str, Any], plan: Plan, previou
     stamps = np.array([plan.stamps[k] for k in keys], dtype=np.int64).reshape(n, 2)
     known = {k: bytes(d) for k, d in zip(previous.keys, previous.digests)} if previous else {}
     read = {plan.embed[pos]: bytes.fromhex(d) for pos, d in embedded.digests.items()} if embedded is not None else {}
-    # a file embedded now has the digest of the bytes that were decoded; a touched one, the one just computed
-    digests = np.array([read.get(k) or plan.digests.get(k) or known.get(k, b"") for k in keys], dtype="S32")
+    embedded_now = {plan.embed[p] for p in new_positions} | {plan.embed[p] for p in changed_at.values()}
+
+    def digest_of(key: str) -> bytes:
+        # a file embedded now has the digest of the bytes that were decoded; a touched one, the one just computed;
+        # an item of a source that reports no digests while decoding is asked for its digest now
+        found = read.get(key) or plan.digests.get(key)
+        if found is None and key in embedded_now:
+            try:
+                found = source.digest(key)
+            except OSError:
+                found = b""
+        return found or known.get(key, b"")
+
+    digests = np.array([digest_of(k) for k in keys], dtype="S32")
     old_features = load_npy(folder, previous.manifest, "features", make_cmd=MAKE_CMD) if previous else None
-    labels, class_names = folder_labels(keys)
+    labels, class_names = source.labels_for(keys)
     counts = {"new": len(new_positions), "changed": int(sum(1 for r in changed_at if not gone[r])),
               "removed": int(gone.sum()), "unchanged": plan.unchanged}
     lineage = state.lineage if state else uuid.uuid4().hex
@@ -260,7 +288,7 @@ def _write(home: Path, root: Path, identity: dict[str, Any], plan: Plan, previou
         {"labels": labels, "ids": ids, "keys": np.array(keys, dtype=str), "stamps": stamps, "digests": digests,
          "versions": versions},
         params=run_params(identity, params.weights, batch_size, device),
-        source={"kind": "folder", "root": str(root), "side": identity["side"], "files": n}, started=started,
+        source={**source.describe(), "files": n}, started=started,
         extra={"class_names": class_names, "skipped": skipped,
                "collection": {"lineage": lineage, "generation": generation,
                               "next_id": int(next_id + len(new_positions))},

@@ -42,6 +42,33 @@ class Source(Protocol):
         """A JSON record, kept in the features manifest, from which :func:`reopen` opens this source again."""
 
 
+class StampedSource(Source, Protocol):
+    """A source whose items can be stamped cheaply, so that a collection of it can be kept up to date
+    (``ingest.update.update_collection``): an item whose stamp is unchanged is unchanged; one whose stamp moved
+    is compared by its digest; only new and changed items are embedded. Folders are the first (stamp: size and
+    mtime_ns; digest: SHA-256 of the file)."""
+
+    unnamable: list[dict[str, Any]]  # items left out before they had a key: {"path", "reason"}
+
+    def stamp(self, key: str) -> tuple[int, int]:
+        """Two integers that change whenever the item may have (OSError when the item is gone)."""
+
+    def digest(self, key: str) -> bytes:
+        """32 bytes that identify the item's content (OSError when it can't be read)."""
+
+    def subset(self, keys: list[str]) -> Source:
+        """A source holding exactly these items, in this order (what the update embeds)."""
+
+    def labels_for(self, keys: list[str]) -> tuple[np.ndarray, list[str]]:
+        """Labels of these items, and the class names they index."""
+
+    def home_identity(self) -> dict[str, Any]:
+        """What makes this the same collection across updates (not which items it holds)."""
+
+    def describe_items(self) -> str:
+        """Where the items are, in a few words, for messages."""
+
+
 # kind -> the module that implements it: ``reopen(record, keys)``, ``describe_record(record)``,
 # ``KEYS_ARE_PATHS`` (whether its keys are paths that results should carry) and ``REOPENS_BY_KEYS`` (whether
 # ``reopen(record, some_keys)`` holds exactly those images, which lets a worker read one chunk). A new kind of source is a module

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from stl10_similarity.errors import DataError
+from stl10_similarity.store.artifacts import sha256_file
 from stl10_similarity.sources.images import ImageError, decode_square
 from stl10_similarity.params import IMAGE_SUFFIXES
 
@@ -68,11 +69,17 @@ class FolderSource:
 
     kind = "folder"
 
-    def __init__(self, root: Path, side: int, keys: list[str] | None = None, threads: int | None = None) -> None:
+    def __init__(self, root: Path, side: int, keys: list[str] | None = None, threads: int | None = None,
+                 scanned: bool = False) -> None:
+        """``scanned``: the folder as it is now for an update, which may hold no image yet (the update says so)."""
         self.root = Path(root).resolve()
         self.side = side
-        self._keys = scan(self.root) if keys is None else list(keys)
-        if not self._keys:
+        names: list[str] = []
+        self._keys = scan(self.root, names) if keys is None else list(keys)
+        # files whose names are not valid UTF-8, left out: an update lists them among the skipped
+        self.unnamable = [{"path": name, "reason": "its name is not valid UTF-8: rename it to include it"}
+                          for name in names]
+        if not self._keys and not scanned:
             raise DataError(f"{self.root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         self.threads = threads or min(8, os.cpu_count() or 1)
         self.unreadable: dict[int, str] = {}
@@ -143,6 +150,30 @@ class FolderSource:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "root": str(self.root), "side": self.side, "files": self.size}
+
+    # ------------------------------------------------------------ stamps: a folder collection kept up to date
+
+    def stamp(self, key: str) -> tuple[int, int]:
+        """The file's size and mtime_ns (OSError when it is gone)."""
+        st = (self.root / key).stat()
+        return st.st_size, st.st_mtime_ns
+
+    def digest(self, key: str) -> bytes:
+        """The SHA-256 of the file's bytes (OSError when it can't be read)."""
+        return bytes.fromhex(sha256_file(self.root / key))
+
+    def subset(self, keys: list[str]) -> FolderSource:
+        return FolderSource(self.root, self.side, keys=keys, threads=self.threads)
+
+    def labels_for(self, keys: list[str]) -> tuple[np.ndarray, list[str]]:
+        return folder_labels(keys)
+
+    def home_identity(self) -> dict[str, Any]:
+        """A folder collection is its folder (by path) and decoding size, whatever files it holds."""
+        return {"images": str(self.root), "side": self.side}
+
+    def describe_items(self) -> str:
+        return str(self.root)
 
 
 KEYS_ARE_PATHS = True  # results carry each image's path below the folder
