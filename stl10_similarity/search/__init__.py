@@ -295,8 +295,9 @@ class Searcher:
             out.append(replace(q, exclude=q.exclude - lo if inside else None))  # type: ignore[operator]
         return out
 
-    def _scores(self, method: str, q: QueryVector, rows: np.ndarray) -> np.ndarray:
-        """A per-row score (``jaccard``, ``cosine``, ``shared``) of global ``rows``, each asked of its part."""
+    def _by_part(self, method: str, q: QueryVector, rows: np.ndarray) -> list[tuple[np.ndarray, Any]]:
+        """``method(q, its rows)`` asked of each part holding some of the global ``rows``: for each part, the
+        positions in ``rows`` it answered for, and its answer."""
         rows = np.asarray(rows, dtype=np.int64)
         parts = np.searchsorted(self.offsets, rows, "right") - 1
         local, calls, where = self._local(q), [], []
@@ -304,8 +305,12 @@ class Searcher:
             mine = np.flatnonzero(parts == part)
             calls.append((part, (local[part], rows[mine] - self.offsets[part])))
             where.append(mine)
+        return list(zip(where, self.parts.each(method, calls)))
+
+    def _scores(self, method: str, q: QueryVector, rows: np.ndarray) -> np.ndarray:
+        """A per-row score (``jaccard``, ``cosine``, ``shared``) of global ``rows``, each asked of its part."""
         out = np.empty(len(rows), dtype=np.float64)
-        for mine, scores in zip(where, self.parts.each(method, calls)):
+        for mine, scores in self._by_part(method, q, rows):
             out[mine] = scores
         return out
 
@@ -425,15 +430,8 @@ class Searcher:
 
     def describe(self, q: QueryVector, ids: np.ndarray) -> list[Match]:
         """Every score a user sees for each result, in rank order (each part describes its own rows)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        parts = np.searchsorted(self.offsets, ids, "right") - 1
-        local, calls, where = self._local(q), [], []
-        for part in np.unique(parts).tolist():
-            mine = np.flatnonzero(parts == part)
-            calls.append((part, (local[part], ids[mine] - self.offsets[part])))
-            where.append(mine)
         out: list[Match | None] = [None] * len(ids)
-        for mine, matches in zip(where, self.parts.each("describe", calls)):
+        for mine, matches in self._by_part("describe", q, ids):
             for position, match in zip(mine.tolist(), matches):
                 out[position] = replace(match, rank=position + 1)
         return out  # type: ignore[return-value]
