@@ -289,7 +289,9 @@ class RayParts:
 
     def __init__(self, home: Any, shards: int, address: str | None = None, progress: Progress = SILENT) -> None:
         self.ray = connect(address, progress)
-        server = self.ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(_ShardServer)
+        # no CPU reserved (4 shards must fit a 2-CPU machine, beside embedding actors), spread over the nodes
+        server = self.ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1,
+                                 scheduling_strategy="SPREAD")(_ShardServer)
         progress.note(f"starting {shards} Ray actor(s), one per shard ...")
         self.actors = [server.remote(str(home), s) for s in range(shards)]
         try:

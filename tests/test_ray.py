@@ -20,6 +20,7 @@ from stl10_similarity.errors import EngineError
 from stl10_similarity.params import DuplicatesParams, EngineParams, ExtractParams
 from stl10_similarity.ingest.runners import LocalRunner
 from stl10_similarity.ingest.update import update_folder
+from stl10_similarity.session import Session
 
 ray = pytest.importorskip("ray")
 from stl10_similarity.ray_engine import RayRunner, connect  # noqa: E402
@@ -235,7 +236,13 @@ def test_shards_built_and_served_on_ray_answer_as_one_index(tmp_path):
     shutil.copytree(home, local)
     build_index(local, last_params(local), shards=3, force=True)  # the same shards built in this process
     assert {p.name: p.read_bytes() for p in (local / "index" / "shard_001").glob("*.npy")} == ray_built
+    session = Session.open(home, engine=EngineParams(engine="ray"))
     app = create_app(home, engine=EngineParams(engine="ray"))
     with TestClient(app) as client:
         assert answers(client) == one  # the same JSON from one Ray actor per shard
         assert client.get("/api/v1/images/5").json()["id"] == 5
+    # a shard's actor dies: Ray restarts it, and the question is asked again
+    expected = session.query(image_id=777, k=10, method="rerank").results
+    ray.kill(session.parts.actors[1], no_restart=False)
+    assert session.query(image_id=777, k=10, method="rerank").results == expected
+    session.parts.close()
