@@ -246,3 +246,53 @@ def test_shards_built_and_served_on_ray_answer_as_one_index(tmp_path):
     ray.kill(session.parts.actors[1], no_restart=False)
     assert session.query(image_id=777, k=10, method="rerank").results == expected
     session.parts.close()
+
+
+def test_stl10sim_serve_engine_ray_answers_as_in_process(tmp_path):
+    """The command itself, as a user runs it: its own process, its own local Ray, one actor per shard."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import urllib.request
+
+    from fastapi.testclient import TestClient
+
+    from stl10_similarity.server import create_app
+    from stl10_similarity.synthetic import synthetic_features
+
+    feats, _ = synthetic_features(1500, seed=23)
+    np.save(tmp_path / "f.npy", feats)
+    cache = str(tmp_path / "cache")
+    assert invoke("import", "--features", str(tmp_path / "f.npy"), "--collection", "ext", "--cache-dir",
+                  cache).exit_code == 0
+    assert invoke("index", "--shards", "2", "--collection", "ext", "--cache-dir", cache).exit_code == 0
+    query = "/api/v1/search?image_id=321&k=8&method=rerank&candidates=40"
+    with TestClient(create_app(tmp_path / "cache" / "collections" / "ext")) as client:
+        expected = client.get(query).json()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_ADDRESS": ""}  # its own local Ray, not this test process's
+    proc = subprocess.Popen([sys.executable, "-m", "stl10_similarity", "serve", "--engine", "ray", "--port", str(port),
+                             "--collection", "ext", "--cache-dir", cache], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, answer = time.time() + 120, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{query}", timeout=10) as response:
+                    answer = json.loads(response.read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert answer is not None, proc.stderr.read() if proc.poll() is not None else "no answer in 120 s"
+        answer.pop("timing_ms"), expected.pop("timing_ms")
+        assert answer == expected
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert "one per shard" in proc.stderr.read()
