@@ -56,7 +56,7 @@ def connect(address: str | None = None, progress: Progress = SILENT) -> Any:
 
 
 def _reachable(address: str) -> None:
-    """Fail in seconds, not after Ray's minute of retries, when nothing listens at the address."""
+    """Fail in seconds when nothing listens at the address, before Ray's own connection retries start."""
     hostport = address.split("://", 1)[-1]
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
