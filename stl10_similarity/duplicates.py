@@ -90,11 +90,16 @@ def tree_linked_pairs(features: np.ndarray, tree_keys: np.ndarray, tree_order: n
     for members in prefix_runs(tree_keys, tree_order, max_run):
         vectors = np.asarray(features[members])
         i, j = np.nonzero(np.triu(vectors @ vectors.T >= threshold, k=1))
-        if len(i):
-            kept.append(np.stack([members[i], members[j]], axis=1))
-    if not kept:
+        kept.append(np.stack([members[i], members[j]], axis=1))
+    return distinct_pairs(kept)
+
+
+def distinct_pairs(parts: list[np.ndarray]) -> np.ndarray:
+    """The distinct rows of some ``(m, 2)`` pair arrays, sorted (an empty ``(0, 2)`` array when there are none)."""
+    parts = [pairs for pairs in parts if len(pairs)]
+    if not parts:
         return np.empty((0, 2), dtype=np.int64)
-    return np.unique(np.concatenate(kept), axis=0)
+    return np.unique(np.concatenate(parts), axis=0)
 
 
 def linked_pairs(index: LoadedIndex | ShardedIndex, threshold: float, max_run: int = MAX_RUN, engine: str = "local",
@@ -106,12 +111,8 @@ def linked_pairs(index: LoadedIndex | ShardedIndex, threshold: float, max_run: i
         from stl10_similarity import ray_engine
 
         return ray_engine.linked_pairs(index.features, trees, threshold, max_run, address, progress)
-    found = [tree_linked_pairs(index.features, trees[0][t], trees[1][t], threshold, max_run)
-             for t in range(trees[1].shape[0])]
-    found = [pairs for pairs in found if len(pairs)]
-    if not found:
-        return np.empty((0, 2), dtype=np.int64)
-    return np.unique(np.concatenate(found), axis=0)
+    return distinct_pairs([tree_linked_pairs(index.features, trees[0][t], trees[1][t], threshold, max_run)
+                           for t in range(trees[1].shape[0])])
 
 
 def find_duplicates(index: LoadedIndex | ShardedIndex, params: DuplicatesParams = DuplicatesParams(),

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from stl10_similarity.errors import EngineError, ParameterError
+from stl10_similarity.params import EngineParams
 from stl10_similarity.progress import SILENT, Progress
 from stl10_similarity.ingest.runners import Chunks, EmbedJob, Embedded, unreadable_in
 from stl10_similarity.sources import reopens_by_keys
@@ -99,10 +100,7 @@ class RayRunner:
     name = "ray"
 
     def __init__(self, address: str | None = None, actors: int | None = None, gpus_per_actor: float = 0.0) -> None:
-        if actors is not None and actors < 1:
-            raise ParameterError("actors", f"must be at least 1, got {actors}")
-        if gpus_per_actor < 0:
-            raise ParameterError("gpus_per_actor", f"must be at least 0, got {gpus_per_actor}")
+        EngineParams(engine="ray", address=address, actors=actors, gpus_per_actor=gpus_per_actor)  # validates
         self.address = address
         self.actors = actors
         self.gpus_per_actor = gpus_per_actor
@@ -216,27 +214,31 @@ def linked_pairs(features: np.ndarray, trees: tuple[np.ndarray, np.ndarray], thr
     tree_keys, tree_order = trees
     features_ref = ray.put(np.ascontiguousarray(features))
     task = ray.remote(num_cpus=1, max_retries=3)(_tree_pairs)
+    from stl10_similarity.duplicates import distinct_pairs
+
     refs = [task.remote(features_ref, np.ascontiguousarray(tree_keys[t]), np.ascontiguousarray(tree_order[t]),
                         threshold, max_run) for t in range(tree_order.shape[0])]
-    bar = progress.bar(len(refs), "duplicates (ray)", unit="tree")
-    found = []
+    found = _gathered(ray, refs, "duplicates (ray)", "tree", "looking for duplicates", progress)
+    if costs is not None:
+        costs.extend(cpu for _, cpu in found)
+    return distinct_pairs([pairs for pairs, _ in found])
+
+
+def _gathered(ray: Any, refs: list[Any], desc: str, unit: str, what: str, progress: Progress) -> list[Any]:
+    """The results of Ray tasks, in the order given, with a progress bar moving as each finishes; a failed task
+    is an :class:`EngineError` saying ``what`` it was doing."""
+    bar = progress.bar(len(refs), desc, unit=unit)
     try:
         remaining = list(refs)
         while remaining:
-            ready, remaining = ray.wait(remaining, num_returns=1)
-            pairs, cpu = ray.get(ready[0])
-            found.append(pairs)
-            if costs is not None:
-                costs.append(cpu)
+            done, remaining = ray.wait(remaining, num_returns=1)
+            ray.get(done[0])  # raises now for a failed task
             bar.update(1)
+        return ray.get(refs)
     except ray.exceptions.RayError as exc:
-        raise EngineError(f"a Ray task failed looking for duplicates: {_first_line(exc)}") from exc
+        raise EngineError(f"a Ray task failed {what}: {_first_line(exc)}") from exc
     finally:
         bar.close()
-    found = [pairs for pairs in found if len(pairs)]
-    if not found:
-        return np.empty((0, 2), dtype=np.int64)
-    return np.unique(np.concatenate(found), axis=0)
 
 
 # ---------------------------------------------------------------- sharded collections
@@ -250,19 +252,8 @@ def build_shards(jobs: list[tuple[Any, ...]], address: str | None = None,
 
     ray = connect(address, progress)
     task = ray.remote(num_cpus=1, max_retries=3)(build_shard)
-    refs = [task.remote(*job) for job in jobs]
-    bar = progress.bar(len(refs), "index shards (ray)", unit="shard")
-    try:
-        remaining = list(refs)
-        while remaining:
-            done, remaining = ray.wait(remaining, num_returns=1)
-            ray.get(done[0])  # raises now for a failed shard
-            bar.update(1)
-        return ray.get(refs)
-    except ray.exceptions.RayError as exc:
-        raise EngineError(f"a Ray task failed building a shard: {_first_line(exc)}") from exc
-    finally:
-        bar.close()
+    return _gathered(ray, [task.remote(*job) for job in jobs], "index shards (ray)", "shard", "building a shard",
+                     progress)
 
 
 class _ShardServer:
