@@ -295,6 +295,10 @@ class Searcher:
             out.append(replace(q, exclude=q.exclude - lo if inside else None))  # type: ignore[operator]
         return out
 
+    def _global(self, per_part: list[np.ndarray]) -> np.ndarray:
+        """Each part's rows (one array per part, in part order) as rows of the whole collection, joined."""
+        return np.concatenate([rows + self.offsets[p] for p, rows in enumerate(per_part)]).astype(np.int64)
+
     def _by_part(self, method: str, q: QueryVector, rows: np.ndarray) -> list[tuple[np.ndarray, Any]]:
         """``method(q, its rows)`` asked of each part holding some of the global ``rows``: for each part, the
         positions in ``rows`` it answered for, and its answer."""
@@ -342,8 +346,8 @@ class Searcher:
 
         def union(depth: int) -> tuple[np.ndarray, np.ndarray]:
             found = self.parts.each("union", [(p, (local[p], ranges[p], active[p], depth)) for p in range(count)])
-            keys = np.concatenate([k + self.offsets[p] for p, (k, _) in enumerate(found)]).astype(np.int64)
-            return keys, np.concatenate([v for _, v in found])  # parts' rows ascend: still sorted, distinct
+            keys = self._global([k for k, _ in found])  # parts' rows ascend: still sorted, distinct
+            return keys, np.concatenate([v for _, v in found])
 
         # a tree's keys at one depth include its keys at every deeper depth, so the union at a depth whose
         # ranges add up to less than the budget cannot reach it: start at the deepest depth whose ranges can
@@ -366,7 +370,7 @@ class Searcher:
     def datasketch_candidates(self, q: QueryVector, k: int) -> np.ndarray:
         local = self._local(q)
         found = self.parts.each("datasketch", [(p, (local[p], k)) for p in range(len(local))])
-        return np.concatenate([rows + self.offsets[p] for p, rows in enumerate(found)]).astype(np.int64)
+        return self._global(found)
 
     # ------------------------------------------------------------ ranking
 
@@ -443,7 +447,7 @@ class Searcher:
 def _exact(s: Searcher, q: QueryVector, wanted: int) -> tuple[np.ndarray, np.ndarray, int]:
     local = s._local(q)
     found = s.parts.each("exact", [(p, (local[p], wanted)) for p in range(len(local))])
-    rows = np.concatenate([r + s.offsets[p] for p, (r, _) in enumerate(found)]).astype(np.int64)
+    rows = s._global([r for r, _ in found])
     scores = np.concatenate([sc for _, sc in found])
     top, best = s._ranked(rows, scores, wanted)
     return top, best, s.index.n
