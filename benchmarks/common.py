@@ -75,9 +75,9 @@ def worlds(feats: np.ndarray, count: int, seed: int = 1) -> np.ndarray:
     return np.concatenate(out)
 
 
-def report(doc: dict, out: Path | None) -> None:
-    """Print the result document, and write it to ``out`` when given."""
-    text = json.dumps(doc, indent=1)
+def emit(doc: dict, out: Path | None) -> None:
+    """Print the result document, and write it to ``out`` when given (the results files in ``results/``)."""
+    text = json.dumps(doc, indent=2)
     print(text)
     if out is not None:
         out.write_text(text + "\n")

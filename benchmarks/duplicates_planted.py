@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import collection_arrays, exact_pairs, worlds  # benchmarks/ is on the path when run as a script
+from common import collection_arrays, emit, exact_pairs, worlds  # benchmarks/ is on the path when run as a script
 
 KINDS = ("resized x1.5", "JPEG quality 40", "cropped 2 px")
 
@@ -162,9 +162,7 @@ def main() -> None:
         n = len(feats)
         many = [(a + w * n, b + w * n, kind) for w in range(args.worlds) for a, b, kind in pairs]
         report[f"x{args.worlds}"] = measure(worlds(feats, args.worlds), many, args.threshold)
-    print(json.dumps(report, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import emit  # benchmarks/ is on the path when run as a script
 from stl10_similarity.bench import machine
 from stl10_similarity.params import DIM
 from stl10_similarity.synthetic import synthetic_chunks
@@ -87,10 +88,7 @@ def main() -> None:
                                                                           "runs": hashed}},
            "same_results_every_run": same, "goal": "median stamped query process < 0.5 s",
            "goal_met": statistics.median(stamped) < 0.5, "page_cache": "warm (the artifacts fit in memory)"}
-    text = json.dumps(doc, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(doc, args.out)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import collection_arrays, exact_pairs, report  # benchmarks/ is on the path when run as a script
+from common import collection_arrays, emit, exact_pairs  # benchmarks/ is on the path when run as a script
 
 
 def cpu_now() -> float:
@@ -138,7 +138,7 @@ def main() -> None:
                                "ray_actors_p50_ms": there[1], "sharded_equal": here[0] == unsharded[m][0],
                                "ray_equal": there[0] == unsharded[m][0]}
     on_ray.parts.close()
-    report(doc, args.out)
+    emit(doc, args.out)
 
 
 if __name__ == "__main__":

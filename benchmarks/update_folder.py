@@ -14,7 +14,6 @@ original is among its 10 nearest neighbours, and writes the numbers as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import emit  # benchmarks/ is on the path when run as a script
 from stl10_similarity.store import index_manifest
 
 import numpy as np
@@ -92,8 +92,7 @@ def main() -> None:
     out["added_with_original_in_top10"] = found
     out["full_index_s"], _ = run("-q", "index", "--force", *common)
     out["machine"] = f"{os.cpu_count()} cores"
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
+    emit(out, args.out)
     shutil.rmtree(work, ignore_errors=True)
 
 
