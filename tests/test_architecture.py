@@ -16,6 +16,13 @@ def _modules():
         yield path, ast.parse(path.read_text(), str(path))
 
 
+def _imported(node: ast.AST) -> list[str]:
+    """The modules an import statement names (``import a, b`` -> a, b; ``from a.b import c`` -> a.b)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    return [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+
+
 def test_the_library_never_prints():
     """Library code reports through Progress (or raises); stdout and stderr belong to the CLI."""
     offenders = []
@@ -38,8 +45,7 @@ def test_only_the_faces_import_click_fastapi_or_uvicorn():
         if path.name in FACES:
             continue
         for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = _imported(node)
             offenders += [f"{path.name}:{node.lineno} {n}" for n in names
                           if n.split(".")[0] in ("click", "fastapi", "uvicorn", "starlette")]
     assert offenders == []
@@ -86,8 +92,7 @@ def test_ray_is_imported_only_by_the_ray_engine():
     offenders = []
     for path, tree in _modules():
         for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = _imported(node)
             if any(n.split(".")[0] == "ray" for n in names):
                 if path.name != "ray_engine.py" or node.col_offset == 0:
                     offenders.append(f"{path.name}:{node.lineno}")

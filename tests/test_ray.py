@@ -202,19 +202,24 @@ def test_an_unreachable_address_and_a_missing_ray_are_one_line_exit_2(tmp_path, 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
 
 
+def _imported_collection(tmp_path: Path, n: int, seed: int) -> tuple[str, Path]:
+    """``n`` synthetic features imported as the collection ``ext``: its cache dir (for --cache-dir) and its home."""
+    from stl10_similarity.synthetic import synthetic_features
+
+    np.save(tmp_path / "f.npy", synthetic_features(n, seed=seed)[0])
+    cache = str(tmp_path / "cache")
+    assert invoke("import", "--features", str(tmp_path / "f.npy"), "--collection", "ext", "--cache-dir",
+                  cache).exit_code == 0
+    return cache, tmp_path / "cache" / "collections" / "ext"
+
+
 def test_shards_built_and_served_on_ray_answer_as_one_index(tmp_path):
     from fastapi.testclient import TestClient
 
     from stl10_similarity.index import build_index, last_params
     from stl10_similarity.server import create_app
-    from stl10_similarity.synthetic import synthetic_features
 
-    feats, clusters = synthetic_features(2400, seed=21)
-    np.save(tmp_path / "f.npy", feats)
-    cache = str(tmp_path / "cache")
-    assert invoke("import", "--features", str(tmp_path / "f.npy"), "--collection", "ext", "--cache-dir",
-                  cache).exit_code == 0
-    home = tmp_path / "cache" / "collections" / "ext"
+    cache, home = _imported_collection(tmp_path, 2400, seed=21)
     assert invoke("index", "--collection", "ext", "--cache-dir", cache).exit_code == 0
     queries = [{"image_id": i, "k": 10, "method": m, "candidates": 50} for i in (0, 777, 2399) for m in
                ("rerank", "forest", "exact")]
@@ -259,16 +264,11 @@ def test_stl10sim_serve_engine_ray_answers_as_in_process(tmp_path):
     from fastapi.testclient import TestClient
 
     from stl10_similarity.server import create_app
-    from stl10_similarity.synthetic import synthetic_features
 
-    feats, _ = synthetic_features(1500, seed=23)
-    np.save(tmp_path / "f.npy", feats)
-    cache = str(tmp_path / "cache")
-    assert invoke("import", "--features", str(tmp_path / "f.npy"), "--collection", "ext", "--cache-dir",
-                  cache).exit_code == 0
+    cache, home = _imported_collection(tmp_path, 1500, seed=23)
     assert invoke("index", "--shards", "2", "--collection", "ext", "--cache-dir", cache).exit_code == 0
     query = "/api/v1/search?image_id=321&k=8&method=rerank&candidates=40"
-    with TestClient(create_app(tmp_path / "cache" / "collections" / "ext")) as client:
+    with TestClient(create_app(home)) as client:
         expected = client.get(query).json()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
