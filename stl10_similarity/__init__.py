@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 # name -> "module" (the name is that module's attribute) or "module:" (the name is the module itself). This is
 # the API the faces (cli.py, server.py) use: a test keeps them to it, params, errors and progress.
 _EXPORTS = {
-    "Session": "session", "QueryResult": "search", "Match": "search", "QueryInfo": "search",
+    "Session": "session", "Access": "access", "QueryResult": "search", "Match": "search", "QueryInfo": "search",
     "ExtractParams": "params", "IndexParams": "params", "SearchParams": "params", "EvaluateParams": "params",
     "EngineParams": "params", "ShardParams": "params",
     "Stl10SimError": "errors", "InputError": "errors", "ParameterError": "errors", "ImageGoneError": "errors",

@@ -857,26 +857,41 @@ def bench(ctx: click.Context, stage: str, n: int | None, k: int, queries: int, b
 
 @main.command()
 @param_option(P.ServeParams, "host", "--host", "host",
-              help="Address to listen on; 127.0.0.1 keeps it to this machine (0.0.0.0 opens it to the network).")
+              help="Address to listen on; 127.0.0.1 keeps it to this machine (0.0.0.0 opens it to the network, "
+                   "with a token).")
 @param_option(P.ServeParams, "port", help="Port to listen on.")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="Also answer requests sent to this host name (a reverse proxy's); repeatable. Others get 403.")
+@click.option("--token", envvar=P.TOKEN_ENV, show_envvar=True, default=None, metavar="SECRET",
+              help="Every request must carry it (Authorization: Bearer SECRET; the page: open /?token=SECRET). "
+                   "Default: none on 127.0.0.1, a random one printed at start on any other --host.")
 @param_option(P.ServeParams, "max_upload_mb", help="Largest request body (an uploaded image) in MB; larger: 413.")
 @param_option(P.ServeParams, "max_concurrent", help="Requests worked on at once; more are answered 503 at once.")
+@param_option(P.ServeParams, "max_uploads",
+              help="Uploads queued for the model at once, beside --max-concurrent; more are answered 503.")
+@param_option(P.ServeParams, "max_buffered_mb",
+              help="Request bodies held at once, all connections together, in MB; beyond: 503.")
 @param_option(P.ServeParams, "body_timeout",
               help="Seconds a request body may take to arrive; slower: 408 and the connection is closed.")
 @param_option(P.ServeParams, "header_timeout",
               help="Seconds a request's headers may take to arrive; slower (or silent): the connection is closed.")
+@param_option(P.ServeParams, "artifacts",
+              help="copy: read the index and features into memory (safe from files changed under the server); "
+                   "map: memory-map them, for collections larger than memory.")
 @engine_options("searching")
 @collection_option
 @cache_dir_option
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, max_upload_mb: int, max_concurrent: int, body_timeout: int,
-          header_timeout: int, engine: str, address: str | None, collection: str, cache_dir: Path | None) -> None:
+def serve(ctx: click.Context, host: str, port: int, allow_hosts: tuple[str, ...], token: str | None,
+          max_upload_mb: int, max_concurrent: int, max_uploads: int, max_buffered_mb: int, body_timeout: int,
+          header_timeout: int, artifacts: str, engine: str, address: str | None, collection: str,
+          cache_dir: Path | None) -> None:
     """Serve the collection: a JSON API (/api/v1/...) and a web page at / to browse and search it.
 
     Opens the index once (building it first if it is missing, like query) and answers from it until
     stopped; /api/v1/health says when a newer index exists on disk (restart to use it). Needs the serve
-    extra: pip install -e '.[serve]'. Endpoints: docs/server.md. --engine ray keeps one Ray actor per
-    shard (index --shards S), each mapping its shard once; the API and the page are the same.
+    extra: pip install -e '.[serve]'. Endpoints and security: docs/server.md. --engine ray keeps one Ray
+    actor per shard (index --shards S), each mapping its shard once; the API and the page are the same.
     """
     try:
         import fastapi  # noqa: F401
@@ -887,8 +902,9 @@ def serve(ctx: click.Context, host: str, port: int, max_upload_mb: int, max_conc
                                "pip install -e '.[serve]'") from exc
     from stl10_similarity.server import serve as run_server
 
-    params = P.ServeParams(host=host, port=port, max_upload_mb=max_upload_mb, max_concurrent=max_concurrent,
-                           body_timeout=body_timeout, header_timeout=header_timeout)
+    params = P.ServeParams(host=host, port=port, allow_hosts=allow_hosts, token=token, max_upload_mb=max_upload_mb,
+                           max_concurrent=max_concurrent, max_uploads=max_uploads, max_buffered_mb=max_buffered_mb,
+                           body_timeout=body_timeout, header_timeout=header_timeout, artifacts=artifacts)
     run_server(_existing(cache_dir, collection), params, progress=_progress(ctx), engine=_engine(engine, address))
 
 

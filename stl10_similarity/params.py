@@ -21,6 +21,7 @@ SET_KINDS = ("centroids", "top-dims")  # how images become the sets the forest i
 SPLITS = ("train", "test", "train+test", "unlabeled", "all")
 STAGES = ("index", "extract")
 ENGINES = ("local", "ray")  # where the work runs: this process, or a Ray cluster (the ray extra)
+TOKEN_ENV = "STL10SIM_TOKEN"  # where `stl10sim serve` finds its token when --token is not given
 DEFAULT_COLLECTION = "stl10"  # STL-10, in the cache dir itself; others live in collections/NAME
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # what a folder collection reads
 PICTURE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # --png: suffix -> format written
@@ -184,19 +185,31 @@ class BenchParams:
 
 @dataclass(frozen=True)
 class ServeParams:
-    """``stl10sim serve``: where it listens and how much it accepts."""
+    """``stl10sim serve``: where it listens, who may ask (docs/server.md, "Security") and how much it accepts."""
 
     host: str = "127.0.0.1"  # loopback only unless asked otherwise
     port: int = _spec(8000, low=1, high=65535)
+    allow_hosts: tuple[str, ...] = ()  # Host names answered besides loopback's and ``host`` (a reverse proxy's)
+    token: str | None = field(default=None, repr=False)  # None: none on loopback, a random one made elsewhere
     max_upload_mb: int = _spec(10, low=1, high=1024)
     max_concurrent: int = _spec(32, low=1, high=1024)
+    max_uploads: int = _spec(4, low=1, high=256)  # uploads queued for the model or embedding; beyond: 503
+    # request bodies held at once, all connections together: 200 slow uploads can't take 2 GB
+    max_buffered_mb: int = _spec(64, low=1, high=65536)
     body_timeout: int = _spec(30, low=1, high=3600)  # seconds for a request body to arrive: 10 MB at 3 Mbit/s
     header_timeout: int = _spec(10, low=1, high=600)  # seconds for a request's headers to arrive
+    # "copy": the index and features are read into the server's memory, so no other process can pull pages
+    # from under it (a file truncated in place under a mapping kills the process with SIGBUS); "map": mapped,
+    # for collections larger than memory, checked between requests only
+    artifacts: str = _spec("copy", choices=("copy", "map"))
 
     def __post_init__(self) -> None:
         _check(self)
         if not self.host:
             raise ParameterError("host", "is empty")
+        if self.max_buffered_mb < self.max_upload_mb:
+            raise ParameterError("max_buffered_mb", f"must be at least {{max_upload_mb}} ({self.max_upload_mb}), "
+                                                    f"got {self.max_buffered_mb}", options=("max_upload_mb",))
 
 
 @dataclass(frozen=True)

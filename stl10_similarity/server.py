@@ -23,6 +23,7 @@ import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
@@ -39,6 +40,7 @@ from stl10_similarity import ImageTooLarge
 from stl10_similarity.params import METHODS, EngineParams, SearchParams, ServeParams
 from stl10_similarity.progress import SILENT, Progress
 from stl10_similarity import Session
+from stl10_similarity import Access
 
 WEB = Path(__file__).parent / "web"
 PAGE_LIMIT = 500  # most images one /api/v1/images page may list
@@ -60,10 +62,13 @@ Method = Literal[METHODS]  # type: ignore[valid-type]
 
 
 def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Progress = SILENT,
-               engine: EngineParams = EngineParams()) -> Any:
+               engine: EngineParams = EngineParams(), access: Access | None = None) -> Any:
     """The ASGI app serving the collection in ``home`` (opened now: errors surface before serving);
-    ``engine`` ray: each shard is searched by a Ray actor (the API and the page are the same)."""
-    session = Session.open(home, progress=progress, engine=engine)
+    ``engine`` ray: each shard is searched by a Ray actor (the API and the page are the same); ``access``: who
+    may ask (default: the rules ``params`` give, a token made here when it listens off loopback)."""
+    access = access or Access.for_server(params.host, params.port, params.allow_hosts, params.token)
+    session = Session.open(home, progress=progress, engine=engine, mapped=params.artifacts == "map")
+    session.pin()
     loaded = {"index": index_digest(home), "features": features_digest(home)}
     max_body = params.max_upload_mb * 2**20
     # uploads stay in memory: the body is capped below this, so the spooled file never rolls over to disk
@@ -80,8 +85,7 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
     app = FastAPI(title="stl10sim", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Image similarity search over the collection this server opened.",
                   redirect_slashes=False)  # its redirects are built from the Host header; a 404 is plainer
-    app.add_middleware(_Guard, max_body=max_body, max_concurrent=params.max_concurrent,
-                       body_timeout=params.body_timeout, changed=session.changed_on_disk)
+    app.add_middleware(_Guard, access=access, params=params, changed=session.changed_on_disk)
 
     def error(status: int, message: str, **extra: Any) -> Response:
         return Response(_error_body(status, message, **extra), status_code=status, media_type="application/json")
@@ -218,17 +222,23 @@ def _png(image: np.ndarray) -> bytes:
 
 
 class _Guard:
-    """ASGI middleware: security headers on every response; bodies counted as they arrive and capped (413) or
-    timed out (408) before a request takes a slot; requests in progress capped (503); a collection changed on
-    disk under the server refused (503). Every answer in JSON."""
+    """ASGI middleware, in the order it checks (docs/server.md, "Security"): the Host names this server, the token
+    (off loopback), a costly request's Origin, the body's declared size; then bodies counted as they arrive,
+    capped per request (413) and all together (503), timed out (408); uploads in their own bounded queue and
+    other requests in ``max_concurrent`` slots (503 beyond); a collection changed on disk refused (503). Security
+    headers on every response, every answer in JSON."""
 
-    def __init__(self, app: Any, max_body: int, max_concurrent: int, body_timeout: float = 30.0,
-                 changed: Any = lambda: None) -> None:
+    def __init__(self, app: Any, access: Access, params: ServeParams, changed: Any = lambda: None) -> None:
         self.app = app
-        self.max_body = max_body
-        self.slots = threading.BoundedSemaphore(max_concurrent)
-        self.max_concurrent = max_concurrent
-        self.body_timeout = body_timeout
+        self.access = access
+        self.max_body = params.max_upload_mb * 2**20
+        self.max_buffered = params.max_buffered_mb * 2**20
+        self.buffered = 0  # bytes of request bodies held now; the guard runs in the event loop, so a plain int
+        self.slots = threading.BoundedSemaphore(params.max_concurrent)
+        self.max_concurrent = params.max_concurrent
+        self.uploads = threading.BoundedSemaphore(params.max_uploads)
+        self.max_uploads = params.max_uploads
+        self.body_timeout = params.body_timeout
         self.changed = changed
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -239,6 +249,10 @@ class _Guard:
         headers = scope.get("headers") or []
         lengths = {value for name, value in headers if name == b"content-length"}
         chunked = any(name == b"transfer-encoding" for name, _ in headers)
+        refused = self._refused(scope, _header(headers, b"host"))
+        if refused is not None:
+            await _reject(send, *refused)
+            return
         too_large = f"request body over the {self.max_body // 2**20} MB limit"
         if lengths and chunked:  # the two disagree on where the body ends: the classic request-smuggling setup
             await _reject(send, 400, "a request may carry Content-Length or Transfer-Encoding, not both", CLOSE)
@@ -256,29 +270,76 @@ class _Guard:
                 await _reject(send, 503, f"the collection changed on disk under the server ({Path(changed).name} "
                                          "was truncated or rewritten in place): restart stl10sim serve")
                 return
-        if chunked or (length is not None and length > 0):
-            import anyio
-
-            try:  # the whole body, counted as it arrives (h11 never delivers more than a Content-Length says)
-                with anyio.fail_after(self.body_timeout):
-                    body = await _read_capped(receive, self.max_body)
-            except TimeoutError:
-                await _reject(send, 408, f"the request body did not arrive within {self.body_timeout:g} s", CLOSE)
-                return
-            except _Disconnected:
-                return
-            if body is None:
-                await _reject(send, 413, too_large, CLOSE)
-                return
-            receive = _replay(body, receive)
-        if not self.slots.acquire(blocking=False):
-            await _reject(send, 503, f"busy: {self.max_concurrent} requests in progress; retry shortly",
-                          [(b"retry-after", b"1")])
+        has_body = chunked or (length is not None and length > 0)
+        held = (self.max_body if length is None else length) if has_body else 0  # a chunked body may grow to the cap
+        if self.buffered + held > self.max_buffered:
+            await _reject(send, 503, f"busy: {self.max_buffered // 2**20} MB of request bodies held; retry shortly",
+                          [(b"retry-after", b"1"), *CLOSE])
             return
+        self.buffered += held
         try:
-            await self.app(scope, receive, send)
+            if has_body:  # read before the request takes a slot: a stalled body holds only its share of memory
+                import anyio
+
+                try:  # the whole body, counted as it arrives (h11 never delivers more than a Content-Length says)
+                    with anyio.fail_after(self.body_timeout):
+                        body = await _read_capped(receive, self.max_body)
+                except TimeoutError:
+                    await _reject(send, 408, f"the request body did not arrive within {self.body_timeout:g} s",
+                                  CLOSE)
+                    return
+                except _Disconnected:
+                    return
+                if body is None:
+                    await _reject(send, 413, too_large, CLOSE)
+                    return
+                receive = _replay(body, receive)
+            # uploads queue for the one model in a lane of their own: they never hold the slots id searches need
+            lane, busy = (self.uploads, f"busy: {self.max_uploads} uploads queued for the model; retry shortly") \
+                if has_body else (self.slots, f"busy: {self.max_concurrent} requests in progress; retry shortly")
+            if not lane.acquire(blocking=False):
+                await _reject(send, 503, busy, [(b"retry-after", b"1")])
+                return
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                lane.release()
         finally:
-            self.slots.release()
+            self.buffered -= held
+
+    def _refused(self, scope: dict, host: str | None) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+        """Why the request is refused before anything else (status, message, headers), or None. No answer
+        here carries data of the collection."""
+        access, headers = self.access, scope.get("headers") or []
+        if not access.host_allowed(host):
+            return 403, ("this server does not answer to the host name the request was sent to (a web page may "
+                         "have re-pointed its name at this machine); a reverse proxy's name is allowed with "
+                         "stl10sim serve --allow-host NAME"), CLOSE
+        method = scope.get("method", "GET")
+        if access.token is not None and not access.token_ok(_header(headers, b"authorization"),
+                                                            _header(headers, b"cookie")):
+            if scope.get("path") == "/" and method == "GET":
+                given = access.token_in_query(scope.get("query_string", b"").decode("latin-1"))
+                if given:  # the page's link: keep the token in a cookie, and take it out of the address bar
+                    rest = urlencode([(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+                                      if k != "token"])
+                    return 303, "", [(b"location", ("/?" + rest if rest else "/").encode()),
+                                     (b"set-cookie", access.set_cookie().encode()), (b"cache-control", b"no-store")]
+            return 401, ("this server needs its token: open the address stl10sim serve printed (it ends in "
+                         "?token=...), or send the header Authorization: Bearer TOKEN"), \
+                [(b"www-authenticate", b'Bearer realm="stl10sim"'), *CLOSE]
+        if not access.origin_allowed(method, _header(headers, b"origin"), host):
+            return 403, ("requests that change or cost something are not taken from another site's page: send them "
+                         "from this server's own page, or without an Origin header (curl, scripts)"), CLOSE
+        return None
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """A request header's value (the first, if repeated), or None."""
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 class _Disconnected(Exception):
@@ -324,7 +385,7 @@ def _replay(body: bytes, receive: Any) -> Any:
 
 
 async def _reject(send: Any, status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = _error_body(status, message)
+    body = _error_body(status, message) if message else b""
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *(extra or [])]})
@@ -428,10 +489,29 @@ def serve(home: Path, params: ServeParams = ServeParams(), *, progress: Progress
     """Open the collection and serve it with uvicorn until interrupted."""
     import uvicorn
 
+    _raise_descriptor_limit()
+    access = Access.for_server(params.host, params.port, params.allow_hosts, params.token)
     sock = listen(params.host, params.port)
     try:
-        app = create_app(home, params, progress=progress, engine=engine)
-        progress.note(f"serving {app.title} on http://{params.host}:{params.port}/ (Ctrl-C stops)")
+        app = create_app(home, params, progress=progress, engine=engine, access=access)
+        if access.generated:  # printed once, here, and nowhere else (never logged, never in JSON)
+            progress.note(f"serving {app.title} to the network with a token made for this run; open\n"
+                          f"    {access.url(params.host, params.port)}\n(Ctrl-C stops)")
+        else:
+            needs = " (every request needs the token)" if access.token else ""
+            progress.note(f"serving {app.title} on {access.url(params.host, params.port)}{needs} (Ctrl-C stops)")
         uvicorn.Server(uvicorn_config(app, params)).run(sockets=[sock])
     finally:
         sock.close()
+
+
+def _raise_descriptor_limit() -> None:
+    """Raise this process's open-file limit to its hard limit: each connection costs a descriptor."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass  # not on this platform, or not allowed: the limit stays, and running out is answered 503

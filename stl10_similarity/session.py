@@ -47,7 +47,7 @@ class Session:
 
     @classmethod
     def open(cls, home: Path, *, build: bool = True, progress: Progress = SILENT,
-             engine: EngineParams = EngineParams()) -> Session:
+             engine: EngineParams = EngineParams(), mapped: bool = True) -> Session:
         """Open the collection in ``home``.
 
         Args:
@@ -56,6 +56,8 @@ class Session:
                 built with); otherwise such an index raises.
             progress: told when the index is built first.
             engine: ``ray``: each shard (an unsharded index is one) is searched by a Ray actor that maps it once.
+            mapped: memory-map the artifacts (fast to open); False reads them into memory, so that no other
+                process can truncate a page under a query (a long-running server's choice).
 
         Raises:
             MissingArtifactError: no features (run ``stl10sim extract``), or no index and ``build`` is False.
@@ -64,7 +66,7 @@ class Session:
         started = time.perf_counter()
         if build:
             ensure_index(home, progress=progress)
-        index = load_index(home)
+        index = load_index(home, mapped=mapped)
         parts = None
         if engine.engine == "ray":
             from stl10_similarity.ray_engine import RayParts
@@ -72,6 +74,12 @@ class Session:
             parts = RayParts(home, len(getattr(index, "shards", [index])), engine.address, progress)
         return cls(index, store.features_manifest(home), round((time.perf_counter() - started) * 1e3, 3), home,
                    progress, parts)
+
+    def pin(self) -> None:
+        """Read now what later answers need from the collection as opened (its files' digests), for a
+        long-running caller: an update on disk then replaces the files, and this session's answers stay its own
+        (images of unchanged files keep being served)."""
+        self._indexed_digests()
 
     def changed_on_disk(self) -> str | None:
         """The first memory-mapped artifact that was truncated or rewritten in place since it was mapped, or None.
@@ -154,6 +162,8 @@ class Session:
         return self._tag
 
     def _indexed_digests(self) -> np.ndarray | None:
+        """The SHA-256 of each image's file at extraction (None for sources without files), from the features
+        this session opened."""
         if self._digests is None and self.home is not None \
                 and "digests" in self.extract_manifest.get("artifacts", {}):
             from stl10_similarity.store.artifacts import load_npy

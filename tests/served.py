@@ -37,3 +37,11 @@ def served(make_app: Callable[[ServeParams], Any], **options: Any) -> Iterator[t
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def local_client(app: Any, **options: Any) -> Any:
+    """FastAPI's test client, sending ``Host: 127.0.0.1`` as a browser on this machine does (its own default,
+    ``testserver``, is a host name the server does not answer to)."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url="http://127.0.0.1", **options)

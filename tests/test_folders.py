@@ -126,12 +126,12 @@ def test_grid_server_and_evaluate_work_on_a_folder(folder_cache, tmp_path):
                                "--cache-dir", str(folder_cache)).stdout)
     assert report["n"] == 24 and report["methods"][-1]["name"] == "exact"
     pytest.importorskip("fastapi")
-    from fastapi.testclient import TestClient
+    from served import local_client
 
     from stl10_similarity.params import ServeParams
     from stl10_similarity.server import create_app
 
-    with TestClient(create_app(folder_cache / "collections" / "mine", ServeParams())) as client:
+    with local_client(create_app(folder_cache / "collections" / "mine", ServeParams())) as client:
         assert client.get("/api/v1/images/0").json()["path"] == "cat/img00.jpg"
         assert client.get("/api/v1/images", params={"label": "ship"}).json()["total"] == 8
         assert client.get("/api/v1/images/5/image.png").status_code == 200
@@ -217,12 +217,12 @@ def test_an_uploaded_or_queried_file_embeds_exactly_as_in_its_folder(tmp_path):
                             "exact", "--json", "--cache-dir", str(cache)).stdout)
     assert doc["results"][0]["path"] == "turned.jpg" and doc["results"][0]["cosine"] == pytest.approx(1.0, abs=1e-6)
     pytest.importorskip("fastapi")
-    from fastapi.testclient import TestClient
+    from served import local_client
 
     from stl10_similarity.params import ServeParams
     from stl10_similarity.server import create_app
 
-    with TestClient(create_app(cache / "collections" / "mine", ServeParams())) as client:
+    with local_client(create_app(cache / "collections" / "mine", ServeParams())) as client:
         found = client.post("/api/v1/search", files={"image": ("t.jpg", turned.read_bytes(), "image/jpeg")},
                             data={"k": "1", "method": "exact"}).json()
     assert found["results"][0]["path"] == "turned.jpg"
@@ -234,7 +234,7 @@ def test_the_server_serves_folder_images_as_indexed(tmp_path):
     import hashlib
 
     pytest.importorskip("fastapi")
-    from fastapi.testclient import TestClient
+    from served import local_client
 
     from stl10_similarity.params import ServeParams
     from stl10_similarity.server import create_app
@@ -246,7 +246,7 @@ def test_the_server_serves_folder_images_as_indexed(tmp_path):
     cache = tmp_path / "c"
     assert invoke("-q", "extract", "--images", str(root), "--collection", "mine", *FAST,
                   "--cache-dir", str(cache)).exit_code == 0
-    with TestClient(create_app(cache / "collections" / "mine", ServeParams())) as client:
+    with local_client(create_app(cache / "collections" / "mine", ServeParams())) as client:
         first = client.get("/api/v1/images/1/image.png")
         assert first.status_code == 200
         assert first.headers["etag"] == f'"{hashlib.sha256((root / "img1.png").read_bytes()).hexdigest()[:32]}"'

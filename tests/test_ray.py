@@ -214,7 +214,7 @@ def _imported_collection(tmp_path: Path, n: int, seed: int) -> tuple[str, Path]:
 
 
 def test_shards_built_and_served_on_ray_answer_as_one_index(tmp_path):
-    from fastapi.testclient import TestClient
+    from served import local_client
 
     from stl10_similarity.index import build_index, last_params
     from stl10_similarity.server import create_app
@@ -232,7 +232,7 @@ def test_shards_built_and_served_on_ray_answer_as_one_index(tmp_path):
             out.append(doc)
         return out
 
-    with TestClient(create_app(home)) as client:
+    with local_client(create_app(home)) as client:
         one = answers(client)
     out = invoke("index", "--shards", "3", "--engine", "ray", "--collection", "ext", "--cache-dir", cache)
     assert out.exit_code == 0 and "as 3 shards" in out.stdout, out.output
@@ -243,7 +243,7 @@ def test_shards_built_and_served_on_ray_answer_as_one_index(tmp_path):
     assert {p.name: p.read_bytes() for p in (local / "index" / "shard_001").glob("*.npy")} == ray_built
     session = Session.open(home, engine=EngineParams(engine="ray"))
     app = create_app(home, engine=EngineParams(engine="ray"))
-    with TestClient(app) as client:
+    with local_client(app) as client:
         assert answers(client) == one  # the same JSON from one Ray actor per shard
         assert client.get("/api/v1/images/5").json()["id"] == 5
     # a shard's actor dies: Ray restarts it, and the question is asked again
@@ -261,14 +261,14 @@ def test_stl10sim_serve_engine_ray_answers_as_in_process(tmp_path):
     import subprocess
     import urllib.request
 
-    from fastapi.testclient import TestClient
+    from served import local_client
 
     from stl10_similarity.server import create_app
 
     cache, home = _imported_collection(tmp_path, 1500, seed=23)
     assert invoke("index", "--shards", "2", "--collection", "ext", "--cache-dir", cache).exit_code == 0
     query = "/api/v1/search?image_id=321&k=8&method=rerank&candidates=40"
-    with TestClient(create_app(home)) as client:
+    with local_client(create_app(home)) as client:
         expected = client.get(query).json()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,14 +15,14 @@ from stl10_similarity.cli import main
 from stl10_similarity.params import ServeParams
 
 fastapi = pytest.importorskip("fastapi", reason="the serve extra is part of the test extra")
-from fastapi.testclient import TestClient  # noqa: E402
+from served import local_client  # noqa: E402
 
 from stl10_similarity.server import create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def client(built_cache):
-    with TestClient(create_app(built_cache, ServeParams(max_upload_mb=1, max_concurrent=4))) as c:
+    with local_client(create_app(built_cache, ServeParams(max_upload_mb=1, max_concurrent=4))) as c:
         yield c
 
 
@@ -206,13 +206,14 @@ def test_uploads_are_never_written_to_disk(client, monkeypatch, built_cache):
     def no_files(*args, **kwargs):
         raise AssertionError("a temporary file was created for an upload")
 
+    app = create_app(built_cache, ServeParams(max_upload_mb=4))  # opening may refresh the cache's stamps file
     monkeypatch.setattr(tempfile, "mkstemp", no_files)
     monkeypatch.setattr(tempfile, "NamedTemporaryFile", no_files)
     monkeypatch.setattr(tempfile, "TemporaryFile", no_files)
     rng = np.random.default_rng(0)
     noisy = _png(rng.integers(0, 255, (700, 700, 3), dtype=np.uint8))  # ~1.4 MB: over Starlette's 1 MB spool
     assert len(noisy) > 2**20
-    with TestClient(create_app(built_cache, ServeParams(max_upload_mb=4))) as big:
+    with local_client(app) as big:
         response = big.post("/api/v1/search", files={"image": ("n.png", noisy, "image/png")}, data={"k": "2"})
     assert response.status_code == 200, response.text
 
@@ -233,11 +234,12 @@ def test_a_full_server_answers_503_at_once(built_cache):
             await gate.wait()
             await app(scope, receive, send)
 
+        from stl10_similarity import Access
         from stl10_similarity.server import _Guard
 
-        guarded = _Guard(slow_app, max_body=2**20, max_concurrent=1)
+        guarded = _Guard(slow_app, Access.for_server("127.0.0.1", 8000), ServeParams(max_concurrent=1))
         transport = httpx.ASGITransport(app=guarded)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
             first = asyncio.create_task(c.get("/api/v1/health"))
             await slow_started.wait()
             second = await c.get("/api/v1/health")
@@ -249,14 +251,14 @@ def test_a_full_server_answers_503_at_once(built_cache):
 
 
 def test_reindexing_while_serving_keeps_the_loaded_answers(cache):
-    with TestClient(create_app(cache, ServeParams())) as c:
+    with local_client(create_app(cache, ServeParams())) as c:
         before = c.get("/api/v1/search", params={"image_id": 5, "k": 5}).json()
         assert invoke("-q", "index", "--top-k", "40", "--force", "--cache-dir", str(cache)).exit_code == 0
         health = c.get("/api/v1/health").json()
         after = c.get("/api/v1/search", params={"image_id": 5, "k": 5}).json()
     assert health["newer_index_on_disk"] is True and health["top_k"] == 100
     assert after["results"] == before["results"] and after["params"]["top_k"] == 100
-    with TestClient(create_app(cache, ServeParams())) as restarted:
+    with local_client(create_app(cache, ServeParams())) as restarted:
         assert restarted.get("/api/v1/search", params={"image_id": 5}).json()["params"]["top_k"] == 40
 
 
@@ -271,15 +273,16 @@ def test_every_response_carries_security_headers(client):
 
 
 def test_no_redirect_is_built_from_the_host_header(client):
-    response = client.get("/api/v1/images/", headers={"host": "evil.example"}, follow_redirects=False)
+    response = client.get("/api/v1/images/", headers={"host": "localhost:8000"}, follow_redirects=False)
     assert response.status_code == 404 and "location" not in response.headers
 
 
 @pytest.mark.parametrize("damage", ["truncate", "rewrite in place"])
-def test_an_artifact_changed_under_the_server_gets_503_not_a_crash(cache, damage):
-    """Truncating a memory-mapped file kills a process that touches it (SIGBUS): the server checks first."""
+def test_a_mapped_artifact_changed_under_the_server_gets_503_not_a_crash(cache, damage):
+    """Truncating a memory-mapped file kills a process that touches it (SIGBUS): with --artifacts map the
+    server checks first."""
     features = cache / "features" / "features.npy"
-    with TestClient(create_app(cache, ServeParams())) as c:
+    with local_client(create_app(cache, ServeParams(artifacts="map"))) as c:
         assert c.get("/api/v1/search", params={"image_id": 3}).status_code == 200
         if damage == "truncate":
             import os
@@ -309,3 +312,17 @@ def test_serve_refuses_bad_options(cache):
 def test_serve_without_features_says_extract(tmp_path):
     result = CliRunner().invoke(main, ["serve", "--cache-dir", str(tmp_path / "empty")])
     assert result.exit_code == 2 and "run `stl10sim extract` first" in result.stderr
+
+
+def test_by_default_the_server_answers_from_its_own_copy_whatever_happens_to_the_files(cache):
+    """The default (--artifacts copy) reads the artifacts into memory: truncating them in place under exact scans
+    can't kill the server (SIGBUS), and it keeps answering what it answered."""
+    import os
+
+    with local_client(create_app(cache, ServeParams())) as c:
+        before = c.get("/api/v1/search", params={"image_id": 3, "method": "exact"}).json()
+        for path in sorted((cache / "features").glob("*.npy")) + sorted((cache / "index").glob("*.npy")):
+            os.truncate(path, 0)
+        after = c.get("/api/v1/search", params={"image_id": 3, "method": "exact"}).json()
+        rerank = c.get("/api/v1/search", params={"image_id": 3, "method": "rerank"})
+    assert after["results"] == before["results"] and rerank.status_code == 200

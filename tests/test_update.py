@@ -124,12 +124,12 @@ def test_removed_ids_are_refused_and_never_given_again(updated):
     (root / "dog/copy.png").unlink()
     _extract(root, cache)
     pytest.importorskip("fastapi")
-    from fastapi.testclient import TestClient
+    from served import local_client
 
     from stl10_similarity.params import ServeParams
     from stl10_similarity.server import create_app
 
-    with TestClient(create_app(cache / "collections" / "mine", ServeParams())) as client:
+    with local_client(create_app(cache / "collections" / "mine", ServeParams())) as client:
         page = client.get("/api/v1/images", params={"limit": 100}).json()
         listed = [image["id"] for image in page["images"]]
         assert page["total"] == 32 and listed == sorted(set(range(35)) - {0, 13, 29})

@@ -540,36 +540,37 @@ def index_in_memory(
                        set_representation=rep)
 
 
-def load_index(home: Path) -> LoadedIndex | ShardedIndex:
-    """Load and verify the index and the features it was built from (a sharded index: every shard).
+def load_index(home: Path, *, mapped: bool = True) -> LoadedIndex | ShardedIndex:
+    """Load and verify the index and the features it was built from (a sharded index: every shard); memory-mapped,
+    or (``mapped=False``) read into memory, where no other process can truncate pages under a reader.
 
     Raises:
         MissingArtifactError: a stage has not run yet.
         StaleArtifactError: the features changed since the index was built.
         IntegrityError: an artifact does not match its manifest.
     """
-    opened = _open(home)
+    opened = _open(home, mapped)
     manifest = opened.manifest
     if not manifest.get("shards"):
-        return _load_one(index_dir(home), manifest, opened, 0, opened.n)
-    shards = [load_shard(home, s, opened) for s in range(shard_count(manifest))]
+        return _load_one(index_dir(home), manifest, opened, 0, opened.n, mapped)
+    shards = [load_shard(home, s, opened, mapped=mapped) for s in range(shard_count(manifest))]
     first = shards[0]
     return ShardedIndex(params=first.params, features_params=opened.features_manifest["params"],
                         class_names=opened.class_names, features=opened.features, labels=opened.labels,
                         shards=shards, paths=opened.paths, ids=None if opened.plain_ids else opened.ids)
 
 
-def load_shard(home: Path, number: int, opened: _Opened | None = None) -> LoadedIndex:
+def load_shard(home: Path, number: int, opened: _Opened | None = None, *, mapped: bool = True) -> LoadedIndex:
     """Shard ``number`` of a sharded index, verified, over its rows of the collection's features (a Ray actor
     serving one shard opens only that one)."""
-    opened = opened or _open(home)
+    opened = opened or _open(home, mapped)
     if not opened.manifest.get("shards"):  # an ordinary index is one shard
         if number != 0:
             raise ParameterError("shard", f"{number}: the index is not sharded")
-        return _load_one(index_dir(home), opened.manifest, opened, 0, opened.n)
+        return _load_one(index_dir(home), opened.manifest, opened, 0, opened.n, mapped)
     entry = opened.manifest.shards[number]
     return _load_one(index_dir(home) / entry.folder, store.shard_manifest(home, entry), opened,
-                     entry.lo, entry.hi)
+                     entry.lo, entry.hi, mapped)
 
 
 @dataclass
@@ -593,7 +594,7 @@ class _Opened:
         return bool(np.array_equal(self.ids, np.arange(len(self.ids))))
 
 
-def _open(home: Path) -> _Opened:
+def _open(home: Path, mapped: bool = True) -> _Opened:
     source = features_dir(home)
     features_manifest = store.features_manifest(home)
     manifest = store.index_manifest(home)
@@ -605,21 +606,22 @@ def _open(home: Path) -> _Opened:
     fmake = features_stage.MAKE_CMD
     # plain ndarray views of the memory maps: same pages, but slicing them costs no np.memmap bookkeeping
     # (a third of a query's time at 13,000 images went to memmap.__getitem__)
-    feats = np.asarray(load_npy(source, features_manifest, "features", make_cmd=fmake))
-    labels = np.asarray(load_npy(source, features_manifest, "labels", make_cmd=fmake))
+    feats = np.asarray(load_npy(source, features_manifest, "features", make_cmd=fmake, mmap=mapped))
+    labels = np.asarray(load_npy(source, features_manifest, "labels", make_cmd=fmake, mmap=mapped))
     paths = None
     if keys_are_paths(features_manifest.source):  # results carry them
-        paths = np.asarray(load_npy(source, features_manifest, "keys", make_cmd=fmake))
+        paths = np.asarray(load_npy(source, features_manifest, "keys", make_cmd=fmake, mmap=mapped))
     ids = feature_ids(source, features_manifest, len(feats))
     return _Opened(manifest, features_manifest, feats, labels, paths, ids,
                    list(features_manifest.get("class_names", [])))
 
 
-def _load_one(folder: Path, manifest: dict[str, Any], opened: _Opened, lo: int, hi: int) -> LoadedIndex:
+def _load_one(folder: Path, manifest: dict[str, Any], opened: _Opened, lo: int, hi: int,
+              mapped: bool = True) -> LoadedIndex:
     """An ordinary index in ``folder`` over rows ``lo:hi`` of the opened features."""
 
     def artifact(name: str) -> np.ndarray:
-        return np.asarray(load_npy(folder, manifest, name, make_cmd=MAKE_CMD))
+        return np.asarray(load_npy(folder, manifest, name, make_cmd=MAKE_CMD, mmap=mapped))
 
     index = LoadedIndex(
         params={**manifest["params"], "vocabulary": opened.manifest["vocabulary"]},
