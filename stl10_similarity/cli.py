@@ -62,7 +62,7 @@ class Stl10SimGroup(click.Group):
         except Stl10SimError as exc:
             if ctx.meta.get(DEBUG):
                 raise
-            click.echo(f"Error: {exc.render(flag)}", err=True)
+            click.echo(f"Error: {shown(exc.render(flag))}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             kept = ctx.meta.get(ON_INTERRUPT)
@@ -80,7 +80,7 @@ class ConsoleProgress:
         if not self.quiet:
             from tqdm import tqdm
 
-            tqdm.write(message, file=sys.stderr)  # above any bar in progress, not in the middle of it
+            tqdm.write(shown(message), file=sys.stderr)  # above any bar in progress, not in the middle of it
 
     def bar(self, total: int, desc: str, unit: str = "it", initial: int = 0) -> Any:
         from tqdm import tqdm
@@ -89,6 +89,25 @@ class ConsoleProgress:
         size = {"unit_scale": True, "unit_divisor": 1024, "leave": True} if unit == "B" else {"leave": False}
         return tqdm(total=total or None, initial=initial, desc=desc, unit=unit, file=sys.stderr, disable=self.quiet,
                     **size)
+
+
+UNSHOWN = ("Cc", "Cf", "Cs", "Co", "Zl", "Zp")  # Unicode categories a terminal would act on, or can't show
+
+
+def shown(text: str) -> str:
+    """``text`` safe to print on a terminal: control and format characters (escape sequences, newlines, bidi
+    overrides, line separators) written as visible escapes (``\\x1b``, ``\\n``, ``\\u202e``), never executed. A
+    file name can hold any of them; JSON output keeps the real name."""
+    if text.isprintable():
+        return text
+    import unicodedata
+
+    return "".join(_escape(c) if unicodedata.category(c) in UNSHOWN else c for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
 def _progress(ctx: click.Context) -> ConsoleProgress:
@@ -339,7 +358,7 @@ def _extract_folder(home: Path, root: Path, params: P.ExtractParams, force: bool
     result = update_folder(root, home, params, force=force, wait=not no_wait, progress=progress,
                            runner=runner_for(engine))
     if result.skipped:
-        progress.note(f"skipped {len(result.skipped)} unreadable file(s); they are listed in the features manifest")
+        progress.note(f"skipped {len(result.skipped)} file(s) (unreadable, or not regular files inside the folder); they are listed in the features manifest")
     assert result.counts is not None
     resumed = f", resumed after {result.resumed_chunks} chunks" if result.resumed_chunks else ""
     done = "up to date" if result.cached else f"{result.seconds:.1f} s{resumed}"
@@ -412,7 +431,7 @@ def duplicates(ctx: click.Context, threshold: float, as_json: bool, png: Path | 
         if as_json:
             _echo_json({"ids": group.ids, "paths": paths, "min_cosine": group.min_cosine})
         else:
-            names = ", ".join(f"{i} ({p})" if p else str(i) for i, p in zip(group.ids, paths))
+            names = ", ".join(f"{i} ({shown(p)})" if p else str(i) for i, p in zip(group.ids, paths))
             click.echo(f"group {number}: {len(group.ids)} images, min cosine {group.min_cosine:.4f}: {names}")
     _progress(ctx).note(f"{len(groups)} group(s) of near-duplicates at cosine >= {threshold}"
                         + (f"; drawn in {png}" if png is not None else ""))
@@ -513,7 +532,8 @@ def collections(ctx: click.Context, as_json: bool, remove: str | None, no_wait: 
             _echo_json(row)
         else:
             skipped = f", {row['skipped']} unreadable skipped" if row["skipped"] else ""
-            click.echo(f"{row['name']:<16} {row['images']:>9,} images  index {row['index']:<8} {row['source']}{skipped}")
+            click.echo(f"{row['name']:<16} {row['images']:>9,} images  index {row['index']:<8} "
+                       f"{shown(row['source'])}{skipped}")
     if not rows and not as_json:
         click.echo("no collections yet: run `stl10sim extract` (STL-10) or `stl10sim extract --images DIR --collection NAME`")
 
@@ -595,15 +615,15 @@ def index(ctx: click.Context, shards: int, engine: str, address: str | None, col
 
 def format_text(result: Any) -> str:
     q = result.query
-    who = f"image {q.id}" if q.id is not None else f"image file {q.image}"
-    who += f" ({q.path})" if q.path else ""
-    label = f" (label: {q.label})" if q.label else ""
+    who = f"image {q.id}" if q.id is not None else f"image file {shown(q.image)}"
+    who += f" ({shown(q.path)})" if q.path else ""
+    label = f" (label: {shown(q.label)})" if q.label else ""
     lines = [f"Query: {who}{label}  [{result.params['method']}, {result.candidates} candidates, "
              f"{result.timing_ms['search']:.2f} ms]"]
     for m in result.results:
-        where = f"  {m.path}" if m.path else ""
+        where = f"  {shown(m.path)}" if m.path else ""
         lines += [
-            f"  {m.rank:>3}. image {m.id} (label: {m.label}){where}",
+            f"  {m.rank:>3}. image {m.id} (label: {shown(m.label)}){where}",
             f"       cosine {m.cosine:.4f}   index sets: Jaccard {m.set_jaccard:.4f}, estimated Jaccard (MinHash) "
             f"{m.jaccard_estimate:.4f}",
             f"       top-{result.params['top_k']} dims: exact Jaccard {m.jaccard:.4f}   intersection {m.intersection}   "

@@ -495,8 +495,8 @@ def serve(home: Path, params: ServeParams = ServeParams(), *, progress: Progress
     try:
         app = create_app(home, params, progress=progress, engine=engine, access=access)
         if access.generated:  # printed once, here, and nowhere else (never logged, never in JSON)
-            progress.note(f"serving {app.title} to the network with a token made for this run; open\n"
-                          f"    {access.url(params.host, params.port)}\n(Ctrl-C stops)")
+            progress.note(f"serving {app.title} to the network with a token made for this run (Ctrl-C stops); open")
+            progress.note(f"    {access.url(params.host, params.port)}")
         else:
             needs = " (every request needs the token)" if access.token else ""
             progress.note(f"serving {app.title} on {access.url(params.host, params.port)}{needs} (Ctrl-C stops)")

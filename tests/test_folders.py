@@ -99,7 +99,7 @@ def test_extract_skips_broken_files_with_one_warning_each(photos, tmp_path):
     assert result.exit_code == 0 and result.stdout.startswith("24 new, 0 changed, 0 removed, 0 unchanged: 24 images")
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: skipped")]
     assert len(warnings) == 1 and "dog/broken.jpg" in warnings[0]
-    assert "skipped 1 unreadable file(s)" in result.stderr
+    assert "skipped 1 file(s)" in result.stderr
     manifest = json.loads((tmp_path / "c" / "collections" / "mine" / "features" / "manifest.json").read_text())
     assert [s["path"] for s in manifest["skipped"]] == ["dog/broken.jpg"] and manifest["n"] == 24
     assert manifest["inputs"]["source"]["kind"] == "folder"
@@ -189,7 +189,7 @@ def test_a_file_name_that_is_not_utf8_is_skipped_with_a_warning(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("2 new, 0 changed, 0 removed, 0 unchanged: 2 images")
     assert r"warning: skipped caf\xe9.png: its name is not valid UTF-8" in result.stderr
-    assert "skipped 1 unreadable file(s)" in result.stderr
+    assert "skipped 1 file(s)" in result.stderr
     rerun = CliRunner().invoke(main, ["extract", "--images", str(root), "--collection", "mine", *FAST,
                                       "--cache-dir", str(tmp_path / "c")])
     assert rerun.exit_code == 0 and r"caf\xe9.png" in rerun.stderr  # still said, every time, until renamed
@@ -262,3 +262,82 @@ def test_the_server_serves_folder_images_as_indexed(tmp_path):
         assert replaced.status_code == 410 and "changed since it was indexed" in replaced.json()["error"]["message"]
         assert client.get("/api/v1/images/0/image.png").status_code == 200
         assert client.get("/api/v1/health").status_code == 200
+
+
+def test_only_regular_files_inside_the_folder_are_read_and_every_skip_is_said(tmp_path):
+    """A FIFO would hang a read forever and /dev/zero never end; symlinks may loop, dangle or lead out of the
+    folder. None is opened as an image; each is named in a warning and counted; a link inside the folder is kept."""
+    import os
+    import subprocess
+    import sys
+
+    root, outside = tmp_path / "photos", tmp_path / "elsewhere"
+    images = make_images(np.arange(4) % 2, seed=3)
+    for i in range(3):
+        _save(images[i], root / f"img{i}.png")
+    _save(images[3], outside / "secret.png")
+    os.mkfifo(root / "x.jpg")
+    os.symlink("/dev/zero", root / "zero.png")
+    os.symlink(root / "nothing.png", root / "gone.png")
+    os.symlink(root / "loop.png", root / "loop.png")
+    os.symlink(outside / "secret.png", root / "out.png")
+    os.symlink(outside, root / "linked")
+    os.symlink(root / "img0.png", root / "inside.png")
+    result = subprocess.run([sys.executable, "-m", "stl10_similarity", "extract", "--images", str(root),
+                             "--collection", "mine", *FAST, "--cache-dir", str(tmp_path / "c")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "4 new, 0 changed, 0 removed, 0 unchanged" in result.stdout
+    for name, why in (("x.jpg", "not a regular file"), ("zero.png", "(not a regular file|outside the folder)"), ("gone.png", "dangling"),
+                      ("loop.png", "loop"), ("out.png", "outside the folder"), ("linked", "symlinked folder")):
+        assert re.search(rf"warning: skipped {re.escape(name)}: .*{why}", result.stderr), (name, result.stderr)
+    assert "skipped 6 file(s)" in result.stderr
+    keys = json.loads(invoke("-q", "query", "--collection", "mine", "--image-id", "0", "-k", "3", "--json",
+                             "--cache-dir", str(tmp_path / "c")).stdout)
+    assert {r["path"] for r in keys["results"]} <= {"img0.png", "img1.png", "img2.png", "inside.png"}
+
+
+def test_a_fifo_in_place_of_an_indexed_file_is_refused_not_waited_for(tmp_path):
+    pytest.importorskip("fastapi")
+    import os
+    import time
+
+    from served import local_client
+    from stl10_similarity.params import ServeParams
+    from stl10_similarity.server import create_app
+
+    root = tmp_path / "photos"
+    for i, image in enumerate(make_images(np.arange(3), seed=2)):
+        _save(image, root / f"img{i}.png")
+    assert invoke("-q", "extract", "--images", str(root), "--collection", "mine", *FAST, "--cache-dir",
+                  str(tmp_path / "c")).exit_code == 0
+    with local_client(create_app(tmp_path / "c" / "collections" / "mine", ServeParams())) as client:
+        (root / "img1.png").unlink()
+        os.mkfifo(root / "img1.png")
+        started = time.monotonic()
+        answer = client.get("/api/v1/images/1/image.png")
+        assert answer.status_code == 410 and time.monotonic() - started < 5
+        assert client.get("/api/v1/images/0/image.png").status_code == 200
+    with pytest.raises(Exception, match="not a regular file"):
+        decode_square(root / "img1.png", 32)
+
+
+def test_file_names_are_shown_escaped_on_a_terminal_and_kept_in_json(tmp_path):
+    """A name can hold an escape sequence (set the title, clear the screen) or a newline (forge a result line):
+    text output shows them as visible escapes; JSON keeps the real name."""
+    root = tmp_path / "photos"
+    evil, forged = "evil\x1b]0;PWNED\x07\x1b[2J.png", "two\n  9. image 9 (label: forged).png"
+    images = make_images(np.arange(3), seed=6)
+    for name, image in zip((evil, forged, "plain.png"), images):
+        _save(image, root / name)
+    cache = str(tmp_path / "c")
+    assert invoke("-q", "extract", "--images", str(root), "--collection", "mine", *FAST, "--cache-dir",
+                  cache).exit_code == 0
+    doc = json.loads(invoke("-q", "query", "--collection", "mine", "--image-id", "1", "-k", "2", "--json",
+                            "--cache-dir", cache).stdout)
+    assert {r["path"] for r in doc["results"]} == {evil, forged}
+    text = invoke("-q", "query", "--collection", "mine", "--image-id", "1", "-k", "2", "--cache-dir", cache).stdout
+    assert "\x1b" not in text and "\x07" not in text and "\\x1b]0;PWNED\\x07\\x1b[2J" in text
+    assert "two\\n  9. image 9" in text and not any(line.startswith("  9. image 9") for line in text.splitlines())
+    duplicates = invoke("-q", "duplicates", "--collection", "mine", "--threshold", "0.01", "--cache-dir", cache).stdout
+    assert "\x1b" not in duplicates and "\\x1b" in duplicates

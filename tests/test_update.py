@@ -232,3 +232,31 @@ def test_an_update_says_when_the_collection_outgrew_its_centroids(tmp_path):
     assert "over 4x the 6 its set vocabulary was fitted on: `stl10sim index --force` fits it again" in outgrown.stderr
     refit = CliRunner().invoke(main, ["index", "--force", "--collection", "mine", "--cache-dir", str(cache)])
     assert refit.exit_code == 0 and load_index(cache / "collections" / "mine").params["vocabulary"]["fitted_on"] == 30
+
+
+def test_a_served_collection_keeps_answering_across_an_update_on_disk(tmp_path):
+    """`extract` on a folder that is being served: the server answers from the collection it opened; images of
+    unchanged files keep being served, a changed file's image is 410 (not a 400 naming the cache)."""
+    pytest.importorskip("fastapi")
+    from served import local_client
+
+    from stl10_similarity.params import ServeParams
+    from stl10_similarity.server import create_app
+
+    root, cache = tmp_path / "photos", tmp_path / "cache"
+    names = _photos(root, 9, seed=4)
+    _extract(root, cache)
+    ids = _id_by_path(cache)
+    with local_client(create_app(cache / "collections" / "mine", ServeParams())) as client:
+        before = client.get("/api/v1/images/1/image.png")
+        assert before.status_code == 200
+        changed = names[2]
+        _save(make_images(np.array([0]), seed=77)[0], root / changed)
+        _photos(root, 2, seed=5, start=50)
+        assert _extract(root, cache).stdout.startswith("2 new, 1 changed, 0 removed, 8 unchanged")
+        again = client.get("/api/v1/images/1/image.png")
+        assert again.status_code == 200 and again.content == before.content
+        gone = client.get(f"/api/v1/images/{ids[changed]}/image.png")
+        assert gone.status_code == 410 and str(cache) not in gone.text and str(root) not in gone.text
+        assert client.get("/api/v1/health").json()["newer_index_on_disk"] is True
+        assert client.get("/api/v1/search", params={"image_id": 1, "k": 3}).status_code == 200

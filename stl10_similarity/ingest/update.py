@@ -51,7 +51,7 @@ class Plan:
     digests: dict[str, bytes]  # SHA-256 of the files whose size or mtime moved (changed, or touched but the same)
     still_skipped: list[dict[str, Any]]  # files unreadable before and not touched since: not tried again
     unchanged: int
-    unnamable: list[dict[str, Any]]  # files whose names are not valid UTF-8: left out, with a warning
+    unnamable: list[dict[str, Any]]  # files that could not be keys (bad names, FIFOs, symlinks out): left out, warned
 
     @property
     def new(self) -> list[str]:

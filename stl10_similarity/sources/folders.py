@@ -20,32 +20,46 @@ from typing import Any
 import numpy as np
 
 from stl10_similarity.errors import DataError
-from stl10_similarity.store.artifacts import sha256_file
-from stl10_similarity.sources.images import ImageError, decode_square
+from stl10_similarity.sources.images import ImageError, decode_square, outside, read_image_file
 from stl10_similarity.params import IMAGE_SUFFIXES
 
 
-def scan(root: Path, unnamable: list[str] | None = None) -> list[str]:
+def scan(root: Path, skipped: list[tuple[str, str]] | None = None) -> list[str]:
     """Relative POSIX paths of the image files below ``root``, sorted (hidden files and folders skipped).
 
-    A path that is not valid UTF-8 can't be a key (manifests, JSON, the page): it is left out, and its name,
-    with the bad bytes escaped (``\\xff``), goes to ``unnamable`` for the caller to warn about."""
+    What can't be one of the collection's images is left out and, with why, goes to ``skipped`` for the caller to
+    warn about: a name that is not valid UTF-8 (it can't be a key in manifests, JSON, the page; written with its
+    bad bytes escaped, ``\\xff``), a FIFO, device or socket, a dangling or looping symlink, a symlink leading out
+    of the folder, and a symlinked folder (not followed: it could loop, or lead anywhere)."""
     if not root.is_dir():
         raise DataError(f"{root} is not a folder of images")
     found = []
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        linked = [d for d in dirs if not d.startswith(".") and os.path.islink(os.path.join(folder, d))]
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in linked)
+        for name in linked:
+            _skip(skipped, (Path(folder) / name).relative_to(root).as_posix(),
+                  "is a symlinked folder: not followed (it could loop or lead out of the folder)")
         for name in files:
             if not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES):
-                key = (Path(folder) / name).relative_to(root).as_posix()
+                path = Path(folder) / name
+                key = path.relative_to(root).as_posix()
                 try:
                     key.encode("utf-8")  # os.walk smuggles undecodable bytes in as lone surrogates
                 except UnicodeEncodeError:
-                    if unnamable is not None:
-                        unnamable.append(escaped(key))
+                    _skip(skipped, key, "its name is not valid UTF-8: rename it to include it")
+                    continue
+                why = outside(path, root)
+                if why:
+                    _skip(skipped, key, why)
                     continue
                 found.append(key)
     return sorted(found)
+
+
+def _skip(skipped: list[tuple[str, str]] | None, key: str, reason: str) -> None:
+    if skipped is not None:
+        skipped.append((escaped(key), reason))
 
 
 def escaped(name: str) -> str:
@@ -74,11 +88,10 @@ class FolderSource:
         """``scanned``: the folder as it is now for an update, which may hold no image yet (the update says so)."""
         self.root = Path(root).resolve()
         self.side = side
-        names: list[str] = []
-        self._keys = scan(self.root, names) if keys is None else list(keys)
-        # files whose names are not valid UTF-8, left out: an update lists them among the skipped
-        self.unnamable = [{"path": name, "reason": "its name is not valid UTF-8: rename it to include it"}
-                          for name in names]
+        left_out: list[tuple[str, str]] = []
+        self._keys = scan(self.root, left_out) if keys is None else list(keys)
+        # files that can't be images of the collection, left out: an update lists them among the skipped
+        self.unnamable = [{"path": name, "reason": reason} for name, reason in left_out]
         if not self._keys and not scanned:
             raise DataError(f"{self.root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         self.threads = threads or min(8, os.cpu_count() or 1)
@@ -128,7 +141,7 @@ class FolderSource:
         read) and why it is unreadable (None if it is not). Read once: hashed and decoded from the same bytes."""
         digest = None
         try:
-            data = (self.root / self._keys[i]).read_bytes()
+            data = read_image_file(self.root / self._keys[i], self.root, self._keys[i])
             digest = hashlib.sha256(data).hexdigest()
             return decode_square(data, self.side, self._keys[i]), digest, None
         except ImageError as exc:
@@ -159,8 +172,12 @@ class FolderSource:
         return st.st_size, st.st_mtime_ns
 
     def digest(self, key: str) -> bytes:
-        """The SHA-256 of the file's bytes (OSError when it can't be read)."""
-        return bytes.fromhex(sha256_file(self.root / key))
+        """The SHA-256 of the file's bytes (OSError when it can't be read, or is not a regular file inside the
+        folder any more)."""
+        try:
+            return hashlib.sha256(read_image_file(self.root / key, self.root, key)).digest()
+        except ImageError as exc:
+            raise OSError(exc.reason) from exc
 
     def subset(self, keys: list[str]) -> FolderSource:
         return FolderSource(self.root, self.side, keys=keys, threads=self.threads)

@@ -13,7 +13,10 @@ orientation is applied everywhere. ``benchmarks/hostile_images.py`` measures tim
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,9 @@ MAX_DECODED_BYTES = 192 * 2**20
 MAX_ASPECT = 20  # longer side over shorter: beyond this it is a strip, not a picture whose centre we can compare
 REDUCE_GAP = 3  # shrink by an integer factor only while the square stays >= 3x ``side``: then indistinguishable
 _ORIENTATION = 0x0112
+# Largest image file read: over the decoded-size limit for any format we open uncompressed (48 MP of RGB is 137 MB
+# as BMP or TIFF), and a bound on what one read may hold whatever the file claims.
+MAX_FILE_BYTES = 256 * 2**20
 
 
 class ImageError(InputError):
@@ -55,14 +61,13 @@ def decode_square(image: Path | str | bytes, side: int, name: str | None = None)
     """
     from PIL import Image, UnidentifiedImageError
 
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        name = name or "the image"
-        if not image:
-            raise ImageError(name, "is empty")
-        handle: Any = io.BytesIO(image)
-    else:
+    if not isinstance(image, (bytes, bytearray, memoryview)):
         name = name or str(image)
-        handle = Path(image)
+        image = read_image_file(Path(image), name=name)
+    name = name or "the image"
+    if not image:
+        raise ImageError(name, "is empty")
+    handle: Any = io.BytesIO(image)
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own bomb check, beside ours
     try:
         with Image.open(handle, formats=FORMATS) as img:
@@ -90,6 +95,78 @@ def decode_square(image: Path | str | bytes, side: int, name: str | None = None)
     if orientation is not None:  # on the small square: turning commutes with taking the centre square
         square = square.transpose(orientation)
     return np.ascontiguousarray(np.asarray(square, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def read_image_file(path: Path, root: Path | None = None, name: str | None = None) -> bytes:
+    """The bytes of an image file. Only a regular file is read (a FIFO would block forever, a device like
+    /dev/zero never end), opened without waiting (O_NONBLOCK) and checked on its descriptor; below ``root``, only
+    if it resolves inside ``root`` (a symlink may not reach out of the folder); at most the size checked at open
+    (a file that grows is read as it was), never over ``MAX_FILE_BYTES``.
+
+    Raises:
+        ImageError: gone, not a regular file, outside ``root``, over the size limit, or unreadable.
+    """
+    name = name or str(path)
+    if root is not None:
+        why = outside(path, root)
+        if why:
+            raise ImageError(name, why)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as exc:
+        raise ImageError(name, "does not exist") from exc
+    except IsADirectoryError as exc:
+        raise ImageError(name, "is a folder, not an image file") from exc
+    except PermissionError as exc:
+        raise ImageError(name, "cannot be read (permission denied)") from exc
+    except OSError as exc:
+        raise ImageError(name, f"cannot be opened ({exc.strerror or exc})") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(name, "is not a regular file (a folder, FIFO, device or socket)")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ImageTooLarge(name, f"is {info.st_size / 2**20:,.0f} MB, over the {MAX_FILE_BYTES // 2**20} MB "
+                                      "file limit")
+        chunks, left = [], info.st_size
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 22))
+            if not chunk:
+                break  # shrank since: what was there
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ImageError(name, f"cannot be read ({exc.strerror or exc})") from exc
+    finally:
+        os.close(fd)
+
+
+def outside(path: Path, root: Path) -> str | None:
+    """Why ``path`` may not be read as an image of the folder ``root`` (a symlink gone, looping, or leading out
+    of the folder, or not a regular file), or None when it may."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be looked at ({exc.strerror or exc})"
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            target = os.stat(path)
+        except FileNotFoundError:
+            return "is a symlink to nothing (dangling)"
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "is a symlink loop"
+            return f"is a symlink that cannot be followed ({exc.strerror or exc})"
+        real, base = os.path.realpath(path), os.path.realpath(root)
+        if os.path.commonpath([real, base]) != base:
+            return "is a symlink to a file outside the folder (copy the file in to include it)"
+        info = target
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file (a FIFO, device or socket)"
+    return None
 
 
 def _check_header(img: Any, name: str) -> None:
