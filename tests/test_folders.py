@@ -339,5 +339,7 @@ def test_file_names_are_shown_escaped_on_a_terminal_and_kept_in_json(tmp_path):
     text = invoke("-q", "query", "--collection", "mine", "--image-id", "1", "-k", "2", "--cache-dir", cache).stdout
     assert "\x1b" not in text and "\x07" not in text and "\\x1b]0;PWNED\\x07\\x1b[2J" in text
     assert "two\\n  9. image 9" in text and not any(line.startswith("  9. image 9") for line in text.splitlines())
-    duplicates = invoke("-q", "duplicates", "--collection", "mine", "--threshold", "0.01", "--cache-dir", cache).stdout
+    (root / "copy.png").write_bytes((root / evil).read_bytes())
+    assert invoke("-q", "extract", "--images", str(root), "--collection", "mine", "--cache-dir", cache).exit_code == 0
+    duplicates = invoke("-q", "duplicates", "--collection", "mine", "--cache-dir", cache).stdout
     assert "\x1b" not in duplicates and "\\x1b" in duplicates
