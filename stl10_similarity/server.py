@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
+import re
+import time
 import socket
 import threading
 from contextlib import asynccontextmanager
@@ -43,6 +46,9 @@ from stl10_similarity import Session
 from stl10_similarity import Access
 
 WEB = Path(__file__).parent / "web"
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+# an absolute path in a message: a "/" not inside a word or a URL, then path characters
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"`,;()/]+/)*([^\s'\"`,;()/]+)")
 PAGE_LIMIT = 500  # most images one /api/v1/images page may list
 MAX_K = 1000
 MAX_CANDIDATES = 100_000
@@ -103,15 +109,26 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
 
     @app.exception_handler(Stl10SimError)
     async def library_error(request: Request, exc: Stl10SimError) -> Response:
+        message = _without_paths(exc.render())  # the server machine's folders are nobody else's business
         if isinstance(exc, ParameterError) and exc.param == "image_id":
-            return error(404, exc.render())
+            return error(404, message)
         if isinstance(exc, ImageGoneError):
-            return error(410, exc.render())
+            return error(410, message)
         if isinstance(exc, NoImagesError):
-            return error(404, exc.render())
+            return error(404, message)
         if isinstance(exc, ImageTooLarge):
-            return error(413, exc.render())
-        return error(400 if isinstance(exc, InputError) else 500, exc.render())
+            return error(413, message)
+        return error(400 if isinstance(exc, InputError) else 500, message)
+
+    @app.exception_handler(OSError)
+    async def system_error(request: Request, exc: OSError) -> Response:
+        # handled here, not re-raised: uvicorn would log a traceback per request, and out of descriptors that is
+        # every request (55 MB of log in 20 s); one line per kind of error a minute instead
+        _LOG_ONCE.warn(f"{exc.__class__.__name__} [errno {exc.errno}]: {exc.strerror}")
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
+            return Response(_error_body(503, "the server is out of resources (open files or memory); retry shortly"),
+                            status_code=503, media_type="application/json", headers={"Retry-After": "1"})
+        return error(500, f"internal error ({exc.__class__.__name__}: {exc.strerror}); the server keeps running")
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> Response:
@@ -144,10 +161,10 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
             rows = np.arange(session.n)
         else:
             names = session.class_names
-            if label == "unlabeled":
-                wanted = -1
-            elif label in names:
+            if label in names:  # a class may be named "unlabeled": its name wins over the filter for none
                 wanted = names.index(label)
+            elif label == "unlabeled":
+                wanted = -1
             else:
                 raise HTTPException(400, f"unknown label {label!r}: choose one of {', '.join(names + ['unlabeled'])}")
             rows = np.flatnonzero(labels == wanted)
@@ -201,11 +218,61 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
         return FileResponse(WEB / "index.html", media_type="text/html")
 
     @app.get("/static/{name}", include_in_schema=False)
-    def static(name: Literal["app.js", "style.css"]) -> FileResponse:  # a fixed list: no path from a request
-        kind = "text/javascript" if name.endswith(".js") else "text/css"
-        return FileResponse(WEB / name, media_type=kind)
+    def static(name: Literal["app.js", "style.css", "favicon.svg"]) -> FileResponse:  # a fixed list: no path from a request
+        return FileResponse(WEB / name, media_type=STATIC_TYPES[Path(name).suffix])
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:  # where browsers look without the page's link
+        return FileResponse(WEB / "favicon.svg", media_type=STATIC_TYPES[".svg"])
 
     return app
+
+
+def _without_paths(message: str) -> str:
+    """``message`` with each absolute path cut to its last part: an HTTP answer never shows the server's folders
+    (a folder collection's own paths are relative to it, and stay whole)."""
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(1), message)
+
+
+_NUMBERS = re.compile(r"0x[0-9a-f]+|\d+(?:\.\d+)?")
+
+
+class _OncePerMinute:
+    """Log a warning at most once a minute per distinct message: errors that repeat on every request or every
+    accept (out of descriptors) say so once, not thousands of times."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 60.0) -> None:
+        self.logger, self.every_s = logger, every_s
+        self.last: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def due(self, message: str) -> bool:
+        message = _NUMBERS.sub("#", message)  # the same error with other addresses, descriptors or times: one kind
+        now = time.monotonic()
+        with self.lock:
+            if now - self.last.get(message, -self.every_s) < self.every_s:
+                return False
+            self.last[message] = now
+            if len(self.last) > 1000:  # bounded, whatever the variety of messages
+                self.last.clear()
+        return True
+
+    def warn(self, message: str) -> None:
+        if self.due(message):
+            self.logger.warning("%s (said once a minute)", message)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """As a logging filter (asyncio's accept errors): the first of each message a minute passes, without
+        its traceback."""
+        if record.levelno < logging.WARNING:
+            return True
+        if not self.due(record.getMessage()):
+            return False
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+_LOG_ONCE = _OncePerMinute(logging.getLogger("stl10sim.serve"))
 
 
 def _json(doc: dict[str, Any]) -> Response:
@@ -455,6 +522,9 @@ def uvicorn_config(app: Any, params: ServeParams) -> Any:
     """How ``stl10sim serve`` runs uvicorn: our h11 protocol (header deadline, JSON 400s), quiet logs."""
     import uvicorn
 
+    accept_errors = logging.getLogger("asyncio")  # out of descriptors, asyncio logs each failed accept with a traceback
+    if _LOG_ONCE not in accept_errors.filters:
+        accept_errors.addFilter(_LOG_ONCE)
     return uvicorn.Config(app, host=params.host, port=params.port, log_level="warning", access_log=False,
                           http=http_protocol(params.header_timeout), timeout_keep_alive=KEEP_ALIVE_S)
 

@@ -162,6 +162,78 @@ def test_errors_show_as_a_message_not_a_broken_page(page, server_url):
 
 
 
+def test_a_bad_upload_leaves_the_last_results_as_they_were(page, server_url, tmp_path):
+    (tmp_path / "notes.png").write_bytes(b"not an image at all")
+    page.goto(server_url + "/?q=7")
+    expect(page.locator("#results-title")).to_have_text("Neighbours of image 7")
+    page.set_input_files("#upload", str(tmp_path / "notes.png"))
+    page.wait_for_selector("#error:not([hidden])")
+    assert "not an image" in page.inner_text("#error")
+    expect(page.locator("#results-title")).to_have_text("Neighbours of image 7")
+
+
+def test_the_header_says_what_the_collection_is_in_words(page, server_url):
+    page.goto(server_url + "/")
+    expect(page.locator("#collection")).to_have_text("100 images in 10 classes")
+    page.click("#about summary")
+    expect(page.locator("#index-details")).to_contain_text("permutations into an LSH forest of")
+    # captions keep to their own lines: no card's text is taller than its lines
+    page.goto(server_url + "/?q=3")
+    page.wait_for_selector("#neighbours .card:nth-child(2)")
+    heights = page.evaluate("""[...document.querySelectorAll('#neighbours .card .line')].map(
+        (e) => e.getBoundingClientRect().height / parseFloat(getComputedStyle(e).lineHeight))""")
+    assert heights and max(heights) < 1.5
+
+
+def test_a_page_of_another_site_rebound_to_this_server_reads_nothing(browser, built_cache):
+    """DNS rebinding, as a browser sees it: Chromium resolves evil.example to 127.0.0.1, so a page served as
+    http://evil.example:PORT/ is same-origin with everything the server answers there. Every answer is 403."""
+    with served(lambda params: create_app(built_cache, params)) as (port, _):
+        chromium = browser.browser_type.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--host-resolver-rules=MAP evil.example 127.0.0.1"])
+        try:
+            page = chromium.new_page()
+            answer = page.goto(f"http://evil.example:{port}/")
+            assert answer.status == 403 and "images" not in page.content()
+            read = page.evaluate("""async () => {
+                const out = [];
+                for (const path of ['/api/v1/health', '/api/v1/images?limit=500', '/api/v1/images/0/image.png']) {
+                    const r = await fetch(path);
+                    out.push([r.status, await r.text()]);
+                }
+                const form = new FormData();
+                form.append('image', new Blob([new Uint8Array(64)], {type: 'image/png'}), 'x.png');
+                const r = await fetch('/api/v1/search', {method: 'POST', body: form});
+                out.push([r.status, await r.text()]);
+                return out;
+            }""")
+            assert [status for status, _ in read] == [403, 403, 403, 403]
+            assert not any("class_names" in body or '"images"' in body for _, body in read)
+            # the same browser on the real name works
+            assert page.goto(f"http://127.0.0.1:{port}/").status == 200
+        finally:
+            chromium.close()
+
+
+def test_with_a_token_the_link_opens_the_page_and_it_works(browser, built_cache):
+    token = "browser-test-token-0123456789abcdef"
+    with served(lambda params: create_app(built_cache, params), token=token) as (port, _):
+        context = browser.new_context()
+        page, errors = _watched(context)
+        try:
+            assert page.goto(f"http://127.0.0.1:{port}/").status == 401
+            page.goto(f"http://127.0.0.1:{port}/?token={token}&q=4")
+            expect(page.locator("#results-title")).to_have_text("Neighbours of image 4")
+            assert "token" not in page.url and "q=4" in page.url
+            cookie = [c for c in context.cookies() if c["name"] == f"stl10sim-token-{port}"][0]
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            assert page.evaluate("document.cookie") == ""  # out of reach of scripts
+            expect(page.locator("#gallery .card")).to_have_count(60)
+        finally:
+            context.close()
+        assert not errors, errors
+
 # ---------------------------------------------------------------- the first hour, on a folder collection
 
 

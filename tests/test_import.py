@@ -131,3 +131,35 @@ def test_labels_names_and_paths_must_fit(exported, tmp_path):
     again = _run(*base)
     assert again.exit_code == 2 and "holds a collection already" in again.stderr and "--force" in again.stderr
     assert _run(*base, "--force").exit_code == 0
+
+
+def test_extreme_rows_labels_and_names_are_handled_not_garbled(tmp_path):
+    """Finite values near float32's limits normalise to unit rows (not 0 or NaN); a label of 10**9 is refused at
+    once (not after making 10**9 class names); a path holding U+2028 or a form feed stays one path."""
+    import time
+
+    feats, _ = synthetic_features(30, seed=4)
+    feats = feats.astype(np.float32)
+    feats[3] = np.full(1280, 3e38, np.float32)
+    feats[4] = feats[5] * np.float32(1e-30)
+    np.save(tmp_path / "f.npy", feats)
+    names = [f"img{i}.jpg" for i in range(30)]
+    names[2] = "odd\u2028name\x0c.jpg"
+    (tmp_path / "paths.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    cache = str(tmp_path / "c")
+    result = _run("import", "--features", str(tmp_path / "f.npy"), "--paths", str(tmp_path / "paths.txt"),
+                  "--collection", "x", "--cache-dir", cache)
+    assert result.exit_code == 0, result.output
+    stored = np.load(tmp_path / "c" / "collections" / "x" / "features" / "features.npy")
+    assert np.allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(stored[3], 1 / np.sqrt(1280), atol=1e-6) and stored[4] @ stored[5] > 0.9999
+    keys = np.load(tmp_path / "c" / "collections" / "x" / "features" / "keys.npy")
+    assert [str(k) for k in keys] == names
+    labels = np.zeros(30, np.int64)
+    labels[7] = 10**9
+    np.save(tmp_path / "huge.npy", labels)
+    started = time.monotonic()
+    refused = _run("import", "--features", str(tmp_path / "f.npy"), "--labels", str(tmp_path / "huge.npy"),
+                   "--collection", "y", "--cache-dir", cache)
+    assert refused.exit_code == 2 and "at most 32,767 classes" in refused.stderr
+    assert time.monotonic() - started < 5

@@ -291,3 +291,73 @@ def test_queued_uploads_never_take_the_slots_health_and_searches_need(built_cach
     probes, uploads = asyncio.run(run())
     assert probes == [200] * 10
     assert uploads.count(503) == 5 and all(code in (400, 422) for code in uploads if code != 503)
+
+
+def test_out_of_descriptors_the_server_answers_again_and_its_log_stays_small(built_cache, tmp_path):
+    """`stl10sim serve` under a low open-file limit, flooded with connections: the log says so in a few lines
+    (not a traceback per request or per accept), and once the connections go, it answers again."""
+    resource = pytest.importorskip("resource")
+    port = _free_port()
+    limit = 48
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "stl10_similarity", "serve", "--port", str(port),
+                                    "--cache-dir", str(built_cache)], stdout=out, stderr=subprocess.STDOUT,
+                                   preexec_fn=low_limit)
+    try:
+        for _ in range(600):
+            try:
+                if _request(port, f"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1:{port}")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        flood = []
+        for _ in range(3 * limit):
+            try:
+                flood.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+            except OSError:
+                break
+        deadline = time.monotonic() + 4
+        answers = []
+        while time.monotonic() < deadline:  # requests while the server can't take more connections
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+                sock.sendall(f"GET /api/v1/images/3/image.png HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
+                answers.append(sock.recv(64)[:12])
+                sock.close()
+            except OSError:
+                answers.append(b"no answer")
+        for sock in flood:
+            sock.close()
+        time.sleep(1.5)
+        after = _request(port, f"GET /api/v1/images/3/image.png HTTP/1.1\r\nHost: localhost:{port}")
+        assert after[0] == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    size = log.stat().st_size
+    assert size < 8_000, log.read_text()[:3000]
+
+
+def test_no_answer_names_a_folder_of_the_server_machine():
+    from stl10_similarity.server import _without_paths
+
+    said = ("the image folder /home/ana/photos/2024 the features came from is gone; see /var/cache/stl10sim/x.npy, "
+            "not http://host/a/b or cat/img01.png")
+    shown = _without_paths(said)
+    assert "/home" not in shown and "/var" not in shown and "2024" in shown and "x.npy" in shown
+    assert "http://host/a/b" in shown and "cat/img01.png" in shown
+
+
+def test_the_page_has_a_favicon(built_cache):
+    from served import local_client
+
+    with local_client(create_app(built_cache, ServeParams())) as client:
+        for path in ("/favicon.ico", "/static/favicon.svg"):
+            answer = client.get(path)
+            assert answer.status_code == 200 and answer.headers["content-type"].startswith("image/svg+xml")
+        assert 'rel="icon"' in client.get("/").text

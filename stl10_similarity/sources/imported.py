@@ -55,12 +55,15 @@ def normalised_chunks(raw: np.ndarray, path: Path, *, option: str = "features",
         if not np.isfinite(block).all():
             row = lo + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
             raise InputError(f"{{{option}}} {path}: row {row} holds NaN or infinite values", options=(option,))
-        norms = np.linalg.norm(block, axis=1, keepdims=True)
-        if (norms == 0).any():
-            row = lo + int(np.flatnonzero(norms[:, 0] == 0)[0])
+        # each row scaled by its largest magnitude first: the squares of finite values near 3e38 overflow float32
+        # (a norm of inf, and a row of zeros), those of values near 1e-30 underflow (a norm of 0)
+        scale = np.abs(block).max(axis=1, keepdims=True)
+        if (scale == 0).any():
+            row = lo + int(np.flatnonzero(scale[:, 0] == 0)[0])
             raise InputError(f"{{{option}}} {path}: row {row} is all zeros", options=(option,))
+        scaled = block / scale
         bar.update(len(block))
-        yield block / norms
+        yield scaled / np.linalg.norm(scaled, axis=1, keepdims=True)
     bar.close()
 
 
@@ -147,13 +150,14 @@ def _labels(labels: Path | None, class_names: Path | None, n: int) -> tuple[np.n
     if n and int(array.min()) < -1:
         raise InputError(f"{{labels}} {labels} holds {int(array.min())}: labels are class indexes, -1 for none",
                          options=("labels",))
+    if top >= 2**15:  # before any name is made for them: one label of 10**9 must not ask for 10**9 names
+        raise InputError(f"{{labels}} {labels} holds class {top}: at most 32,767 classes (0..32766)",
+                         options=("labels",))
     if names is None:
         names = [str(i) for i in range(top + 1)]
     elif top >= len(names):
         raise InputError(f"{{labels}} {labels} holds class {top} but {{class_names}} names {len(names)} classes",
                          options=("labels", "class_names"))
-    if top >= 2**15:
-        raise InputError(f"{{labels}} {labels}: at most 32,767 classes", options=("labels",))
     return array.astype(np.int16), names
 
 
@@ -172,7 +176,12 @@ def _lines(path: Path, option: str) -> list[str]:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{{{option}}} {path} is not a readable UTF-8 text file: {exc}", options=(option,)) from exc
-    lines = text.splitlines()
+    # one name per "\n" line (a final newline optional): splitlines() would also split names at U+2028, U+0085,
+    # form feeds and the like, which are legal in file names, and shift every later path by one row
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
     if any(not line.strip() for line in lines):
         raise InputError(f"{{{option}}} {path} has an empty line: one name per line", options=(option,))
     return lines

@@ -71,8 +71,8 @@ function card(image, extraClass, lines, onClick) {
   for (const [text, cls] of lines) {
     const line = document.createElement("div");
     line.textContent = text;
-    if (cls) line.className = cls;
-    if (cls === "path") line.title = text; // the whole path, where the card shows only its start
+    line.className = `line ${cls || ""}`;
+    line.title = text; // each caption keeps to its own line; the whole text where the card cuts it
     div.appendChild(line);
   }
   return div;
@@ -156,21 +156,21 @@ async function renderQuery(s, current) {
     form.append("image", uploaded.file);
     form.append("k", String(k));
     form.append("method", s.method);
-    $("results-title").textContent = `Neighbours of ${uploaded.file.name}`;
     searching(`embedding ${uploaded.file.name} and searching ... (the first upload loads the model: up to half a minute)`);
     const t0 = performance.now();
     const doc = await api("/api/v1/search", { method: "POST", body: form });
     if (!current()) return;
+    $("results-title").textContent = `Neighbours of ${uploaded.file.name}`; // only now: a refused upload leaves the last results as they were
     renderResults(doc, card({ src: uploaded.url, alt: uploaded.file.name }, "query", [["your image"]]),
                   performance.now() - t0, s);
     return;
   }
   if (s.q === null) { $("results").hidden = true; return; }
-  $("results-title").textContent = `Neighbours of image ${s.q}`;
   searching(`searching for the neighbours of image ${s.q} ...`);
   const t0 = performance.now();
   const doc = await api(`/api/v1/search?image_id=${s.q}&k=${k}&method=${encodeURIComponent(s.method)}`);
   if (!current()) return;
+  $("results-title").textContent = `Neighbours of image ${s.q}`;
   renderResults(doc, card(doc.query, "query", [[`query ${s.q}`], [doc.query.label]]), performance.now() - t0, s);
 }
 
@@ -215,12 +215,26 @@ function useUpload(file) {
   render();
 }
 
+function describeCollection(h) {
+  // in the words people use: how many images, of how many classes; the index's parameters go in the details line
+  const classes = h.class_names.length;
+  return `${h.n.toLocaleString()} images` + (classes ? ` in ${classes.toLocaleString()} ${classes === 1 ? "class" : "classes"}` : "") +
+    (h.newer_index_on_disk ? " · a newer index exists on disk: restart the server to use it" : "");
+}
+
+function describeIndex(h) {
+  const sets = h.sets === "centroids"
+    ? `each image's ${h.set_size} nearest of ${Number(h.centroids).toLocaleString()} learned centroids`
+    : `each image's top ${h.top_k} feature dimensions`;
+  return `Index: ${sets}, MinHashed with ${h.num_perm} permutations into an LSH forest of ${h.trees} trees.`;
+}
+
 async function init() {
   const health = await api("/api/v1/health");
   classNames = health.class_names;
-  $("collection").textContent = `${health.n.toLocaleString()} images · top_k ${health.top_k}, ` +
-    `${health.num_perm} permutations, ${health.trees} trees` + (health.newer_index_on_disk ? " · a newer index exists: restart the server" : "");
-  for (const name of [...classNames, "unlabeled"]) {
+  $("collection").textContent = describeCollection(health);
+  $("index-details").textContent = describeIndex(health);
+  for (const name of classNames.includes("unlabeled") ? classNames : [...classNames, "unlabeled"]) {
     const option = document.createElement("option");
     option.value = option.textContent = name;
     $("label").appendChild(option);
