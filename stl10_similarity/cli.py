@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from stl10_similarity import params as P
-from stl10_similarity.errors import Stl10SimError
+from stl10_similarity.errors import Stl10SimError, os_error_reason
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # library parameter names (as error messages write them) -> the flag a CLI user types
@@ -64,6 +64,12 @@ class Stl10SimGroup(click.Group):
                 raise
             click.echo(f"Error: {shown(exc.render(flag))}", err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:  # one the library did not expect (a full disk mid-write, say): one line, not a traceback
+            if ctx.meta.get(DEBUG):
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"Error: {shown(os_error_reason(exc) + where)}; add --debug for the traceback", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             kept = ctx.meta.get(ON_INTERRUPT)
             click.echo(f"Interrupted: {kept}." if kept else "Interrupted.", err=True)

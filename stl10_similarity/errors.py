@@ -80,3 +80,18 @@ class EngineError(InputError):
 
 class EnvironmentFailure(Stl10SimError):
     """The environment stopped us: no network, disk full, a read-only folder, a held lock."""
+
+
+def os_error_reason(exc: OSError) -> str:
+    """What an OSError means, in words: a full disk, a read-only folder, and so on."""
+    import errno
+
+    return {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EROFS: "the folder is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EMFILE: "too many open files",
+        errno.ENOMEM: "out of memory",
+    }.get(exc.errno or 0, exc.strerror or str(exc))

@@ -188,3 +188,32 @@ def test_weights_are_loaded_without_unpickling_code(tmp_path, cache):
     result = CliRunner().invoke(main, ["extract", "--weights", str(evil), "--cache-dir", str(cache)])
     assert result.exit_code == 2 and "not a PyTorch state dict" in result.stderr
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("size_kb", [48, 160, 400])
+def test_a_really_full_disk_is_one_line_and_exit_1(tmp_path, size_kb):
+    """On a real small file system (tmpfs; skipped where this process may not mount one), a full disk stops
+    `extract` at whatever write it reaches with one line of error, exit 1, and no traceback."""
+    from stl10_fixture import make_images
+    from PIL import Image
+
+    cache = tmp_path / "small"
+    cache.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(cache)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("this process may not mount a small file system")
+    try:
+        root = tmp_path / "photos"
+        root.mkdir()
+        for i, image in enumerate(make_images(np.arange(40) % 4, seed=8)):
+            Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).save(root / f"{i:02d}.png")
+        result = subprocess.run(_cli("-q", "extract", "--images", str(root), "--collection", "x", "--weights", "none",
+                                     "--image-size", "64", "--cache-dir", str(cache)),
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1, (result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error:") and "disk is full" in lines[0], result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        subprocess.run(["umount", str(cache)], capture_output=True)

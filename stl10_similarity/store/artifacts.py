@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from stl10_similarity.errors import EnvironmentFailure, IntegrityError, MissingArtifactError
+from stl10_similarity.errors import EnvironmentFailure, IntegrityError, MissingArtifactError, os_error_reason
 from stl10_similarity.progress import SILENT, Progress
 
 MANIFEST = "manifest.json"
@@ -33,14 +33,19 @@ _ENV_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUO
 
 def environment_failure(exc: OSError, what: str) -> EnvironmentFailure:
     """Turn an OSError from writing into one clear line."""
-    reason = {
-        errno.ENOSPC: "the disk is full",
-        errno.EDQUOT: "the disk quota is exceeded",
-        errno.EROFS: "the folder is read-only",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-    }.get(exc.errno or 0, exc.strerror or str(exc))
+    reason = os_error_reason(exc)
     return EnvironmentFailure(f"cannot write {what}: {reason}; previous artifacts are untouched")
+
+
+def _short_write(exc: OSError, folder: Path) -> OSError:
+    """A write cut short without an errno (numpy's ``tofile``): a full disk when the folder's file system has
+    next to no room left, else the error as it was."""
+    try:
+        st = os.statvfs(folder)
+        full = st.f_bavail * st.f_frsize < 2**20
+    except OSError:
+        full = False
+    return OSError(errno.ENOSPC, f"No space left on device ({exc})") if full else exc
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -81,6 +86,8 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is None:  # numpy's short write ("N requested and M written")
+            exc = _short_write(exc, path.parent)
         if isinstance(exc, OSError) and exc.errno in _ENV_ERRNOS:
             raise environment_failure(exc, str(path)) from exc
         raise
