@@ -6,8 +6,12 @@ manifest), `Session`, `build_index`, the CLI.
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +85,33 @@ def emit(doc: dict, out: Path | None) -> None:
     print(text)
     if out is not None:
         out.write_text(text + "\n")
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory now, in MB (Linux)."""
+    with open(f"/proc/{pid}/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS")) / 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 600, headers: dict | None = None) -> dict:
+    """Wait until `stl10sim serve` on ``port`` answers its health check; its document."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/api/v1/health", headers=headers or {})
+            response = conn.getresponse()
+            if response.status == 200:
+                return json.loads(response.read())
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the server did not start in time")

@@ -19,7 +19,6 @@ import http.client
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -28,35 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import free_port, rss_mb, wait_ready
 from stl10_similarity.bench import machine
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as handle:
-        return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS")) / 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 600) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/api/v1/health")
-            response = conn.getresponse()
-            if response.status == 200:
-                return json.loads(response.read())
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the server did not start in time")
 
 
 def client(port: int, n: int, k: int, method: str, until: float, seed: int, out: list) -> None:

@@ -163,3 +163,23 @@ def test_extreme_rows_labels_and_names_are_handled_not_garbled(tmp_path):
                    "--collection", "y", "--cache-dir", cache)
     assert refused.exit_code == 2 and "at most 32,767 classes" in refused.stderr
     assert time.monotonic() - started < 5
+
+
+def test_a_class_named_unlabeled_can_be_filtered(tmp_path):
+    pytest.importorskip("fastapi")
+    from served import local_client
+
+    from stl10_similarity.params import ServeParams
+    from stl10_similarity.server import create_app
+
+    feats, _ = synthetic_features(40, seed=5)
+    np.save(tmp_path / "f.npy", feats.astype(np.float32))
+    labels = np.array([i % 2 for i in range(38)] + [-1, -1], np.int64)
+    np.save(tmp_path / "labels.npy", labels)
+    (tmp_path / "classes.txt").write_text("cat\nunlabeled\n")
+    assert _run("import", "--features", str(tmp_path / "f.npy"), "--labels", str(tmp_path / "labels.npy"),
+                "--class-names", str(tmp_path / "classes.txt"), "--collection", "u",
+                "--cache-dir", str(tmp_path / "c")).exit_code == 0
+    with local_client(create_app(tmp_path / "c" / "collections" / "u", ServeParams())) as client:
+        page = client.get("/api/v1/images", params={"label": "unlabeled", "limit": 100}).json()
+    assert page["total"] == 19 and {image["class_index"] for image in page["images"]} == {1}
