@@ -5,8 +5,8 @@
 
 1. Held bodies: C connections each send the headers of a 10 MB upload and 9.5 MB of its body, then stall.
    Reports the server's resident memory before and at its peak, and how many were refused (503) at once.
-2. Queued uploads: U uploads in flight (real PNGs; the model embeds one at a time) while P probes (health and id
-   searches) run: how many probes got 503.
+2. Queued uploads: U uploads in flight (real PNGs; the model embeds one at a time) while four clients send P
+   probes (health and id searches) one after another: how many probes got 503.
 3. Copy against map: the server's start-up time and resident memory with `--artifacts copy` (the default) and
    `--artifacts map`, and an exact search's answer after every artifact is truncated in place under it.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
+import json
 import os
 import socket
 import subprocess
@@ -108,20 +109,22 @@ def queued_uploads(port: int, uploads: int, probes: int, image: bytes) -> dict:
         except OSError:
             statuses.append(-1)
 
-    def probe(i: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        path = "/api/v1/health" if i % 2 else f"/api/v1/search?image_id={i}&k=5"
-        try:
-            conn.request("GET", path)
-            probe_statuses.append(conn.getresponse().status)
-        except OSError:
-            probe_statuses.append(-1)
+    def probe(i: int) -> None:  # one client of four, asking one after another while the uploads are in flight
+        for j in range(i, probes, 4):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            path = "/api/v1/health" if j % 2 else f"/api/v1/search?image_id={j}&k=5"
+            try:
+                conn.request("GET", path)
+                probe_statuses.append(conn.getresponse().status)
+            except OSError:
+                probe_statuses.append(-1)
+            conn.close()
 
     senders = [threading.Thread(target=upload) for _ in range(uploads)]
     for s in senders:
         s.start()
     time.sleep(0.3)
-    probers = [threading.Thread(target=probe, args=(i,)) for i in range(probes)]
+    probers = [threading.Thread(target=probe, args=(i,)) for i in range(4)]
     for p in probers:
         p.start()
     for t in senders + probers:
@@ -156,11 +159,11 @@ def truncated_under_copy(cache: Path, collection: str) -> dict:
     shutil.copytree(home / "index", target / "index")
     proc, port, _ = start(scratch, "scratch")
     try:
-        def ask() -> tuple[int, bytes]:
+        def ask() -> tuple[int, list]:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             conn.request("GET", "/api/v1/search?image_id=3&k=5&method=exact")
             response = conn.getresponse()
-            return response.status, response.read()
+            return response.status, json.loads(response.read())["results"]
 
         before = ask()
         for path in list((target / "features").glob("*.npy")) + list((target / "index").glob("*.npy")):
@@ -180,6 +183,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=200)
     parser.add_argument("--uploads", type=int, default=40)
     parser.add_argument("--probes", type=int, default=76)
+    parser.add_argument("--parts", default="bodies,uploads,copy,truncate",
+                        help="which measurements (the first two run on code without --artifacts too)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     from PIL import Image
@@ -187,15 +192,20 @@ def main() -> None:
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (160, 160, 3), dtype=np.uint8)).save(buffer, "PNG")
     doc: dict = {"machine": machine(), "collection": args.collection}
+    parts = args.parts.split(",")
     proc, port, _ = start(args.cache_dir, args.collection)
     try:
-        doc["held_bodies"] = held_bodies(port, proc.pid, args.connections)
-        doc["queued_uploads"] = queued_uploads(port, args.uploads, args.probes, buffer.getvalue())
+        if "bodies" in parts:
+            doc["held_bodies"] = held_bodies(port, proc.pid, args.connections)
+        if "uploads" in parts:
+            doc["queued_uploads"] = queued_uploads(port, args.uploads, args.probes, buffer.getvalue())
     finally:
         proc.terminate()
         proc.wait(30)
-    doc["copy_against_map"] = copy_against_map(args.cache_dir, args.collection)
-    doc["truncated_in_place_under_copy"] = truncated_under_copy(args.cache_dir, args.collection)
+    if "copy" in parts:
+        doc["copy_against_map"] = copy_against_map(args.cache_dir, args.collection)
+    if "truncate" in parts:
+        doc["truncated_in_place_under_copy"] = truncated_under_copy(args.cache_dir, args.collection)
     emit(doc, args.out)
 
 
