@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import emit, free_port, rss_mb, wait_ready
+
 from stl10_similarity.bench import machine
 
 

@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import collection_arrays, emit, exact_pairs, worlds  # benchmarks/ is on the path when run as a script
 
 KINDS = ("resized x1.5", "JPEG quality 40", "cropped 2 px")

@@ -17,14 +17,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import collection_arrays  # benchmarks/ is on the path when run as a script
+
 from stl10_similarity import evaluate as ev
-from stl10_similarity.store import features_manifest
 from stl10_similarity.index import index_in_memory
+from stl10_similarity.index.sets import set_intersections
 from stl10_similarity.params import POOL_FACTOR, IndexParams
 from stl10_similarity.search import Searcher
-from stl10_similarity.index.sets import set_intersections
+from stl10_similarity.store import features_manifest
 
 
 def main() -> None:

@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import collection_arrays  # benchmarks/ is on the path when run as a script
-from stl10_similarity.index.forest import prefix_arrays
+
 from stl10_similarity.index import LoadedIndex
+from stl10_similarity.index.forest import prefix_arrays
 from stl10_similarity.index.sets import bitmaps
-from stl10_similarity.search import Searcher
 from stl10_similarity.index.signatures import _fmix32, set_statistics
+from stl10_similarity.search import Searcher
 
 
 def level_table(num_perm: int, max_level: int, dim: int = 1280, seed: int = 1) -> np.ndarray:

@@ -24,8 +24,10 @@ import time
 from pathlib import Path
 
 from common import build_collection  # benchmarks/ is on the path when run as a script
+
 from stl10_similarity.bench import machine
 from stl10_similarity.store import features_manifest
+
 
 def timed_extract(checkout: Path, data: Path, cache: Path, weights: str, precision: str | None) -> dict:
     args = [sys.executable, "-m", "stl10_similarity", "-q", "extract", "--data-dir", str(data),

@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import SHAPE, tiled  # benchmarks/ is on the path when run as a script
 
-from stl10_similarity.sources import stl10
 from stl10_similarity.bench import machine
 from stl10_similarity.ingest.extract import extract
 from stl10_similarity.ingest.model import FeatureModel, default_batch_size, pick_device, resolve_precision
 from stl10_similarity.params import ExtractParams
+from stl10_similarity.sources import stl10
 
-from common import SHAPE, tiled  # benchmarks/ is on the path when run as a script
 
 def network_only(params: ExtractParams, batch: int, device: str, precision: str, repeats: int = 20) -> float:
     import torch

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import SHAPE, build_collection  # benchmarks/ is on the path when run as a script
+
 from stl10_similarity.bench import machine
 
 

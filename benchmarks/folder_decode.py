@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stl10_similarity.sources import stl10
 from stl10_similarity.bench import machine
-from stl10_similarity.sources.folders import FolderSource, scan
 from stl10_similarity.ingest.model import FeatureModel, build_preprocess, pick_device, resize_side, resolve_precision
+from stl10_similarity.sources import stl10
+from stl10_similarity.sources.folders import FolderSource, scan
 
 
 def naive_decode(paths: list[Path], image_size: int) -> list:

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from common import emit  # benchmarks/ is on the path when run as a script
+
 from stl10_similarity.bench import machine
+
 
 def _child_code() -> str:
     return r"""
@@ -92,7 +94,7 @@ def corpus(folder: Path) -> dict[str, Path]:
     save("png-48mp-rgba-over.png", picture(8000, 6000, "RGBA"), compress_level=1)
     save("png-24mp-rgba.png", picture(6000, 4000, "RGBA"), compress_level=1)
     save("png-100mp-grey.png", picture(10_000, 10_000, "L"), compress_level=1)
-    save("png-16bit-48mp.png", Image.fromarray((np.asarray(picture(8000, 6000, "L"), np.uint16) * 257)),
+    save("png-16bit-48mp.png", Image.fromarray(np.asarray(picture(8000, 6000, "L"), np.uint16) * 257),
          compress_level=1)
     save("gif-96mp-palette.gif", picture(9600, 10_000, "P"))
     frames = [picture(256, 256).convert("P") for _ in range(4)] * 250

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import emit  # benchmarks/ is on the path when run as a script
+
 from stl10_similarity.bench import machine
 from stl10_similarity.params import DIM
 from stl10_similarity.synthetic import synthetic_chunks

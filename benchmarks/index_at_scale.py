@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stl10_similarity.store.artifacts import describe_file, library_versions, write_manifest
 from stl10_similarity.bench import machine
 from stl10_similarity.params import DIM
+from stl10_similarity.store.artifacts import describe_file, library_versions, write_manifest
 from stl10_similarity.synthetic import synthetic_chunks
 
 

@@ -20,8 +20,8 @@ import time
 import numpy as np
 
 from stl10_similarity.index.forest import merge_prefix_arrays, prefix_arrays
-from stl10_similarity.params import IndexParams
 from stl10_similarity.index.signatures import SEED, minhash_signatures, permuted_token_table, set_statistics, top_k_sets
+from stl10_similarity.params import IndexParams
 from stl10_similarity.synthetic import synthetic_features
 
 

@@ -6,7 +6,8 @@
 CACHE_DIR holds built features (and an index, or the server builds one): for 13,000 real photos use the cache
 of `stl10sim extract`; for 1,000,000 synthetic features build one with
 `python benchmarks/index_at_scale.py --n 1000000 --cache-dir DIR`. Starts `stl10sim serve` as its own process,
-waits until it answers, warms it up for --warmup seconds, reads its resident memory, then runs the clients (threads with keep-alive connections,
+waits until it answers, warms it up for --warmup seconds, reads its resident memory, then runs the clients
+(threads with keep-alive connections,
 in this process) asking `GET /api/v1/search?image_id=<random>&k=K`, and reads the server's memory again.
 Reports p50/p99 latency over HTTP, requests/s, errors (anything but 200 and deliberate 503s), 503s, and the
 server's RSS before and after. Prints one JSON document.
@@ -26,8 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import free_port, rss_mb, wait_ready
+
 from stl10_similarity.bench import machine
 
 

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from common import collection_arrays  # benchmarks/ is on the path when run as a script
+
 from stl10_similarity.extract_bench import fidelity
 
 

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import collection_arrays, emit, exact_pairs  # benchmarks/ is on the path when run as a script
 
 
@@ -60,10 +59,10 @@ def main() -> None:
     from stl10_similarity import ray_engine
     from stl10_similarity.duplicates import duplicate_trees, find_duplicates, linked_pairs
     from stl10_similarity.index import build_index, last_params
-    from stl10_similarity.params import DuplicatesParams, EngineParams, ExtractParams, IndexParams
     from stl10_similarity.ingest.runners import LocalRunner
-    from stl10_similarity.session import Session
     from stl10_similarity.ingest.update import update_folder
+    from stl10_similarity.params import DuplicatesParams, EngineParams, ExtractParams, IndexParams
+    from stl10_similarity.session import Session
 
     work = Path(tempfile.mkdtemp(prefix="stl10sim-ray-"))
     params = ExtractParams(weights=args.weights, image_size=args.image_size)

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import collection_arrays, worlds  # noqa: E402  (benchmarks/ is on the path when run as a script)
 
 from stl10_similarity.index import index_in_memory  # noqa: E402

@@ -16,7 +16,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-
 from common import collection_arrays  # benchmarks/ is on the path when run as a script
 
 from stl10_similarity.index.signatures import set_statistics, to_set_basis

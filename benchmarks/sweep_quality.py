@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 from common import collection_arrays  # benchmarks/ is on the path when run as a script
+
 from stl10_similarity import evaluate as ev
-from stl10_similarity.store import features_manifest
 from stl10_similarity.index import index_in_memory
 from stl10_similarity.params import EvaluateParams, IndexParams
 from stl10_similarity.session import Session
+from stl10_similarity.store import features_manifest
 
 GRID = (
     # (basis, top_k, num_perm, trees, candidates): one knob at a time around the defaults

@@ -22,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import emit  # benchmarks/ is on the path when run as a script
-from stl10_similarity.store import index_manifest
-
 import numpy as np
+from common import emit  # benchmarks/ is on the path when run as a script
+
+from stl10_similarity.store import index_manifest
 
 
 def run(*args: str) -> tuple[float, str]:

@@ -12,19 +12,19 @@ import platform
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from stl10_similarity.index.forest import build_forest
 from stl10_similarity.index import LoadedIndex, describe_params, index_in_memory
+from stl10_similarity.index.forest import build_forest
+from stl10_similarity.index.signatures import datasketch_signature, minhash_signatures
 from stl10_similarity.params import BenchParams, IndexParams
 from stl10_similarity.progress import SILENT, Progress
 from stl10_similarity.search import Searcher
-from stl10_similarity.index.signatures import datasketch_signature, minhash_signatures
 from stl10_similarity.synthetic import synthetic_features
 
 EXACT_TIMED_QUERIES = 20  # brute force at 1M takes ~0.5 s a query: time a few, report batched qps too

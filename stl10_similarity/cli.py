@@ -180,8 +180,7 @@ def _home(cache_dir: Path | None, collection: str) -> Path:
 
 def _existing(cache_dir: Path | None, collection: str) -> Path:
     """The folder of a collection that must exist already: an unknown name lists the ones there are."""
-    from stl10_similarity import existing_collection
-    from stl10_similarity import resolve_cache_dir
+    from stl10_similarity import existing_collection, resolve_cache_dir
 
     return existing_collection(resolve_cache_dir(cache_dir), collection)
 
@@ -249,8 +248,7 @@ def download(ctx: click.Context, data_dir: Path | None, archive: Path | None, no
     Sources, in order: --archive; files already in place; stl10_binary.tar.gz in the data dir; the
     network ($STL10SIM_URL overrides the address). An interrupted download resumes.
     """
-    from stl10_similarity import stl10
-    from stl10_similarity import resolve_data_dir
+    from stl10_similarity import resolve_data_dir, stl10
 
     target = resolve_data_dir(data_dir, cache_dir)
     interrupted_keeps(ctx, "the bytes downloaded so far are kept; rerun the same command to resume")
@@ -314,9 +312,8 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
     --engine ray embeds a folder collection's new and changed files on Ray actors (a local Ray, or the
     cluster at --address); planning and the commit stay here, so ids, artifacts and features are the same.
     """
-    from stl10_similarity import stl10
     from stl10_similarity import extract as run_extract
-    from stl10_similarity import resolve_data_dir
+    from stl10_similarity import resolve_data_dir, stl10
 
     params = P.ExtractParams(split=split, limit=limit, batch_size=batch_size, device=device, weights=weights,
                              image_size=image_size, precision=precision, chunk_size=chunk_size)
@@ -358,13 +355,13 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
 def _extract_folder(home: Path, root: Path, params: P.ExtractParams, force: bool, no_wait: bool,
                     progress: ConsoleProgress, engine: P.EngineParams) -> None:
     """Create or update a folder collection: one summary line on stdout, warnings on stderr."""
-    from stl10_similarity import runner_for
-    from stl10_similarity import summary_line, update_folder
+    from stl10_similarity import runner_for, summary_line, update_folder
 
     result = update_folder(root, home, params, force=force, wait=not no_wait, progress=progress,
                            runner=runner_for(engine))
     if result.skipped:
-        progress.note(f"skipped {len(result.skipped)} file(s) (unreadable, or not regular files inside the folder); they are listed in the features manifest")
+        progress.note(f"skipped {len(result.skipped)} file(s) (unreadable, or not regular files inside the folder); "
+                      "they are listed in the features manifest")
     assert result.counts is not None
     resumed = f", resumed after {result.resumed_chunks} chunks" if result.resumed_chunks else ""
     done = "up to date" if result.cached else f"{result.seconds:.1f} s{resumed}"
@@ -423,8 +420,7 @@ def duplicates(ctx: click.Context, threshold: float, as_json: bool, png: Path | 
     min_cosine is the lowest cosine between any two images of a group. Builds the index first if needed.
     --engine ray looks for pairs tree by tree as Ray tasks: the same groups.
     """
-    from stl10_similarity import find_duplicates
-    from stl10_similarity import Session
+    from stl10_similarity import Session, find_duplicates
 
     runs_on = _engine(engine, address)
     session = Session.open(_existing(cache_dir, collection), progress=_progress(ctx))
@@ -525,8 +521,7 @@ def verify(ctx: click.Context, collection: str, cache_dir: Path | None) -> None:
 @click.pass_context
 def collections(ctx: click.Context, as_json: bool, remove: str | None, no_wait: bool, cache_dir: Path | None) -> None:
     """List the collections in the cache dir: source, size, and whether the index is current."""
-    from stl10_similarity import list_collections, remove_collection
-    from stl10_similarity import resolve_cache_dir
+    from stl10_similarity import list_collections, remove_collection, resolve_cache_dir
 
     if remove is not None:
         home = remove_collection(resolve_cache_dir(cache_dir), remove, wait=not no_wait)
@@ -750,8 +745,8 @@ def evaluate(ctx: click.Context, queries: int | None, k: int, methods: tuple[str
     features and against exact Jaccard on the same sets (ties at the k-th score count as hits). Cost:
     in-process p50/p99 and candidates examined per query.
     """
-    from stl10_similarity import evaluate as ev
     from stl10_similarity import Session
+    from stl10_similarity import evaluate as ev
 
     params = P.EvaluateParams(queries=queries, k=k, methods=methods or P.EvaluateParams.methods, candidates=candidates)
     session = Session.open(_existing(cache_dir, collection), progress=_progress(ctx))
@@ -856,18 +851,14 @@ def bench(ctx: click.Context, stage: str, n: int | None, k: int, queries: int, b
     params = P.BenchParams(stage=stage, n=n, k=k, queries=queries, baseline_n=baseline_n,
                            budgets=budgets or P.BenchParams.budgets, seed=seed)
     if stage == "extract":
-        from stl10_similarity import stl10
-        from stl10_similarity import run_extract_bench
-        from stl10_similarity import resolve_data_dir
+        from stl10_similarity import resolve_data_dir, run_extract_bench, stl10
 
         source = stl10.open_source(resolve_data_dir(data_dir, cache_dir), P.ExtractParams.split)
         extract_params = P.ExtractParams(weights=weights, image_size=image_size, device=device)
         result = run_extract_bench(source, extract_params, n=params.size, progress=_progress(ctx))
         click.echo(json.dumps(result) if as_json else format_extract_bench(result))
         return
-    from stl10_similarity import run_bench
-
-    from stl10_similarity import bench_features
+    from stl10_similarity import bench_features, run_bench
 
     index_params = index_params_from(kwargs)
     features = None if features_path is None else bench_features(features_path)

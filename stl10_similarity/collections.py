@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from stl10_similarity import store
-from stl10_similarity.store.artifacts import cache_lock, verify_stage
 from stl10_similarity.errors import InputError, MissingArtifactError, ParameterError, Stl10SimError
 from stl10_similarity.index import index_state
 from stl10_similarity.params import DEFAULT_COLLECTION
-from stl10_similarity.store.paths import COLLECTIONS, collection_home, collection_names, features_dir, index_dir
 from stl10_similarity.sources import describe_record
+from stl10_similarity.store.artifacts import cache_lock, verify_stage
+from stl10_similarity.store.paths import COLLECTIONS, collection_home, collection_names, features_dir, index_dir
 
 
 def list_collections(cache_dir: Path) -> list[dict[str, Any]]:

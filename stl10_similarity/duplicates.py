@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stl10_similarity.index.forest import prefix_arrays
 from stl10_similarity.index import LoadedIndex, ShardedIndex
+from stl10_similarity.index.forest import prefix_arrays
+from stl10_similarity.index.signatures import minhash_signatures, token_table
 from stl10_similarity.params import DuplicatesParams, EngineParams
 from stl10_similarity.progress import SILENT, Progress
-from stl10_similarity.index.signatures import minhash_signatures, token_table
 
 # images in one prefix run before it is split by the next depth; share of exact pairs found at 100,000 images:
 # 0.958 at 64, 0.977 at 256, 0.989 at 1024 (4.5 s), 0.992 at 2048 (6.5 s) (docs/collections.md)
@@ -75,7 +75,7 @@ def prefix_runs(tree_keys: np.ndarray, tree_order: np.ndarray, max_run: int = MA
         if not (sizes > max_run).any():
             return
         parent_size = np.repeat(sizes, sizes)
-    for s, size in zip(starts[sizes > max_run].tolist(), sizes[sizes > max_run].tolist()):
+    for s in starts[sizes > max_run].tolist():
         yield np.sort(order[s : s + max_run])
 
 

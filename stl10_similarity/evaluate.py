@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from stl10_similarity.errors import InputError
+from stl10_similarity.index.sets import set_intersections
 from stl10_similarity.params import DIM, EvaluateParams
 from stl10_similarity.progress import SILENT, Progress
 from stl10_similarity.session import Session
-from stl10_similarity.index.sets import set_intersections
 
 # ---------------------------------------------------------------- metrics (pure)
 

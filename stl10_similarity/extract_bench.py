@@ -15,12 +15,18 @@ from typing import Any
 import numpy as np
 
 from stl10_similarity.bench import machine, peak_rss_growth
-from stl10_similarity.ingest.model import FeatureModel, build_model, build_preprocess, cpu_has_bf16, normalise, pick_device
+from stl10_similarity.index.signatures import set_statistics, top_k_sets
+from stl10_similarity.ingest.model import (
+    FeatureModel,
+    build_model,
+    build_preprocess,
+    cpu_has_bf16,
+    normalise,
+    pick_device,
+)
 from stl10_similarity.params import EXTRACT_BENCH_N, ExtractParams, IndexParams
 from stl10_similarity.progress import SILENT, Progress
 from stl10_similarity.sources import Source
-from stl10_similarity.index.signatures import set_statistics, top_k_sets
-
 
 CPU_BATCHES = (4, 8, 16, 32, 64)
 GPU_BATCHES = (64, 128, 256, 512, 1024)

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from stl10_similarity.errors import EngineError, ParameterError
+from stl10_similarity.ingest.runners import Chunks, Embedded, EmbedJob, unreadable_in
 from stl10_similarity.params import EngineParams
 from stl10_similarity.progress import SILENT, Progress
-from stl10_similarity.ingest.runners import Chunks, EmbedJob, Embedded, unreadable_in
 from stl10_similarity.sources import reopens_by_keys
 
 CONNECT_TIMEOUT = 5.0  # seconds to reach a cluster's address before saying it is unreachable

@@ -20,9 +20,9 @@ import errno
 import io
 import logging
 import re
-import time
 import socket
 import threading
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -35,15 +35,19 @@ from fastapi.responses import FileResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
-from stl10_similarity import __version__
-from stl10_similarity import features_digest, index_digest
-from stl10_similarity import json_ready, json_text
+from stl10_similarity import (
+    Access,
+    ImageTooLarge,
+    Session,
+    __version__,
+    features_digest,
+    index_digest,
+    json_ready,
+    json_text,
+)
 from stl10_similarity.errors import ImageGoneError, InputError, NoImagesError, ParameterError, Stl10SimError
-from stl10_similarity import ImageTooLarge
 from stl10_similarity.params import METHODS, EngineParams, SearchParams, ServeParams
 from stl10_similarity.progress import SILENT, Progress
-from stl10_similarity import Session
-from stl10_similarity import Access
 
 WEB = Path(__file__).parent / "web"
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}

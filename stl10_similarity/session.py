@@ -16,15 +16,14 @@ from typing import Any, Union
 
 import numpy as np
 
-from stl10_similarity import sources
+from stl10_similarity import sources, store
 from stl10_similarity.errors import ImageGoneError, InputError, NoImagesError, ParameterError, StaleArtifactError
-from stl10_similarity import store
 from stl10_similarity.index import LoadedIndex, ShardedIndex, ensure_index, load_index
 from stl10_similarity.params import DEVICES, EngineParams, SearchParams
 from stl10_similarity.progress import SILENT, Progress
 from stl10_similarity.search import QueryResult, QueryVector, Searcher
 
-ImageInput = Union[str, Path, bytes, np.ndarray]
+ImageInput = Union[str, Path, bytes, np.ndarray]  # noqa: UP007 (a runtime alias: `|` on 3.10 types needs no quotes here)
 
 
 class Session:
@@ -166,8 +165,8 @@ class Session:
         this session opened."""
         if self._digests is None and self.home is not None \
                 and "digests" in self.extract_manifest.get("artifacts", {}):
-            from stl10_similarity.store.artifacts import load_npy
             from stl10_similarity.ingest.extract import MAKE_CMD
+            from stl10_similarity.store.artifacts import load_npy
             from stl10_similarity.store.paths import features_dir
 
             self._digests = np.asarray(load_npy(features_dir(self.home), self.extract_manifest, "digests",
@@ -297,8 +296,8 @@ class Session:
     def _pixels(self, image: ImageInput, name: str | None) -> tuple[np.ndarray, str]:
         """uint8 ``(3, H, W)`` pixels of the user's image and the name it goes by. Files and bytes go through the
         decoder folder images go through, to the same square, so a file embeds as it would in a folder."""
-        from stl10_similarity.sources.images import decode_square
         from stl10_similarity.ingest.model import resize_side
+        from stl10_similarity.sources.images import decode_square
 
         side = resize_side(int(self.extract_manifest["params"]["image_size"]))
         if isinstance(image, (str, Path)):

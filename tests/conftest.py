@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from stl10_fixture import write_stl10
 
 from stl10_similarity.cli import main
-from stl10_fixture import write_stl10
 
 FAST = ["--weights", "none", "--image-size", "64", "--batch-size", "16"]
 

@@ -18,6 +18,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is part
 expect = sync_api.expect
 
 from served import served  # noqa: E402
+
 from stl10_similarity.server import create_app  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -259,8 +260,8 @@ def folder_server(tmp_path_factory):
     """A folder collection of 3 classes x 40 photos (file names repeat across classes), served as `serve` runs."""
     from click.testing import CliRunner
     from PIL import Image
-
     from stl10_fixture import make_images
+
     from stl10_similarity.cli import main
 
     root = tmp_path_factory.mktemp("photos")

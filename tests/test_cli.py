@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import FAST, invoke
+
 from stl10_similarity.cli import main
 
 RESULT_KEYS = ["rank", "id", "label", "class_index", "jaccard", "jaccard_estimate", "cosine", "intersection",

@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
 from archive_server import ArchiveServer
+from click.testing import CliRunner
 from conftest import invoke
-from stl10_similarity.sources import stl10
+
 from stl10_similarity.cli import main
+from stl10_similarity.sources import stl10
 
 
 def _contents(data: Path) -> list[str]:

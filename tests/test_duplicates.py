@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import invoke
 from stl10_fixture import make_images
+
 from stl10_similarity.cli import main
 from stl10_similarity.duplicates import MAX_RUN, duplicate_trees, find_duplicates, prefix_runs
 from stl10_similarity.index import index_in_memory

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import invoke
+
 from stl10_similarity import evaluate as ev
 from stl10_similarity.index import index_in_memory
 from stl10_similarity.params import EvaluateParams, IndexParams

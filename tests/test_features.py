@@ -9,11 +9,11 @@ import urllib.request
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import invoke
-from stl10_similarity.sources import stl10
+
 from stl10_similarity.cli import main
 from stl10_similarity.ingest.model import FeatureModel, cpu_has_bf16, default_batch_size, pick_device, resolve_precision
+from stl10_similarity.sources import stl10
 
 PRECISIONS = ["auto", "fp32"] + (["bf16"] if cpu_has_bf16() else [])
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
-
 from conftest import FAST, invoke
+from PIL import Image
 from stl10_fixture import make_images
+
 from stl10_similarity.cli import main
 
 

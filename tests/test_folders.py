@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import invoke
 from stl10_fixture import make_images
+
 from stl10_similarity.cli import main
 from stl10_similarity.sources.folders import FolderSource, scan
 from stl10_similarity.sources.images import decode_square
@@ -288,7 +288,8 @@ def test_only_regular_files_inside_the_folder_are_read_and_every_skip_is_said(tm
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "4 new, 0 changed, 0 removed, 0 unchanged" in result.stdout
-    for name, why in (("x.jpg", "not a regular file"), ("zero.png", "(not a regular file|outside the folder)"), ("gone.png", "dangling"),
+    for name, why in (("x.jpg", "not a regular file"), ("zero.png", "(not a regular file|outside the folder)"),
+                      ("gone.png", "dangling"),
                       ("loop.png", "loop"), ("out.png", "outside the folder"), ("linked", "symlinked folder")):
         assert re.search(rf"warning: skipped {re.escape(name)}: .*{why}", result.stderr), (name, result.stderr)
     assert "skipped 6 file(s)" in result.stderr
@@ -301,11 +302,11 @@ def test_a_fifo_in_place_of_an_indexed_file_is_refused_not_waited_for(tmp_path):
     pytest.importorskip("fastapi")
     import os
     import time
-
     import urllib.error
     import urllib.request
 
     from served import served
+
     from stl10_similarity.server import create_app
 
     root = tmp_path / "photos"

@@ -9,8 +9,8 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-
 from stl10_fixture import make_images
+
 from stl10_similarity.sources.images import MAX_ASPECT, MAX_DECODED_BYTES, ImageError, ImageTooLarge, decode_square
 
 

@@ -77,7 +77,6 @@ def test_an_imported_collection_works_like_any_other(exported, tmp_path):
 def test_an_import_with_its_weights_can_be_queried_by_image(tmp_path):
     """Features from this model (here: random weights) imported with --weights: an image embeds like them."""
     from PIL import Image
-
     from stl10_fixture import make_images
 
     root = tmp_path / "photos"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from stl10_fixture import write_stl10
-from stl10_similarity.sources import stl10
+
 from stl10_similarity.ingest.extract import extract
-from stl10_similarity.params import ExtractParams
 from stl10_similarity.ingest.pipeline import BackgroundWriter, prefetched
+from stl10_similarity.params import ExtractParams
+from stl10_similarity.sources import stl10
 
 PARAMS = ExtractParams(weights="none", image_size=64, batch_size=8, chunk_size=16, device="cpu", precision="fp32")
 

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
-
 from conftest import invoke
+from PIL import Image
 from stl10_fixture import make_images
-from stl10_similarity.sources import stl10
+
 from stl10_similarity.cli import main
+from stl10_similarity.sources import stl10
 from stl10_similarity.sources.images import decode_square
 
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import FAST, invoke
 from stl10_fixture import make_images
+
 from stl10_similarity.duplicates import find_duplicates
 from stl10_similarity.errors import EngineError
-from stl10_similarity.params import DuplicatesParams, EngineParams, ExtractParams
 from stl10_similarity.ingest.runners import LocalRunner
 from stl10_similarity.ingest.update import update_folder
+from stl10_similarity.params import DuplicatesParams, EngineParams, ExtractParams
 from stl10_similarity.session import Session
 
 ray = pytest.importorskip("ray")

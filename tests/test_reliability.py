@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import invoke
-from stl10_similarity.store import artifacts
+
 from stl10_similarity.cli import main
+from stl10_similarity.store import artifacts
 
 
 def _cli(*args: str) -> list[str]:
@@ -194,8 +194,8 @@ def test_weights_are_loaded_without_unpickling_code(tmp_path, cache):
 def test_a_really_full_disk_is_one_line_and_exit_1(tmp_path, size_kb):
     """On a real small file system (tmpfs; skipped where this process may not mount one), a full disk stops
     `extract` at whatever write it reaches with one line of error, exit 1, and no traceback."""
-    from stl10_fixture import make_images
     from PIL import Image
+    from stl10_fixture import make_images
 
     cache = tmp_path / "small"
     cache.mkdir()

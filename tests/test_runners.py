@@ -7,14 +7,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
 from stl10_fixture import make_images, write_stl10
-from stl10_similarity.sources import stl10
+
 from stl10_similarity.ingest.extract import extract
-from stl10_similarity.params import ExtractParams
-from stl10_similarity.progress import SILENT
 from stl10_similarity.ingest.runners import Chunks, EmbedJob, LocalRunner, unreadable_in
 from stl10_similarity.ingest.update import update_folder
+from stl10_similarity.params import ExtractParams
+from stl10_similarity.progress import SILENT
+from stl10_similarity.sources import stl10
 
 PARAMS = ExtractParams(weights="none", image_size=64, batch_size=4, chunk_size=8, device="cpu", precision="fp32")
 

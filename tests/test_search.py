@@ -6,12 +6,11 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from click.testing import CliRunner
+from conftest import invoke
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from click.testing import CliRunner
-
-from conftest import invoke
 from stl10_similarity.cli import main
 from stl10_similarity.index import index_in_memory
 from stl10_similarity.params import METHODS, IndexParams

@@ -9,8 +9,8 @@ import tempfile
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import invoke
+
 from stl10_similarity.cli import main
 from stl10_similarity.params import ServeParams
 

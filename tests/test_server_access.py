@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra is part of the test extra")
 from served import served  # noqa: E402
+
 from stl10_similarity import Access  # noqa: E402
 from stl10_similarity.errors import ParameterError  # noqa: E402
 from stl10_similarity.params import ServeParams  # noqa: E402
@@ -239,7 +240,7 @@ def test_serve_on_the_network_prints_a_token_once_and_requires_it(built_cache):
             if not line:
                 break
             lines.append(line)
-            found = re.search(r"http://[^/\s]+:%d/\?token=([A-Za-z0-9_-]+)" % port, line)
+            found = re.search(rf"http://[^/\s]+:{port}/\?token=([A-Za-z0-9_-]+)", line)
             token = found and found.group(1)
         assert token, "".join(lines)
         for _ in range(100):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from stl10_similarity.index import index_in_memory
-from stl10_similarity.params import MAX_CENTROIDS, MIN_CENTROIDS, IndexParams
-from stl10_similarity.search import Searcher
 from stl10_similarity.index.sets import NearestCentroids, centred_unit, centroid_count, set_sizes
 from stl10_similarity.index.signatures import datasketch_signature, set_statistics
+from stl10_similarity.params import MAX_CENTROIDS, MIN_CENTROIDS, IndexParams
+from stl10_similarity.search import Searcher
 from stl10_similarity.synthetic import synthetic_features
 
 

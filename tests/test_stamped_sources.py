@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-
 from stl10_fixture import make_images
+
 from stl10_similarity.ingest.update import update_collection
 from stl10_similarity.params import ExtractParams
 from stl10_similarity.session import Session

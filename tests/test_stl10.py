@@ -11,11 +11,11 @@ import threading
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import invoke
 from stl10_fixture import write_stl10
-from stl10_similarity.sources import stl10
+
 from stl10_similarity.cli import main
+from stl10_similarity.sources import stl10
 
 
 def test_reader_gives_torchvision_pixels(tmp_path):

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import invoke
 from stl10_fixture import make_images
+
 from stl10_similarity.cli import main
-from stl10_similarity.index.forest import prefix_arrays
 from stl10_similarity.index import build_index, index_in_memory, load_index
+from stl10_similarity.index.forest import prefix_arrays
 from stl10_similarity.params import IndexParams
 from stl10_similarity.search import Searcher
 

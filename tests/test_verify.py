@@ -8,9 +8,9 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from stl10_similarity.store import artifacts
 from stl10_similarity.cli import main
 from stl10_similarity.session import Session
+from stl10_similarity.store import artifacts
 
 
 def _artifacts(cache) -> list:

@@ -16,28 +16,28 @@ from typing import Any
 
 import numpy as np
 
-from stl10_similarity.ingest import extract as features_stage
 from stl10_similarity import store
+from stl10_similarity.errors import InputError, IntegrityError, MissingArtifactError, ParameterError, StaleArtifactError
+from stl10_similarity.index.forest import ForestPickle, build_forest, merge_prefix_arrays, prefix_arrays
+from stl10_similarity.index.sets import SetRepresentation, TopDims, bitmaps, representation
+from stl10_similarity.index.signatures import SCHEME, SEED, minhash_signatures, set_statistics, token_table, top_k_sets
+from stl10_similarity.ingest import extract as features_stage
+from stl10_similarity.params import EngineParams, IndexParams, ShardParams
+from stl10_similarity.progress import SILENT, Progress
+from stl10_similarity.sources import keys_are_paths
 from stl10_similarity.store import Manifest
 from stl10_similarity.store.artifacts import (
     atomic_file,
-    iter_npy_rows,
-    commit_staged,
-    staging_dir,
     cache_lock,
+    commit_staged,
+    iter_npy_rows,
     library_versions,
     load_npy,
+    staging_dir,
     verified_path,
     write_npy,
 )
-from stl10_similarity.errors import InputError, IntegrityError, MissingArtifactError, ParameterError, StaleArtifactError
 from stl10_similarity.store.paths import features_dir, index_dir
-from stl10_similarity.index.forest import ForestPickle, build_forest, merge_prefix_arrays, prefix_arrays
-from stl10_similarity.params import EngineParams, IndexParams, ShardParams
-from stl10_similarity.progress import SILENT, Progress
-from stl10_similarity.index.sets import SetRepresentation, TopDims, bitmaps, representation
-from stl10_similarity.sources import keys_are_paths
-from stl10_similarity.index.signatures import SCHEME, SEED, minhash_signatures, set_statistics, token_table, top_k_sets
 
 MAKE_CMD = store.INDEX_CMD
 CHUNK_ROWS = 65536

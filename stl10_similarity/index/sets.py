@@ -27,8 +27,8 @@ from typing import Protocol
 
 import numpy as np
 
-from stl10_similarity.params import IMAGES_PER_CENTROID, MAX_CENTROIDS, MIN_CENTROIDS, IndexParams
 from stl10_similarity.index.signatures import to_set_basis, top_k_sets
+from stl10_similarity.params import IMAGES_PER_CENTROID, MAX_CENTROIDS, MIN_CENTROIDS, IndexParams
 
 _CHUNK = 4096
 KMEANS_ITERATIONS = 4  # k-means rounds (docs/quality.md: more rounds and a larger sample gained no recall)

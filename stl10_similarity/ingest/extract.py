@@ -16,6 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from stl10_similarity import store
+from stl10_similarity.errors import DataError, IntegrityError, MissingArtifactError
+from stl10_similarity.ingest.model import FeatureModel, weights_identity
+from stl10_similarity.ingest.runners import EmbedJob, LocalRunner, Runner
+from stl10_similarity.params import DIM, ExtractParams
+from stl10_similarity.progress import SILENT, Progress
+from stl10_similarity.sources import Source
+from stl10_similarity.store import Manifest
 from stl10_similarity.store.artifacts import (
     cache_lock,
     commit_staged,
@@ -25,15 +33,7 @@ from stl10_similarity.store.artifacts import (
     write_npy,
     write_npy_chunks,
 )
-from stl10_similarity.errors import DataError, IntegrityError, MissingArtifactError
-from stl10_similarity.ingest.model import FeatureModel, weights_identity
-from stl10_similarity.params import DIM, ExtractParams
 from stl10_similarity.store.paths import features_dir
-from stl10_similarity.progress import SILENT, Progress
-from stl10_similarity.ingest.runners import EmbedJob, LocalRunner, Runner
-from stl10_similarity.sources import Source
-from stl10_similarity import store
-from stl10_similarity.store import Manifest
 
 MAKE_CMD = store.EXTRACT_CMD
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from stl10_similarity.store.artifacts import sha256_file
 from stl10_similarity.errors import EnvironmentFailure, ParameterError, WeightsError
+from stl10_similarity.store.artifacts import sha256_file
 
 SEED = 0
 IMAGENET = "IMAGENET1K_V2"

@@ -21,11 +21,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from stl10_similarity.store.artifacts import write_json, write_npy
-from stl10_similarity.params import EngineParams
 from stl10_similarity.ingest.pipeline import BackgroundWriter, prefetched
+from stl10_similarity.params import EngineParams
 from stl10_similarity.progress import SILENT, Progress
 from stl10_similarity.sources import Source
+from stl10_similarity.store.artifacts import write_json, write_npy
 
 # where reading and writing run on threads beside the model: on a 2-core CPU they only slowed it (docs/decisions.md)
 PIPELINE_DEVICES = ("cuda", "mps")
@@ -166,7 +166,7 @@ class LocalRunner:
         parts: list[np.ndarray] = []
         keys = source.keys()
         try:
-            for lo, hi, images in prefetched(reads) if pipelined else reads:
+            for _lo, hi, images in prefetched(reads) if pipelined else reads:
                 parts.append(model(images))  # type: ignore[misc]
                 bar.update(len(parts[-1]))
                 if hi == n or hi % chunks.chunk == 0:  # a chunk is complete: make it durable

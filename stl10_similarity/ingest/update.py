@@ -17,25 +17,25 @@ import hashlib
 import shutil
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stl10_similarity.store.artifacts import cache_lock, load_npy
+from stl10_similarity import store
 from stl10_similarity.errors import DataError, IntegrityError, MissingArtifactError
 from stl10_similarity.ingest.extract import MAKE_CMD, ExtractResult, commit_features, identity_params, run_params
+from stl10_similarity.ingest.model import resize_side
+from stl10_similarity.ingest.runners import EmbedJob, LocalRunner, Runner
+from stl10_similarity.params import ExtractParams
+from stl10_similarity.progress import SILENT, Progress
 from stl10_similarity.sources import StampedSource
 from stl10_similarity.sources.folders import FolderSource
-from stl10_similarity.ingest.model import resize_side
-from stl10_similarity.params import ExtractParams
+from stl10_similarity.store.artifacts import cache_lock, load_npy
 from stl10_similarity.store.paths import features_dir
-from stl10_similarity.progress import SILENT, Progress
-from stl10_similarity import store
-from stl10_similarity.ingest.runners import EmbedJob, LocalRunner, Runner
 
 UPDATE_ARTIFACTS = ("stamps", "digests", "versions")  # what a collection needs beyond extract's artifacts
 
@@ -181,7 +181,9 @@ def update_collection(
     runner = runner or LocalRunner(pipelined)
     device, precision, batch_size = runner.settings(params)
     folder = features_dir(home)
-    from stl10_similarity.collections import forgotten_if_failed  # collections reads index and extract: imported when used
+    from stl10_similarity.collections import (
+        forgotten_if_failed,  # collections reads index and extract: imported when used
+    )
 
     with forgotten_if_failed(home), cache_lock(home, wait=wait, progress=progress):
         progress.note("comparing the folder with the collection ...")

@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from stl10_similarity.index.forest import Sketch
 from stl10_similarity.index import LoadedIndex
-from stl10_similarity.params import POOL_FACTOR, POOL_GROWTH, POOL_GROWTH_FROM, SCAN_LIMIT, SearchParams
+from stl10_similarity.index.forest import Sketch
 from stl10_similarity.index.sets import bitmap_intersections, bitmaps, set_intersections, set_sizes
 from stl10_similarity.index.signatures import minhash_signatures, top_k_sets
+from stl10_similarity.params import POOL_FACTOR, POOL_GROWTH, POOL_GROWTH_FROM, SCAN_LIMIT, SearchParams
 
 OVERSHOOT = 2  # a depth may bring up to this many times the pool before it is trimmed
 # One exact scan at a time in a process. A scan already runs on all of BLAS's threads; concurrent ones (the
@@ -425,7 +425,8 @@ class Searcher:
         return QueryResult(
             query=q.info,
             results=matches,
-            params={"method": method, "answered_by": self.resolve(method), "k": k, "candidates": self.candidates, **self.index.params,
+            params={"method": method, "answered_by": self.resolve(method), "k": k, "candidates": self.candidates,
+                    **self.index.params,
                     "weights": self.index.features_params.get("weights"), "split": self.index.features_params.get("split"),
                     "n": self.index.n},
             timing_ms={"search": round((t1 - t0) * 1e3, 3), "describe": round((t2 - t1) * 1e3, 3)},

@@ -17,9 +17,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from stl10_similarity.store.artifacts import environment_failure
 from stl10_similarity.errors import EnvironmentFailure
 from stl10_similarity.progress import SILENT, Progress
+from stl10_similarity.store.artifacts import environment_failure
 
 RETRY_DELAYS = (1.0, 3.0, 9.0)  # seconds before each retry; then we give up
 TIMEOUT = 30.0  # seconds without a byte before a connection counts as broken

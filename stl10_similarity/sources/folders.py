@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from stl10_similarity.errors import DataError
-from stl10_similarity.sources.images import ImageError, decode_square, outside, read_image_file
 from stl10_similarity.params import IMAGE_SUFFIXES
+from stl10_similarity.sources.images import ImageError, decode_square, outside, read_image_file
 
 
 def scan(root: Path, skipped: list[tuple[str, str]] | None = None) -> list[str]:

@@ -18,11 +18,18 @@ from typing import Any
 import numpy as np
 
 from stl10_similarity import store
-from stl10_similarity.store.artifacts import cache_lock, commit_staged, library_versions, staging_dir, write_npy, write_npy_chunks
 from stl10_similarity.errors import InputError, MissingArtifactError, NoImagesError
 from stl10_similarity.params import DIM
-from stl10_similarity.store.paths import features_dir
 from stl10_similarity.progress import SILENT, Progress
+from stl10_similarity.store.artifacts import (
+    cache_lock,
+    commit_staged,
+    library_versions,
+    staging_dir,
+    write_npy,
+    write_npy_chunks,
+)
+from stl10_similarity.store.paths import features_dir
 
 KIND = "import"
 KEYS_ARE_PATHS = False  # unless the import gave --paths (its record says so)
@@ -85,7 +92,9 @@ def import_features(features: Path, home: Path, *, labels: Path | None = None, c
     label_array, names = _labels(labels, class_names, n)
     keys = _paths(paths, n)
     identity = weights_identity(weights) if weights is not None else None  # checked before any work
-    from stl10_similarity.collections import forgotten_if_failed  # collections reads index and extract: imported when used
+    from stl10_similarity.collections import (
+        forgotten_if_failed,  # collections reads index and extract: imported when used
+    )
 
     with forgotten_if_failed(home), cache_lock(home, wait=wait, progress=progress):
         folder = features_dir(home)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stl10_similarity.store.artifacts import cache_lock, environment_failure, write_json
+from stl10_similarity.errors import DataError, EnvironmentFailure, InputError, ParameterError
 from stl10_similarity.params import SPLITS
 from stl10_similarity.progress import SILENT, Progress
-from stl10_similarity.errors import DataError, EnvironmentFailure, InputError, ParameterError
+from stl10_similarity.store.artifacts import cache_lock, environment_failure, write_json
 
 URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
 URL_ENV = "STL10SIM_URL"  # lets tests (and mirrors) serve the archive from elsewhere
@@ -305,7 +305,8 @@ def _check_file_md5s(root: Path, verify: bool, progress: Progress) -> bool:
         return True
     what = ", ".join(mismatched + [f"{m} (missing)" for m in missing])
     if verify:
-        raise DataError(f"STL-10 files in {root} do not match the official checksums: {what}; accept them with {{verify=False}}", options=("verify=False",))
+        raise DataError(f"STL-10 files in {root} do not match the official checksums: {what}; accept them with "
+                        "{verify=False}", options=("verify=False",))
     progress.note(f"warning: not the official STL-10 files ({what}); using them unverified as asked")
     return False
 

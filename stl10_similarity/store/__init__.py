@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stl10_similarity.store.artifacts import MANIFEST, manifest_digest, read_manifest, write_manifest
 from stl10_similarity.errors import IntegrityError
+from stl10_similarity.store.artifacts import MANIFEST, manifest_digest, read_manifest, write_manifest
 from stl10_similarity.store.paths import features_dir, index_dir
 
 FEATURES_STAGE, INDEX_STAGE = "extract", "index"
