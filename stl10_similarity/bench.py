@@ -247,8 +247,8 @@ def run_bench(
         dump_seconds = time.perf_counter() - t0
         size_mb = os.path.getsize(path) / 2**20
         t0 = time.perf_counter()
-        with open(path, "rb") as handle:
-            forest = pickle.load(handle)
+        with open(path, "rb") as reader:
+            forest = pickle.load(reader)
         load_seconds = time.perf_counter() - t0
     del forest
     forest_info = {"n": forest_n, "build_seconds": round(forest_seconds, 3), "peak_rss_mb": rss["mb"],
@@ -263,7 +263,11 @@ def run_bench(
     searcher = Searcher(index, budgets[0])
     methods = []
     timed = query_ids[:EXACT_TIMED_QUERIES]
-    times, found = _time_queries(lambda q, s=searcher: s.search_ids(s.for_row(q), k, "exact")[0], timed)
+
+    def exact_ids(q: int, s: Searcher = searcher) -> np.ndarray:  # bound now: `searcher` is deleted below
+        return s.search_ids(s.for_row(q), k, "exact")[0]
+
+    times, found = _time_queries(exact_ids, timed)
     exact = _method("exact (numpy)", 0.0, rss["mb"], times, found, truth[: len(timed)], n, 0)
     exact.qps = round(len(query_ids) / truth_seconds, 1)  # batched throughput
     methods.append(exact)
@@ -307,6 +311,15 @@ def _run_method(method: str, budget: int, searcher: Searcher, query_ids: np.ndar
     return _method(name, build, rss, times, found, truth, float(np.mean(examined)), per_image)
 
 
+def _setter(attribute: str, value: int) -> Callable[[Any], None]:
+    """A function setting a search parameter (``hnsw.efSearch``, ``nprobe``) on a FAISS index."""
+    def apply(index: Any) -> None:
+        owner, _, name = attribute.rpartition(".")
+        setattr(getattr(index, owner) if owner else index, name, value)
+
+    return apply
+
+
 def _faiss_methods(feats: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, k: int,
                    step: Callable[[str], None]) -> list[MethodResult]:
     try:
@@ -323,11 +336,11 @@ def _faiss_methods(feats: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, 
         for ef in (16, 64):
             kinds.append((f"faiss HNSW M=32 efSearch {ef}",
                           lambda: faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT),
-                          lambda index, ef=ef: setattr(index.hnsw, "efSearch", ef)))
+                          _setter("hnsw.efSearch", ef)))
     for probe in sorted({min(16, nlist), min(64, nlist)}):
         kinds.append((f"faiss IVF-Flat nlist {nlist} nprobe {probe}",
                       lambda: faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT),
-                      lambda index, probe=probe: setattr(index, "nprobe", probe)))
+                      _setter("nprobe", probe)))
     families: dict[str, list[tuple[str, Callable[[], Any], Callable[[Any], None]]]] = {}
     for kind in kinds:
         families.setdefault(kind[0].split(" efSearch")[0].split(" nprobe")[0], []).append(kind)

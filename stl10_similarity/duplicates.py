@@ -46,7 +46,7 @@ def duplicate_trees(index: LoadedIndex | ShardedIndex) -> tuple[np.ndarray, np.n
     params = index.params
     tree_keys = getattr(index, "tree_keys", None)  # a sharded collection's trees are per shard: made here
     if params.get("sets") == "top-dims" and tree_keys is not None and tree_keys.shape[0] == TREES:
-        return np.asarray(index.tree_keys), np.asarray(index.tree_order)
+        return np.asarray(tree_keys), np.asarray(index.tree_order)  # type: ignore[union-attr]
     table = token_table(int(params["num_perm"]), index.features.shape[1])
     return prefix_arrays(minhash_signatures(np.asarray(index.topk), table), TREES)
 
@@ -122,7 +122,7 @@ def find_duplicates(index: LoadedIndex | ShardedIndex, params: DuplicatesParams 
     ``engine`` says where the links are looked for (the groups are the same)."""
     linked = linked_pairs(index, params.threshold, max_run, engine.engine, engine.address, progress)
     feats = index.features
-    parent = {}
+    parent: dict[int, int] = {}
 
     def find(x: int) -> int:
         root = x

@@ -155,7 +155,7 @@ def evaluate(session: Session, params: EvaluateParams = EvaluateParams(), progre
             result = session.query(index.id_of(qid), k=k, method=method, candidates=params.candidates)
             times[row] = result.timing_ms["search"] / 1e3
             examined[row] = result.candidates
-            ids[row] = index.rows_of([m.id for m in result.results])
+            ids[row] = index.rows_of(np.array([m.id for m in result.results], dtype=np.int64))
             bar.update(1)
         bar.close()
         reports.append(_score(method, index, query_ids, ids, labels, q_labels, class_counts, kth_cos, kth_jac,

@@ -16,6 +16,7 @@ Ray is imported only here, and only when one of these runs.
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import socket
@@ -48,7 +49,7 @@ def connect(address: str | None = None, progress: Progress = SILENT) -> Any:
         _reachable(address)
     progress.note(f"connecting to the Ray cluster at {address} ..." if address else "starting a local Ray ...")
     try:
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  configure_logging=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise EngineError(f"cannot start or reach Ray{f' at {address}' if address else ''}: "

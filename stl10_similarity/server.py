@@ -192,7 +192,7 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
 
     @app.get("/api/v1/search")
     def search(image_id: int = Query(...), k: int = Query(SearchParams.k, ge=1, le=MAX_K),
-               method: Method = Query(SearchParams.method),  # type: ignore[valid-type]
+               method: Method = Query(SearchParams.method),
                candidates: int = Query(SearchParams.candidates, ge=1, le=MAX_CANDIDATES)) -> Response:
         """Exactly the document ``stl10sim query --image-id N --json`` prints for the same parameters."""
         result = session.query(image_id, k=k, method=method, candidates=candidates)
@@ -200,7 +200,7 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
 
     @app.post("/api/v1/search")
     async def search_upload(image: UploadFile = File(...), k: int = Form(SearchParams.k, ge=1, le=MAX_K),
-                            method: Method = Form(SearchParams.method),  # type: ignore[valid-type]
+                            method: Method = Form(SearchParams.method),
                             candidates: int = Form(SearchParams.candidates, ge=1, le=MAX_CANDIDATES)) -> Response:
         """The same document for an uploaded image (the model loads on first use)."""
         import anyio.to_thread

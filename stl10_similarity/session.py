@@ -29,7 +29,7 @@ ImageInput = Union[str, Path, bytes, np.ndarray]  # noqa: UP007 (a runtime alias
 class Session:
     """An opened collection: its verified index, its features and, on demand, its images and model."""
 
-    def __init__(self, index: LoadedIndex | ShardedIndex, extract_manifest: dict[str, Any], load_ms: float = 0.0,
+    def __init__(self, index: LoadedIndex | ShardedIndex, extract_manifest: store.Manifest, load_ms: float = 0.0,
                  home: Path | None = None, progress: Progress = SILENT, parts: Any = None) -> None:
         self.index = index
         self.parts = parts  # who answers for each shard (None: this process; ray_engine.RayParts: Ray actors)
@@ -144,7 +144,8 @@ class Session:
         digests = self._indexed_digests()
         if digests is None:  # a source without per-file digests (STL-10's binary files): the features' digest
             return self.images([image_id])[0], f"{self._features_tag()}-{image_id}"
-        pixels, read, _ = self.source().read_one(row)  # a source with per-file digests reads files one by one
+        source: Any = self.source()  # a source with per-file digests (a folder) reads files one by one
+        pixels, read, _ = source.read_one(row)
         path = self.searcher().path(row)
         if read is None:
             raise ImageGoneError(f"image {image_id}'s file {path} is gone or unreadable since it was indexed: "
@@ -204,6 +205,7 @@ class Session:
                 "the collection's features were imported without the model that made them, so an image can't be "
                 "embedded like them: import them again with {weights} (the MobileNetV2 weights they came from) "
                 "and {image_size}, or query by id", options=("weights", "image_size"))
+        assert image is not None  # one of the two was given (checked above)
         pixels, label = self._pixels(image, name)
         started = time.perf_counter()
         feature = self.model(device)(pixels[None])[0]

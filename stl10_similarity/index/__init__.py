@@ -120,7 +120,7 @@ def index_state(home: Path, params: IndexParams | None = None) -> str:
         inputs = _inputs(home)
     except OSError:
         return "stale"  # no features manifest to compare with
-    wanted = index_params(params) if params is not None else manifest.get("params")
+    wanted = index_params(params) if params is not None else dict(manifest.get("params") or {})
     return "current" if _fits(manifest, wanted, inputs) else "stale"
 
 
@@ -201,9 +201,9 @@ def build_index(
         path, dim = source / "features.npy", feats.shape[1]
         ids = feature_ids(source, features_manifest, len(feats))
         if shards > 1:
-            manifest = _build_sharded(home, feats, path, ids, params, shards, engine, inputs,
-                                      features_manifest, started, progress)
-            return IndexResult(folder, len(ids), time.time() - started, False, manifest)
+            sharded = _build_sharded(home, feats, path, ids, params, shards, engine, inputs,
+                                     features_manifest, started, progress)
+            return IndexResult(folder, len(ids), time.time() - started, False, sharded)
         staging = staging_dir(folder)
         base = None if force else _base_for_update(home, recorded, features_manifest)
         step = lambda what: progress.note(f"index: {what} ...")  # noqa: E731
@@ -428,8 +428,11 @@ def frozen_representation(params: IndexParams, vocabulary: np.ndarray, dim: int)
 class _Rows:
     """Image ids and rows, for anything with ``n`` and ``ids`` (None: an image's id is its row)."""
 
-    n: int
     ids: np.ndarray | None
+
+    @property
+    def n(self) -> int:
+        raise NotImplementedError  # each kind of index counts its own rows
 
     def id_of(self, row: int) -> int:
         return int(row) if self.ids is None else int(self.ids[row])

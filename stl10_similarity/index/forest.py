@@ -96,7 +96,7 @@ def _forest_class() -> type:
     if _CLASS is None:
         from datasketch import MinHashLSHForest
 
-        class SignatureForest(MinHashLSHForest):  # type: ignore[misc, valid-type]
+        class SignatureForest(MinHashLSHForest):
             """A ``MinHashLSHForest`` filled in bulk from a signature matrix (key ``i`` = row ``i``).
 
             ``fill`` builds exactly what ``add`` + ``index`` build (a test compares them) without a Python

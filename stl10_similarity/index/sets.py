@@ -38,7 +38,10 @@ KMEANS_SAMPLE_PER_CENTROID = 12  # rows of the collection k-means is fitted on, 
 class SetRepresentation(Protocol):
     """What the index needs from a way of turning features into sets."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """How the index's parameters call it (``sets``)."""
+        ...
 
     def fit(self, features: np.ndarray, stats: np.ndarray, seed: int) -> np.ndarray:
         """The frozen vocabulary learned from ``features`` (``stats``: per-dimension mean and std)."""
@@ -186,7 +189,7 @@ def nearest_centroids(features: np.ndarray, stats: np.ndarray, centroids: np.nda
     """The ids of each row's ``size`` nearest centroids, ascending: ``(n, size)``."""
     n, count = len(features), len(centroids)
     size = min(size, count)
-    out = np.empty((n, size), dtype=token_dtype(count))
+    out: np.ndarray = np.empty((n, size), dtype=token_dtype(count))
     for lo in range(0, n, chunk):
         idx, _ = _nearest(centred_unit(np.asarray(features[lo : lo + chunk]), stats), centroids, size)
         out[lo : lo + chunk] = np.sort(idx, axis=1)

@@ -229,7 +229,7 @@ def update_collection(
 
 def _write(home: Path, source: StampedSource, identity: dict[str, Any], plan: Plan, previous: Previous | None,
            embedded: Any, started: float, params: ExtractParams, batch_size: int,
-           device: str) -> tuple[dict[str, Any], dict[str, int], list[dict[str, Any]]]:
+           device: str) -> tuple[store.Manifest, dict[str, int], list[dict[str, Any]]]:
     """Assemble and commit the collection's next version: kept rows in id order, then the new images."""
     folder = features_dir(home)
     failed = {e["id"] for e in embedded.skipped} if embedded is not None else set()
@@ -249,7 +249,7 @@ def _write(home: Path, source: StampedSource, identity: dict[str, Any], plan: Pl
     new_positions = [p for p in range(n_changed, len(plan.embed)) if p not in failed]
     state = previous.manifest.lineage if previous else None
     generation = state.generation + 1 if state else 1
-    next_id = state.next_id if state else 0
+    next_id = int(state.next_id) if state else 0
     keys = [previous.keys[r] for r in kept_rows] + [plan.embed[p] for p in new_positions] if previous \
         else [plan.embed[p] for p in new_positions]
     n = len(keys)
@@ -260,9 +260,9 @@ def _write(home: Path, source: StampedSource, identity: dict[str, Any], plan: Pl
                           np.arange(next_id, next_id + len(new_positions), dtype=np.int64)])
     versions = np.concatenate([previous.versions[kept_rows] if previous else np.empty(0, np.int64),
                                np.full(len(new_positions), generation, dtype=np.int64)])
-    for i, row in enumerate(kept_rows):
-        if int(row) in changed_at:
-            versions[i] = generation
+    for position, row in enumerate(kept_rows.tolist()):
+        if row in changed_at:
+            versions[position] = generation
     stamps = np.array([plan.stamps[k] for k in keys], dtype=np.int64).reshape(n, 2)
     known = {k: bytes(d) for k, d in zip(previous.keys, previous.digests)} if previous else {}
     read = {plan.embed[pos]: bytes.fromhex(d) for pos, d in embedded.digests.items()} if embedded is not None else {}

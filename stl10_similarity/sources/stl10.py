@@ -253,7 +253,7 @@ def _safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
     for member in tar.getmembers():
         parts = Path(member.name).parts
         if member.name.startswith("/") or ".." in parts or not (member.isfile() or member.isdir()):
-            raise DataError(f"{tar.name} holds an unsafe entry {member.name!r}; refusing to unpack it")
+            raise DataError(f"{tar.name!s} holds an unsafe entry {member.name!r}; refusing to unpack it")
         if parts and parts[0] == FOLDER:
             members.append(member)
     return members
@@ -341,8 +341,8 @@ def download(
     root = data_dir / FOLDER
     with cache_lock(data_dir, progress=progress):
         record = verification_record(data_dir)
-        trusted = record is not None and (record["verified_md5"] or not verify)
-        if trusted and (archive is None or record.get("archive") == _archive_stamp(Path(archive))):
+        trusted = record is not None and bool(record["verified_md5"] or not verify)
+        if record is not None and trusted and (archive is None or record.get("archive") == _archive_stamp(Path(archive))):
             return DownloadResult(root, record["verified_md5"], "cached", check_layout(root, _present_parts(root)))
         if archive is not None:
             return _from_archive(Path(archive), data_dir, verify, progress, "archive")

@@ -49,7 +49,7 @@ class ShardEntry:
         return {"folder": self.folder, "rows": [self.lo, self.hi], "manifest_sha256": self.manifest_sha256}
 
 
-class Manifest(dict):  # type: ignore[type-arg]
+class Manifest(dict):
     """A stage's manifest exactly as written (every recorded field), with the fields the stages rely on typed."""
 
     @property
