@@ -16,7 +16,7 @@ import time
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra is part of the test extra")
-from served import served  # noqa: E402
+from served import read_response, served  # noqa: E402
 
 from stl10_similarity import Access  # noqa: E402
 from stl10_similarity.errors import ParameterError  # noqa: E402
@@ -88,26 +88,11 @@ def test_costly_requests_only_from_the_page_itself_or_clients_without_an_origin(
 # ---------------------------------------------------------------- over real HTTP
 
 
-def _request(port: int, head: str, body: bytes = b"", *, wait_body: bool = True) -> tuple[int, dict, bytes]:
+def _request(port: int, head: str, body: bytes = b"") -> tuple[int, dict, bytes]:
     """Send one raw request (``head`` without the final blank line) and read the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(head.encode("latin-1") + b"\r\nConnection: close\r\n\r\n" + body)
-        data = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            data += chunk
-    head_bytes, _, payload = data.partition(b"\r\n\r\n")
-    lines = head_bytes.decode("latin-1").split("\r\n")
-    headers: dict = {}
-    for line in lines[1:]:
-        key, _, value = line.partition(":")
-        headers.setdefault(key.strip().lower(), []).append(value.strip())
-    return int(lines[0].split()[1]), {k: v[0] if len(v) == 1 else v for k, v in headers.items()}, payload
+        return read_response(sock)
 
 
 def _json_error(answer: tuple[int, dict, bytes], status: int) -> str:

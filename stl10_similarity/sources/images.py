@@ -80,12 +80,6 @@ def decode_square(image: Path | str | bytes, side: int, name: str | None = None)
             square = _centre_square(img, side)
     except ImageError:
         raise
-    except FileNotFoundError as exc:
-        raise ImageError(name, "does not exist") from exc
-    except IsADirectoryError as exc:
-        raise ImageError(name, "is a folder, not an image file") from exc
-    except PermissionError as exc:
-        raise ImageError(name, "cannot be read (permission denied)") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(name, f"is not an image in a format we read ({', '.join(FORMATS)})") from exc
     except Image.DecompressionBombError as exc:
