@@ -21,7 +21,7 @@ import ipaddress
 import secrets
 import socket
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from stl10_similarity.errors import ParameterError
 
@@ -43,11 +43,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def _is_address(name: str) -> bool:
     try:
-        return ipaddress.ip_address(name)
+        ipaddress.ip_address(name)
     except ValueError:
-        return None
+        return False
+    return True
 
 
 def host_name(header: str) -> str | None:
@@ -119,10 +120,7 @@ class Access:
         name = host_name(header)
         if name is None:
             return False
-        if name in self.hosts:
-            return True
-        address = _ip(name)
-        return address is not None and (address.is_loopback or self.any_address)
+        return name in self.hosts or is_loopback(name) or (self.any_address and _is_address(name))
 
     def origin_allowed(self, method: str, origin: str | None, host: str | None) -> bool:
         """Whether a request from ``origin`` (its ``Origin`` header) may be taken: a read-only method, no Origin (not
@@ -153,12 +151,15 @@ class Access:
         # every offer is compared in full: which one matched, or how far, takes the same time
         return any([hmac.compare_digest(value.encode(), expected) for value in offered])
 
-    def token_in_query(self, query_string: str) -> bool | None:
-        """``/?token=T``: True when T is the token, False when it is not, None when the query has no token."""
-        values = parse_qs(query_string, keep_blank_values=True).get("token")
-        if not values or self.token is None:
+    def page_link(self, query_string: str) -> str | None:
+        """``/?token=T&...``: when T is the token, where to send the browser (the same page, the token taken out of
+        the address bar); else None."""
+        pairs = parse_qsl(query_string, keep_blank_values=True)
+        given = [value for key, value in pairs if key == "token"]
+        if not given or self.token is None or not hmac.compare_digest(given[-1].encode(), self.token.encode()):
             return None
-        return hmac.compare_digest(values[-1].encode(), self.token.encode())
+        rest = urlencode([(key, value) for key, value in pairs if key != "token"])
+        return "/?" + rest if rest else "/"
 
     def set_cookie(self) -> str:
         """The ``Set-Cookie`` value that lets the page's own requests carry the token."""

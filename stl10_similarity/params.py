@@ -203,6 +203,14 @@ class ServeParams:
     # for collections larger than memory, checked between requests only
     artifacts: str = _spec("copy", choices=("copy", "map"))
 
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 2**20
+
+    @property
+    def max_buffered_bytes(self) -> int:
+        return self.max_buffered_mb * 2**20
+
     def __post_init__(self) -> None:
         _check(self)
         if not self.host:

@@ -26,7 +26,6 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
@@ -80,9 +79,8 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
     session = Session.open(home, progress=progress, engine=engine, mapped=params.artifacts == "map")
     session.pin()
     loaded = {"index": index_digest(home), "features": features_digest(home)}
-    max_body = params.max_upload_mb * 2**20
     # uploads stay in memory: the body is capped below this, so the spooled file never rolls over to disk
-    MultiPartParser.spool_max_size = max_body + 2**20
+    MultiPartParser.spool_max_size = params.max_upload_bytes + 2**20
     embedding: dict[str, Any] = {}  # one model, one embedding at a time: a limiter made in the event loop
 
     @asynccontextmanager
@@ -302,8 +300,8 @@ class _Guard:
     def __init__(self, app: Any, access: Access, params: ServeParams, changed: Any = lambda: None) -> None:
         self.app = app
         self.access = access
-        self.max_body = params.max_upload_mb * 2**20
-        self.max_buffered = params.max_buffered_mb * 2**20
+        self.max_body = params.max_upload_bytes
+        self.max_buffered = params.max_buffered_bytes
         self.buffered = 0  # bytes of request bodies held now; the guard runs in the event loop, so a plain int
         self.slots = threading.BoundedSemaphore(params.max_concurrent)
         self.max_concurrent = params.max_concurrent
@@ -389,13 +387,11 @@ class _Guard:
         method = scope.get("method", "GET")
         if access.token is not None and not access.token_ok(_header(headers, b"authorization"),
                                                             _header(headers, b"cookie")):
-            if scope.get("path") == "/" and method == "GET":
-                given = access.token_in_query(scope.get("query_string", b"").decode("latin-1"))
-                if given:  # the page's link: keep the token in a cookie, and take it out of the address bar
-                    rest = urlencode([(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1"))
-                                      if k != "token"])
-                    return 303, "", [(b"location", ("/?" + rest if rest else "/").encode()),
-                                     (b"set-cookie", access.set_cookie().encode()), (b"cache-control", b"no-store")]
+            link = access.page_link(scope.get("query_string", b"").decode("latin-1")) \
+                if scope.get("path") == "/" and method == "GET" else None
+            if link is not None:  # the page's link: keep the token in a cookie, and take it out of the address bar
+                return 303, "", [(b"location", link.encode()), (b"set-cookie", access.set_cookie().encode()),
+                                 (b"cache-control", b"no-store")]
             return 401, ("this server needs its token: open the address stl10sim serve printed (it ends in "
                          "?token=...), or send the header Authorization: Bearer TOKEN"), \
                 [(b"www-authenticate", b'Bearer realm="stl10sim"'), *CLOSE]

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from stl10_similarity.params import DEVICES, EngineParams, SearchParams
 from stl10_similarity.progress import SILENT, Progress
 from stl10_similarity.search import QueryResult, QueryVector, Searcher
 
-ImageInput = Union[str, Path, bytes, np.ndarray]  # noqa: UP007 (a runtime alias: `|` on 3.10 types needs no quotes here)
+ImageInput = str | Path | bytes | np.ndarray
 
 
 class Session:

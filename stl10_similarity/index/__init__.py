@@ -7,6 +7,7 @@ methods search the same trees through memory-mapped arrays (``tree_keys``/``tree
 
 from __future__ import annotations
 
+import abc
 import pickle
 import time
 from collections.abc import Callable
@@ -425,14 +426,15 @@ def frozen_representation(params: IndexParams, vocabulary: np.ndarray, dim: int)
                           replace(params, centroids=len(vocabulary)), 0, dim)
 
 
-class _Rows:
+class _Rows(abc.ABC):
     """Image ids and rows, for anything with ``n`` and ``ids`` (None: an image's id is its row)."""
 
     ids: np.ndarray | None
 
     @property
+    @abc.abstractmethod
     def n(self) -> int:
-        raise NotImplementedError  # each kind of index counts its own rows
+        """How many rows (images) it holds: each kind of index counts its own."""
 
     def id_of(self, row: int) -> int:
         return int(row) if self.ids is None else int(self.ids[row])

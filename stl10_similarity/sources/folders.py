@@ -21,7 +21,7 @@ import numpy as np
 
 from stl10_similarity.errors import DataError
 from stl10_similarity.params import IMAGE_SUFFIXES
-from stl10_similarity.sources.images import ImageError, decode_square, outside, read_image_file
+from stl10_similarity.sources.images import ImageError, decode_square, read_image_file, why_refused
 
 
 def scan(root: Path, skipped: list[tuple[str, str]] | None = None) -> list[str]:
@@ -49,7 +49,7 @@ def scan(root: Path, skipped: list[tuple[str, str]] | None = None) -> list[str]:
                 except UnicodeEncodeError:
                     _skip(skipped, key, "its name is not valid UTF-8: rename it to include it")
                     continue
-                why = outside(path, root)
+                why = why_refused(path, root)
                 if why:
                     _skip(skipped, key, why)
                     continue

@@ -102,7 +102,7 @@ def read_image_file(path: Path, root: Path | None = None, name: str | None = Non
     """
     name = name or str(path)
     if root is not None:
-        why = outside(path, root)
+        why = why_refused(path, root)
         if why:
             raise ImageError(name, why)
     try:
@@ -136,7 +136,7 @@ def read_image_file(path: Path, root: Path | None = None, name: str | None = Non
         os.close(fd)
 
 
-def outside(path: Path, root: Path) -> str | None:
+def why_refused(path: Path, root: Path) -> str | None:
     """Why ``path`` may not be read as an image of the folder ``root`` (a symlink gone, looping, or leading out
     of the folder, or not a regular file), or None when it may."""
     try:
