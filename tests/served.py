@@ -13,6 +13,13 @@ from typing import Any
 from stl10_similarity.params import ServeParams
 
 
+def free_port() -> int:
+    """A port of 127.0.0.1 nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextmanager
 def served(make_app: Callable[[ServeParams], Any], **options: Any) -> Iterator[tuple[int, Any]]:
     """Serve ``make_app(params)`` (params: ``ServeParams(**options)`` on a free port); yield the port and the app."""
@@ -20,9 +27,7 @@ def served(make_app: Callable[[ServeParams], Any], **options: Any) -> Iterator[t
 
     from stl10_similarity.server import uvicorn_config
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     params = ServeParams(port=port, **options)
     app = make_app(params)
     server = uvicorn.Server(uvicorn_config(app, params))

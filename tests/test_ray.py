@@ -180,11 +180,10 @@ def test_ray_options_without_the_ray_engine_and_stl10_on_ray_exit_2(tmp_path):
 
 
 def test_an_unreachable_address_and_a_missing_ray_are_one_line_exit_2(tmp_path, monkeypatch):
-    import socket
 
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from served import free_port
+
+    port = free_port()  # nobody listens there
     root = _folder(tmp_path, n=6)
     ray.shutdown()  # connect() only dials out when this process has no Ray yet
     try:
@@ -257,11 +256,10 @@ def test_stl10sim_serve_engine_ray_answers_as_in_process(tmp_path):
     """The command itself, as a user runs it: its own process, its own local Ray, one actor per shard."""
     import os
     import signal
-    import socket
     import subprocess
     import urllib.request
 
-    from served import local_client
+    from served import free_port, local_client
 
     from stl10_similarity.server import create_app
 
@@ -270,9 +268,7 @@ def test_stl10sim_serve_engine_ray_answers_as_in_process(tmp_path):
     query = "/api/v1/search?image_id=321&k=8&method=rerank&candidates=40"
     with local_client(create_app(home)) as client:
         expected = client.get(query).json()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "RAY_ADDRESS": ""}  # its own local Ray, not this test process's
     proc = subprocess.Popen([sys.executable, "-m", "stl10_similarity", "serve", "--engine", "ray", "--port", str(port),
                              "--collection", "ext", "--cache-dir", cache], env=env, stdout=subprocess.PIPE,

@@ -16,7 +16,7 @@ import time
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra is part of the test extra")
-from served import read_response, served  # noqa: E402
+from served import free_port, read_response, served  # noqa: E402
 
 from stl10_similarity import Access  # noqa: E402
 from stl10_similarity.errors import ParameterError  # noqa: E402
@@ -203,15 +203,9 @@ def test_the_page_link_with_the_token_sets_a_strict_cookie_and_leaves_the_addres
     assert _request(port, f"GET /?token=wrong HTTP/1.1\r\nHost: localhost:{port}")[0] == 401
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_on_the_network_prints_a_token_once_and_requires_it(built_cache):
     """`stl10sim serve --host 0.0.0.0` as its own process: the URL to open carries a token made for this run."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("STL10SIM_TOKEN", None)
     process = subprocess.Popen([sys.executable, "-m", "stl10_similarity", "serve", "--host", "0.0.0.0", "--port",
@@ -283,7 +277,7 @@ def test_out_of_descriptors_the_server_answers_again_and_its_log_stays_small(bui
     """`stl10sim serve` under a low open-file limit, flooded with connections: the log says so in a few lines
     (not a traceback per request or per accept), and once the connections go, it answers again."""
     resource = pytest.importorskip("resource")
-    port = _free_port()
+    port = free_port()
     limit = 48
 
     def low_limit() -> None:
