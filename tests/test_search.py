@@ -155,7 +155,7 @@ def test_auto_scans_small_collections_and_uses_the_forest_beyond(monkeypatch):
     auto = searcher.query(q, 7, "auto")
     assert auto.params["method"] == "auto" and auto.params["answered_by"] == "exact"
     assert [m.id for m in auto.results] == [m.id for m in exact.results]
-    monkeypatch.setattr("stl10_similarity.search.SCAN_LIMIT", 100)  # 120 images is now "large"
+    monkeypatch.setattr("stl10_similarity.search.searcher.SCAN_LIMIT", 100)  # 120 images is now "large"
     auto = searcher.query(q, 7, "auto")
     assert auto.params["answered_by"] == "rerank" and auto.candidates < index.n
     assert [m.id for m in auto.results] == [m.id for m in searcher.query(q, 7, "rerank").results]

@@ -21,7 +21,7 @@ from stl10_fixture import make_images
 
 from stl10_similarity.cli import main
 from stl10_similarity.index import build_index, index_in_memory, load_index
-from stl10_similarity.index.forest import prefix_arrays
+from stl10_similarity.index.forest import BandCodes, prefix_arrays
 from stl10_similarity.params import IndexParams
 from stl10_similarity.search import Searcher
 
@@ -161,7 +161,9 @@ def test_index_follows_an_update_with_the_answers_of_a_full_rebuild(updated):
     assert np.array_equal(index.sets, scratch.sets) and np.array_equal(index.topk, scratch.topk)
     assert np.array_equal(index.topk_bits, scratch.topk_bits)
     assert np.array_equal(index.signatures, scratch.signatures)
-    keys, order = prefix_arrays(np.asarray(index.signatures), IndexParams().trees)
+    trees = IndexParams().trees
+    keys, order = prefix_arrays(np.asarray(index.signatures), trees, BandCodes.for_table(index.token_table, trees))
+    assert index.tree_keys.dtype == np.uint64  # the default index stores its bands as codes
     assert np.array_equal(index.tree_keys, keys) and np.array_equal(index.tree_order, order)
     scratch.ids = index.ids
     for method in ("rerank", "forest", "exact"):

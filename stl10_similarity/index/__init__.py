@@ -19,7 +19,7 @@ import numpy as np
 
 from stl10_similarity import store
 from stl10_similarity.errors import InputError, IntegrityError, MissingArtifactError, ParameterError, StaleArtifactError
-from stl10_similarity.index.forest import ForestPickle, build_forest, merge_prefix_arrays, prefix_arrays
+from stl10_similarity.index.forest import BandCodes, ForestPickle, build_forest, merge_prefix_arrays, prefix_arrays
 from stl10_similarity.index.sets import SetRepresentation, TopDims, bitmaps, representation
 from stl10_similarity.index.signatures import SCHEME, SEED, minhash_signatures, set_statistics, token_table, top_k_sets
 from stl10_similarity.ingest import extract as features_stage
@@ -341,7 +341,7 @@ def _build(feats: np.ndarray, path: Path, dim: int, params: IndexParams, staging
     del sets  # the forest is the big one: hold nothing else while it is built
     write_npy(staging / "token_table.npy", table)
     step(f"LSH forest ({params.trees} trees)")
-    tree_keys, tree_order = prefix_arrays(sigs, params.trees)
+    tree_keys, tree_order = prefix_arrays(sigs, params.trees, BandCodes.for_table(table, params.trees))
     write_npy(staging / "tree_keys.npy", tree_keys)
     write_npy(staging / "tree_order.npy", tree_order)
     return sigs, vocabulary_record(rep, vocabulary, n)
@@ -408,8 +408,10 @@ def _update(base: _Base, feats: np.ndarray, ids: np.ndarray, versions: np.ndarra
         out["sets"][fresh_rows] = rep.sets(new_feats, stats, vocabulary)
         out["signatures"][fresh_rows] = minhash_signatures(out["sets"][fresh_rows], table)
     sigs = out["signatures"]
+    # an index built before band codes keeps its byte strings until it is rebuilt: the trees stay in one form
+    codes = BandCodes(table, params.trees) if old["tree_keys"].dtype == np.uint64 else None
     tree_keys, tree_order = merge_prefix_arrays(old["tree_keys"], old["tree_order"], row_map, sigs, fresh_rows,
-                                                params.trees)
+                                                params.trees, codes)
     for name in per_row:
         write_npy(staging / f"{name}.npy", out[name])
     write_npy(staging / "vocabulary.npy", vocabulary)
@@ -535,7 +537,7 @@ def index_in_memory(
     sets = topk if isinstance(rep, TopDims) else rep.sets(features, stats, vocabulary)
     table = token_table(params.num_perm, rep.universe(vocabulary))
     sigs = minhash_signatures(sets, table)
-    tree_keys, tree_order = prefix_arrays(sigs, trees)
+    tree_keys, tree_order = prefix_arrays(sigs, trees, BandCodes.for_table(table, trees))
     recorded = {**index_params(params), "vocabulary": vocabulary_record(rep, vocabulary, len(features))}
     return LoadedIndex(params=recorded, features_params={}, class_names=class_names,
                        features=features, labels=labels, topk=topk, topk_bits=bitmaps(topk, features.shape[1]),

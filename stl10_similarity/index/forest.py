@@ -4,6 +4,10 @@ datasketch's forest keeps, per tree, the sorted byte strings of each key's band 
 (``sorted_hashtables``) and a dict from band to keys. ``prefix_arrays`` computes exactly that order
 with numpy (a test checks it against datasketch), stored as ``.npy`` artifacts, so that queries
 can search the trees from memory-mapped arrays without unpickling millions of Python objects.
+
+The stored band keys are :class:`BandCodes` (one uint64 per band, the tree's number above it) whenever they fit
+in 64 bits, which the default index always does; otherwise datasketch's byte strings (indexes built before the
+codes are read as they are).
 """
 
 from __future__ import annotations
@@ -35,31 +39,91 @@ def band_bytes(signatures: np.ndarray, trees: int, tree: int) -> np.ndarray:
     return band.view(f"S{4 * depth}").ravel()
 
 
-def prefix_arrays(signatures: np.ndarray, trees: int) -> tuple[np.ndarray, np.ndarray]:
+class BandCodes:
+    """Bands as order-preserving integers, so that one ``searchsorted`` finds every tree's prefix ranges.
+
+    Each MinHash value is replaced by its rank among the values its permutation can take (a token's hash, or the
+    empty set's 2**32 - 1: the token table's column), and a band's ranks are packed first-value-highest into one
+    uint64 with the tree's number above them. Ranks keep both equality and order, so a band's code sorts exactly
+    where datasketch sorts its byte string: the trees' row order is unchanged, equal prefixes stay equal, and the
+    trees laid end to end are one sorted array. Needs ``trees`` and the rank bits to fit in 64 bits (``fits``).
+    """
+
+    def __init__(self, table: np.ndarray, trees: int) -> None:
+        num_perm = table.shape[1]
+        self.trees, self.depth = trees, num_perm // trees
+        values = [np.unique(table[:, p]) for p in range(num_perm)]  # each permutation's values, sorted
+        self.bits = max(1, max(len(v) - 1 for v in values).bit_length())
+        self.tree_shift = self.bits * self.depth
+        # (permutation, value) as one uint64, sorted: ranks of a whole signature come from one searchsorted
+        self._flat = np.concatenate([(np.uint64(p) << np.uint64(32)) | v.astype(np.uint64) for p, v in enumerate(values)])
+        self._start = np.cumsum([0] + [len(v) for v in values[:-1]]).astype(np.int64)
+        self._perm = np.arange(num_perm, dtype=np.uint64) << np.uint64(32)
+        self._shifts = (self.bits * np.arange(self.depth - 1, -1, -1)).astype(np.uint64)
+
+    @staticmethod
+    def fits(table: np.ndarray, trees: int) -> bool:
+        distinct = max(len(np.unique(table[:, p])) for p in range(table.shape[1]))
+        return (table.shape[1] // trees) * max(1, (distinct - 1).bit_length()) + max(1, (trees - 1).bit_length()) <= 64
+
+    @classmethod
+    def for_table(cls, table: np.ndarray, trees: int) -> BandCodes | None:
+        """The codes for an index with this token table, or None where they don't fit (byte strings then)."""
+        return cls(table, trees) if cls.fits(table, trees) else None
+
+    def band(self, signatures: np.ndarray, tree: int) -> np.ndarray:
+        """Tree ``tree``'s band of each signature as its code: ``(n,)`` uint64."""
+        lo = tree * self.depth
+        ranks = self.ranks_of_columns(signatures[:, lo : lo + self.depth], lo)
+        return (np.bitwise_or.reduce(ranks << self._shifts, axis=1) | (np.uint64(tree) << np.uint64(self.tree_shift)))
+
+    def ranks_of_columns(self, values: np.ndarray, first: int) -> np.ndarray:
+        keys = self._perm[first : first + values.shape[1]] | np.asarray(values).astype(np.uint64)
+        pos = np.searchsorted(self._flat, keys)
+        if not np.array_equal(self._flat[np.minimum(pos, len(self._flat) - 1)], keys):
+            raise ValueError("a signature value is not in the token table: signatures and table disagree")
+        return (pos - self._start[first : first + values.shape[1]]).astype(np.uint64)
+
+    def bounds(self, signature: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For one signature, per tree and depth ``1..depth``, the lowest and highest code sharing its prefix of
+        that depth: two ``(trees, depth)`` uint64 arrays."""
+        ranks = self.ranks_of_columns(np.asarray(signature)[None, : self.trees * self.depth], 0)
+        ranks = ranks.reshape(self.trees, self.depth)
+        codes = np.bitwise_or.reduce(ranks << self._shifts, axis=1) | (
+            np.arange(self.trees, dtype=np.uint64) << np.uint64(self.tree_shift))
+        below = (np.uint64(1) << self._shifts) - np.uint64(1)  # depth d keeps d values: the rest are free
+        low = codes[:, None] & ~below[None, :]
+        return low, low | below[None, :]
+
+
+def prefix_arrays(signatures: np.ndarray, trees: int, codes: BandCodes | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per tree, the bands in datasketch's sorted order ``(trees, n)`` and the keys in that order ``(trees, n)``.
 
-    Keys with the same band keep increasing key order, as datasketch's bucket lists do.
+    Keys with the same band keep increasing key order, as datasketch's bucket lists do. With ``codes`` the bands
+    are stored as codes (the same order), else as datasketch's byte strings.
     """
     n = len(signatures)
     depth = signatures.shape[1] // trees
-    keys = np.empty((trees, n), dtype=f"S{4 * depth}")
+    keys = np.empty((trees, n), dtype=np.uint64 if codes is not None else f"S{4 * depth}")
     order = np.empty((trees, n), dtype=np.int32 if n < 2**31 else np.int64)
     for t in range(trees):
-        band = band_bytes(signatures, trees, t)
+        band = codes.band(signatures, t) if codes is not None else band_bytes(signatures, trees, t)
         order[t] = np.argsort(band, kind="stable")
         keys[t] = band[order[t]]
     return keys, order
 
 
 def merge_prefix_arrays(keys: np.ndarray, order: np.ndarray, row_map: np.ndarray, signatures: np.ndarray,
-                        fresh_rows: np.ndarray, trees: int) -> tuple[np.ndarray, np.ndarray]:
+                        fresh_rows: np.ndarray, trees: int, codes: BandCodes | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The trees of an updated collection from its old trees, without sorting everything again.
 
     ``row_map`` sends each old row to its new row, or to -1 when it left (removed, or rewritten and so in
     ``fresh_rows``); ``fresh_rows`` (ascending) are the new rows whose bands are merged in. Renumbering
     keeps the old order (rows keep their relative order), so the result is exactly
-    ``prefix_arrays(signatures, trees)``: bands sorted, ties by row.
+    ``prefix_arrays(signatures, trees, codes)``: bands sorted, ties by row (``keys`` must be in the same form).
     """
+    if (codes is not None) != (keys.dtype == np.uint64):
+        raise ValueError("the old trees' keys and the codes asked for differ in form")
     n = len(signatures)
     out_keys = np.empty((trees, n), dtype=keys.dtype)
     out_order = np.empty((trees, n), dtype=np.int32 if n < 2**31 else np.int64)
@@ -68,7 +132,8 @@ def merge_prefix_arrays(keys: np.ndarray, order: np.ndarray, row_map: np.ndarray
         mapped = row_map[order[t]]
         kept = mapped >= 0
         kept_keys, kept_rows = keys[t][kept], mapped[kept]
-        band = band_bytes(signatures[fresh_rows], trees, t)
+        fresh = signatures[fresh_rows]
+        band = codes.band(fresh, t) if codes is not None else band_bytes(fresh, trees, t)
         by_band = np.argsort(band, kind="stable")  # fresh_rows ascend, so ties stay in row order
         new_keys, new_rows = band[by_band], fresh_rows[by_band]
         lo = np.searchsorted(kept_keys, new_keys, "left")

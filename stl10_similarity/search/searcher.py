@@ -1,0 +1,218 @@
+"""The :class:`Searcher`: every method once, over a collection's parts (one per shard; an unsharded collection is
+one part), with the helpers the methods (``methods.py``) are written in."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from stl10_similarity.params import POOL_FACTOR, POOL_GROWTH, POOL_GROWTH_FROM, SCAN_LIMIT, SearchParams
+from stl10_similarity.search.results import Match, QueryInfo, QueryResult, label_name
+from stl10_similarity.search.shard import LocalParts, QueryVector, Shard
+
+OVERSHOOT = 2  # a depth may bring up to this many times the pool before it is trimmed
+
+
+class Searcher:
+    """Queries over a collection's index (a :class:`LoadedIndex`, or a sharded collection's ``ShardedIndex``);
+    one instance serves many queries. ``parts``: who answers for each shard (default: this process)."""
+
+    def __init__(self, index: Any, candidates: int = SearchParams.candidates, parts: Any = None) -> None:
+        SearchParams(candidates=candidates)  # validates
+        self.index = index
+        self.candidates = candidates
+        self.parts = parts if parts is not None else LocalParts([Shard(s) for s in getattr(index, "shards", [index])])
+        self.offsets = np.cumsum([0, *self.parts.sizes])
+
+    @property
+    def pool(self) -> int:
+        """How many forest keys to gather before keeping the ``candidates`` that share the most top-K dimensions
+        with the query: ``POOL_FACTOR`` times the candidates, growing slowly beyond ``POOL_GROWTH_FROM`` images."""
+        growth = max(1.0, self.index.n / POOL_GROWTH_FROM) ** POOL_GROWTH
+        return int(round(POOL_FACTOR * self.candidates * growth))
+
+    # ------------------------------------------------------------ query vectors
+
+    def label_name(self, class_index: int) -> str:
+        return label_name(self.index.class_names, class_index)
+
+    def for_row(self, row: int) -> QueryVector:
+        """The collection image in ``row`` as a query (``index.row_of`` finds an image id's row)."""
+        ci = int(self.index.labels[row])
+        info = QueryInfo(self.index.id_of(row), self.label_name(ci), ci, path=self.path(row))
+        part = self._part_of(row)
+        q = self.parts.each("vector", [(part, (row - int(self.offsets[part]), info))])[0]
+        return replace(q, exclude=row)
+
+    def path(self, row: int) -> str | None:
+        """An image's path relative to its folder (folder collections only)."""
+        return None if self.index.paths is None else str(self.index.paths[row])
+
+    def for_feature(self, feature: np.ndarray, image: str | None = None) -> QueryVector:
+        """A query from a feature computed outside the collection (every shard forms sets alike: the first does)."""
+        return self.parts.each("for_feature", [(0, (feature, image))])[0]
+
+    # ------------------------------------------------------------ parts
+
+    def _part_of(self, row: int) -> int:
+        return int(np.searchsorted(self.offsets, row, "right") - 1)
+
+    def local(self, q: QueryVector) -> list[QueryVector]:
+        """The query as each part sees it: ``exclude`` in the part's own rows (None in the others)."""
+        out = []
+        for part in range(len(self.parts.sizes)):
+            lo, hi = int(self.offsets[part]), int(self.offsets[part + 1])
+            inside = q.exclude is not None and lo <= q.exclude < hi
+            out.append(replace(q, exclude=q.exclude - lo if inside else None))  # type: ignore[operator]
+        return out
+
+    def joined(self, per_part: list[np.ndarray]) -> np.ndarray:
+        """Each part's rows (one array per part, in part order) as rows of the whole collection, joined."""
+        return np.concatenate([rows + self.offsets[p] for p, rows in enumerate(per_part)]).astype(np.int64)
+
+    def by_part(self, method: str, q: QueryVector, rows: np.ndarray) -> list[tuple[np.ndarray, Any]]:
+        """``method(q, its rows)`` asked of each part holding some of the global ``rows``: for each part, the
+        positions in ``rows`` it answered for, and its answer."""
+        rows = np.asarray(rows, dtype=np.int64)
+        parts = np.searchsorted(self.offsets, rows, "right") - 1
+        local, calls, where = self.local(q), [], []
+        for part in np.unique(parts).tolist():
+            mine = np.flatnonzero(parts == part)
+            calls.append((part, (local[part], rows[mine] - self.offsets[part])))
+            where.append(mine)
+        return list(zip(where, self.parts.each(method, calls)))
+
+    def scores(self, method: str, q: QueryVector, rows: np.ndarray) -> np.ndarray:
+        """A per-row score (``jaccard``, ``cosine``, ``shared``) of global ``rows``, each asked of its part."""
+        out = np.empty(len(rows), dtype=np.float64)
+        for mine, scores in self.by_part(method, q, rows):
+            out[mine] = scores
+        return out
+
+    # ------------------------------------------------------------ candidates
+
+    def _wanted(self, k: int, q: QueryVector) -> int:
+        return min(k, self.index.n - (q.exclude is not None))
+
+    def forest_candidates(self, q: QueryVector, budget: int) -> np.ndarray:
+        """Keys sharing the deepest prefixes with the query, from every tree (of every part), until ``budget``
+        are found.
+
+        Unlike ``MinHashLSHForest.query``, each depth is taken across all trees, so which keys are kept
+        doesn't depend on tree order; ordering is left to the caller. Depths where a tree holds nothing
+        but the query itself are skipped without work. When the last depth brings more than
+        ``OVERSHOOT`` times the budget, its new keys are kept by how many trees they matched in.
+        """
+        local = self.local(q)
+        count = len(local)
+        ranges = self.parts.each("ranges", [(p, (local[p],)) for p in range(count)])
+        # an indexed query matches its own band at every depth of its own part
+        sizes = [r[:, :, 1] - r[:, :, 0] - (1 if local[p].exclude is not None else 0) for p, r in enumerate(ranges)]
+        for size in sizes:
+            size[:, 0] = 0
+        active = [size > 0 for size in sizes]
+        if not any(a.any() for a in active):
+            return np.empty(0, dtype=np.int64)
+        depth_max = ranges[0].shape[1] - 1
+
+        def union(depth: int) -> tuple[np.ndarray, np.ndarray]:
+            found = self.parts.each("union", [(p, (local[p], ranges[p], active[p], depth)) for p in range(count)])
+            keys = self.joined([k for k, _ in found])  # parts' rows ascend: still sorted, distinct
+            return keys, np.concatenate([v for _, v in found])
+
+        # a tree's keys at one depth include its keys at every deeper depth, so the union at a depth whose
+        # ranges add up to less than the budget cannot reach it: start at the deepest depth whose ranges can
+        reach = np.flatnonzero(sum(size.sum(axis=0) for size in sizes) >= budget)
+        start = int(reach.max()) if len(reach) else 1
+        for depth in range(start, 0, -1):
+            keys, votes = union(depth)
+            if len(keys) < budget and depth > 1:
+                continue
+            if len(keys) > OVERSHOOT * budget:
+                # this depth adds far more than the budget (shallow prefixes are shared widely): keep every key
+                # of the depth below, then this depth's new keys found in the most trees
+                kept = union(depth + 1)[0] if depth < depth_max else keys[:0]
+                fresh = ~np.isin(keys, kept, assume_unique=True)
+                order = np.lexsort((keys[fresh], -votes[fresh]))
+                keys = np.concatenate([kept, keys[fresh][order[: max(budget - len(kept), 0)]]])
+            return np.sort(keys).astype(np.int64)
+        return np.empty(0, dtype=np.int64)
+
+    def datasketch_candidates(self, q: QueryVector, k: int) -> np.ndarray:
+        local = self.local(q)
+        found = self.parts.each("datasketch", [(p, (local[p], k)) for p in range(len(local))])
+        return self.joined(found)
+
+    # ------------------------------------------------------------ ranking
+
+    def estimated_jaccard(self, q: QueryVector, ids: np.ndarray) -> np.ndarray:
+        return self.scores("jaccard", q, ids)
+
+    def cosine(self, q: QueryVector, ids: np.ndarray) -> np.ndarray:
+        return self.scores("cosine", q, ids)
+
+    def top(self, ids: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+        """The ``k`` rows of ``ids`` with the best ``scores``, best first, ties by row (how every method ranks)."""
+        return self.ranked(ids, scores, k)[0]
+
+    def ranked(self, ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        order = np.lexsort((ids, -scores))[:k]  # best score first, ties by row
+        return ids[order], scores[order]
+
+    def widen(self, q: QueryVector, ids: np.ndarray, wanted: int) -> np.ndarray:
+        """Never silently fewer: add the rest of the collection when the forest ran dry."""
+        if len(ids) >= wanted:
+            return ids
+        rest = np.setdiff1d(np.arange(self.index.n), ids, assume_unique=False)
+        if q.exclude is not None:
+            rest = rest[rest != q.exclude]
+        return np.concatenate([ids, rest])
+
+    def resolve(self, method: str) -> str:
+        """The method that answers: ``auto`` becomes ``exact`` or ``rerank`` by the collection's size."""
+        if method == "auto":
+            return "exact" if self.index.n <= SCAN_LIMIT else "rerank"
+        return method
+
+    def search(self, q: QueryVector, k: int, method: str) -> tuple[np.ndarray, np.ndarray, int]:
+        """The contract every method keeps: the rows of the top ``k`` results, best first, their scores (the
+        method's own: cosine, or estimated Jaccard for forest and forest-query) and how many were examined."""
+        method = self.resolve(method)
+        from stl10_similarity.search.methods import METHOD_FUNCTIONS
+
+        if method not in METHOD_FUNCTIONS:
+            SearchParams(method=method)  # raises: not a method
+        return METHOD_FUNCTIONS[method](self, q, self._wanted(k, q))
+
+    def search_ids(self, q: QueryVector, k: int, method: str) -> tuple[np.ndarray, int]:
+        """The rows of the top ``k`` results and how many candidates were examined."""
+        rows, _, examined = self.search(q, k, method)
+        return rows, examined
+
+    def query(self, q: QueryVector, k: int, method: str = SearchParams.method) -> QueryResult:
+        t0 = time.perf_counter()
+        ids, examined = self.search_ids(q, k, method)
+        t1 = time.perf_counter()
+        matches = self.describe(q, ids)
+        t2 = time.perf_counter()
+        return QueryResult(
+            query=q.info,
+            results=matches,
+            params={"method": method, "answered_by": self.resolve(method), "k": k, "candidates": self.candidates,
+                    **self.index.params,
+                    "weights": self.index.features_params.get("weights"), "split": self.index.features_params.get("split"),
+                    "n": self.index.n},
+            timing_ms={"search": round((t1 - t0) * 1e3, 3), "describe": round((t2 - t1) * 1e3, 3)},
+            candidates=examined,
+        )
+
+    def describe(self, q: QueryVector, ids: np.ndarray) -> list[Match]:
+        """Every score a user sees for each result, in rank order (each part describes its own rows)."""
+        out: list[Match | None] = [None] * len(ids)
+        for mine, matches in self.by_part("describe", q, ids):
+            for position, match in zip(mine.tolist(), matches):
+                out[position] = replace(match, rank=position + 1)
+        return out  # type: ignore[return-value]

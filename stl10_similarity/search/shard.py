@@ -1,0 +1,192 @@
+"""One part of a collection's index answering for its own rows: the per-part half of every method.
+
+The query path is a handful of vectorised calls per part: one ``searchsorted`` for every tree and depth
+(:class:`~stl10_similarity.index.forest.BandCodes`), a union of the matching tree ranges that finds distinct rows
+without sorting (a scratch array per thread, reused across queries), a popcount over the candidates' top-K
+bitmaps, and the cosine of the kept few. Indexes whose bands are byte strings (built
+before the codes, or too wide for 64 bits) take one ``searchsorted`` per tree: the same ranges.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stl10_similarity.index import LoadedIndex
+from stl10_similarity.index.forest import BandCodes, Sketch
+from stl10_similarity.index.sets import bitmap_intersections, bitmaps, set_intersections, set_sizes
+from stl10_similarity.index.signatures import minhash_signatures, top_k_sets
+from stl10_similarity.search.results import Match, QueryInfo, label_name
+
+# One exact scan at a time in a process. A scan already runs on all of BLAS's threads; concurrent ones (the
+# server's worker threads) fought over them: 16 clients at 13,000 images got 114-131 requests/s without this
+# lock and 233-269 with it, one client the same (docs/server.md).
+_SCAN_LOCK = threading.Lock()
+
+
+@dataclass
+class QueryVector:
+    """A query as every method needs it: its feature, top-K dimensions, index set and signature."""
+
+    feature: np.ndarray
+    topk: np.ndarray
+    sets: np.ndarray
+    signature: np.ndarray
+    exclude: int | None = None
+    info: QueryInfo = field(default_factory=lambda: QueryInfo(None, None, None))
+
+
+class Shard:
+    """One index's rows, in its own row numbers: the per-part half of every method (``q.exclude`` is a row here)."""
+
+    def __init__(self, index: LoadedIndex) -> None:
+        self.index = index
+        self.trees = index.tree_keys.shape[0]
+        self.depth = index.signatures.shape[1] // self.trees
+        self._width = 4 * self.depth
+        self._representation = index.representation()
+        self._codes = BandCodes(np.asarray(index.token_table), self.trees) \
+            if index.tree_keys.dtype == np.uint64 else None
+        # the trees end to end (views): codes are one sorted array, and a tree's rows start at tree * n
+        self._flat_keys = index.tree_keys.reshape(-1)
+        self._flat_order = index.tree_order.reshape(-1)
+        self._tree_starts = np.arange(self.trees, dtype=np.int64) * index.n
+        self._scratch = threading.local()
+
+    def _buffers(self) -> threading.local:
+        """This thread's scratch arrays for this shard, made on first use and reused by every later query."""
+        mine = self._scratch
+        if not hasattr(mine, "winner"):
+            mine.winner = np.empty(self.index.n, dtype=np.intp)
+        return mine
+
+    @property
+    def n(self) -> int:
+        return self.index.n
+
+    def vector(self, row: int, info: QueryInfo) -> QueryVector:
+        idx = self.index
+        return QueryVector(np.asarray(idx.features[row]), np.asarray(idx.topk[row]), np.asarray(idx.sets[row]),
+                           np.asarray(idx.signatures[row]), row, info)
+
+    def for_feature(self, feature: np.ndarray, image: str | None = None) -> QueryVector:
+        """A query from a feature computed outside the collection, treated as the collection was."""
+        p, stats = self.index.params, np.asarray(self.index.stats)
+        feature = feature.astype(np.float32)
+        topk = top_k_sets(feature[None, :], p["top_k"], p["basis"], stats)[0]
+        sets = self._representation.sets(feature[None, :], stats, np.asarray(self.index.vocabulary))
+        sig = minhash_signatures(sets, self.index.token_table, threads=1)[0]
+        return QueryVector(feature, topk, sets[0], sig, None, QueryInfo(None, None, None, image))
+
+    def ranges(self, q: QueryVector) -> np.ndarray:
+        """Per tree and depth, the range of sorted keys sharing the query's prefix: ``(trees, depth + 1, 2)``,
+        positions within each tree; row ``d`` is depth ``d`` (row 0 unused)."""
+        out = np.zeros((self.trees, self.depth + 1, 2), dtype=np.int64)
+        if self._codes is not None:  # every tree and depth in one searchsorted each way
+            low, high = self._codes.bounds(q.signature)
+            out[:, 1:, 0] = np.searchsorted(self._flat_keys, low.ravel(), "left").reshape(low.shape)
+            out[:, 1:, 1] = np.searchsorted(self._flat_keys, high.ravel(), "right").reshape(high.shape)
+            out[:, 1:, :] -= self._tree_starts[:, None, None]
+            return out
+        bands = q.signature.astype(">u4").tobytes()
+        depths = range(1, self.depth + 1)
+        for t in range(self.trees):
+            h = bands[t * self._width : (t + 1) * self._width]
+            lows = [h[: 4 * d] for d in depths]
+            highs = [h[: 4 * d] + b"\xff" * (self._width - 4 * d) for d in depths]
+            keys = self.index.tree_keys[t]
+            out[t, 1:, 0] = np.searchsorted(keys, np.array(lows, dtype=keys.dtype), "left")
+            out[t, 1:, 1] = np.searchsorted(keys, np.array(highs, dtype=keys.dtype), "right")
+        return out
+
+    def union(self, q: QueryVector, ranges: np.ndarray, active: np.ndarray,
+              depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct keys sharing the query's prefix of ``depth`` in some tree (in no particular order), and in
+        how many trees.
+
+        No sort: every gathered row writes its position into a scratch array indexed by row; whichever write
+        lands, exactly one position per distinct row reads itself back, and counting the positions read back
+        gives each row's trees.
+        """
+        trees = np.flatnonzero(active[:, depth])
+        if not len(trees):
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        starts = self._tree_starts[trees]
+        lo, hi = (ranges[trees, depth, 0] + starts).tolist(), (ranges[trees, depth, 1] + starts).tolist()
+        gathered = np.concatenate([self._flat_order[a:b] for a, b in zip(lo, hi)]).astype(np.intp)
+        winner = self._buffers().winner
+        positions = np.arange(len(gathered))
+        winner[gathered] = positions
+        read_back = winner[gathered]
+        firsts = np.flatnonzero(read_back == positions)
+        keys = gathered[firsts]
+        votes = np.bincount(read_back, minlength=len(gathered))[firsts]
+        mine = keys != q.exclude
+        return keys[mine].astype(np.int64), votes[mine]
+
+    def jaccard(self, q: QueryVector, rows: np.ndarray) -> np.ndarray:
+        """Estimated Jaccard (share of equal MinHash values) of the query's set and each row's."""
+        return (np.asarray(self.index.signatures[rows]) == q.signature).mean(axis=1)
+
+    def cosine(self, q: QueryVector, rows: np.ndarray) -> np.ndarray:
+        # einsum sums each row in one fixed order, so a row's cosine is the same whichever rows it is computed with
+        # (BLAS picks kernels by the number of rows: the last bit moved), and shards rank as one index
+        return np.einsum("ij,j->i", np.asarray(self.index.features[rows]), q.feature)
+
+    def shared(self, q: QueryVector, rows: np.ndarray) -> np.ndarray:
+        """How many top-K dimensions each row shares with the query."""
+        dim = self.index.features.shape[1]
+        return bitmap_intersections(bitmaps(q.topk[None, :], dim)[0], self.index.topk_bits[rows])
+
+    def exact(self, q: QueryVector, wanted: int) -> tuple[np.ndarray, np.ndarray]:
+        """This part's ``wanted`` best rows by cosine (at most), and their cosines."""
+        with _SCAN_LOCK:
+            scores = np.asarray(self.index.features) @ q.feature
+        if q.exclude is not None:
+            scores[q.exclude] = -np.inf
+        top = np.argpartition(-scores, wanted - 1)[:wanted] if wanted < len(scores) else np.arange(len(scores))
+        keep = top[np.isfinite(scores[top])].astype(np.int64)
+        return keep, self.cosine(q, keep)  # ranked by the cosine every result shows
+
+    def datasketch(self, q: QueryVector, k: int) -> np.ndarray:
+        keys = self.index.forest.query(Sketch(q.signature), k + (q.exclude is not None))
+        return np.array([key for key in keys if key != q.exclude], dtype=np.int64)
+
+    def describe(self, q: QueryVector, rows: np.ndarray) -> list[Match]:
+        """Every score a user sees for each row, in the order given (ranks from 1)."""
+        idx = self.index
+        est = self.jaccard(q, rows)
+        cos = self.cosine(q, rows)
+        dim = idx.features.shape[1]
+        inters = set_intersections(q.topk, idx.topk[rows], dim)
+        q_size, sizes = len(q.topk), set_sizes(idx.topk[rows], dim)
+        set_inters = set_intersections(q.sets, idx.sets[rows], idx.universe)
+        set_unions = set_sizes(q.sets[None, :], idx.universe)[0] + set_sizes(idx.sets[rows], idx.universe) - set_inters
+        out = []
+        for rank, (i, e, c, inter, size, s_inter, s_union) in enumerate(
+                zip(rows, est, cos, inters, sizes, set_inters, set_unions), start=1):
+            inter, union = int(inter), int(q_size + size - inter)
+            ci = int(idx.labels[i])
+            out.append(Match(rank=rank, id=idx.id_of(i), label=label_name(idx.class_names, ci), class_index=ci,
+                             jaccard=round(inter / union, 6) if union else 1.0, jaccard_estimate=round(float(e), 6),
+                             cosine=round(float(c), 6), intersection=inter, union=union,
+                             unique_to_query=q_size - inter, unique_to_match=int(size) - inter,
+                             set_jaccard=round(float(s_inter) / float(s_union), 6) if s_union else 1.0,
+                             path=None if idx.paths is None else str(idx.paths[int(i)])))
+        return out
+
+
+
+class LocalParts:
+    """The shards of a collection in this process: each question is asked of each part in turn."""
+
+    def __init__(self, shards: list[Shard]) -> None:
+        self.shards = shards
+        self.sizes = [shard.n for shard in shards]
+
+    def each(self, method: str, calls: list[tuple[int, tuple[Any, ...]]]) -> list[Any]:
+        """``getattr(shard, method)(*args)`` for each ``(part, args)``, answers in the same order."""
+        return [getattr(self.shards[part], method)(*args) for part, args in calls]
