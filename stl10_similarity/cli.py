@@ -202,9 +202,11 @@ def picture_option(help: str) -> Any:
 no_wait_option = click.option("--no-wait", is_flag=True, help="Fail at once if another command holds the cache dir.")
 candidates_option = param_option(
     P.SearchParams, "candidates",
-    help=f"rerank: how many forest candidates (those sharing the most top-K dimensions with the query, from a "
-    f"pool of {P.POOL_FACTOR}x as many, growing as (N / {P.POOL_GROWTH_FROM:,})^{P.POOL_GROWTH} beyond "
-    f"{P.POOL_GROWTH_FROM:,} images) are re-ranked by cosine; forest: the pool's size.",
+    help=f"The candidate budget. rerank gathers a pool of {P.POOL_FACTOR}x as many from the forest (growing as "
+    f"(N / {P.POOL_GROWTH_FROM:,})^{P.POOL_GROWTH} beyond {P.POOL_GROWTH_FROM:,} images) and orders by exact cosine "
+    f"the pool's best 1/20 by the index's {P.PROJECTION_DIMS}-direction projection (1/10 when its directions hold "
+    f"under {P.PROJECTION_TRUSTED} of the variance), or, where they hold under {P.PROJECTION_USEFUL}, this many "
+    f"sharing the most top-K dimensions with the query; forest orders the same pool by estimated Jaccard.",
 )
 force_option = click.option("--force", is_flag=True, help="Rebuild even if a matching cached result exists.")
 device_option = param_option(P.ExtractParams, "device", help="auto: a CUDA GPU, else Apple's MPS, else the CPU.")
@@ -663,12 +665,12 @@ def query(ctx: click.Context, image_ids: tuple[int, ...], images: tuple[Path, ..
 
     Methods: auto (default) scans every image (exact) while the collection is small enough for a scan to
     take a few milliseconds, and uses rerank beyond. rerank takes the forest's candidates, gathered from
-    every tree at the deepest shared prefix first, keeps the --candidates whose top-K sets overlap the
-    query's most and orders them by exact cosine; forest orders the candidates by estimated Jaccard;
-    exact is brute-force cosine over all features (the baseline); forest-query is datasketch's own
-    MinHashLSHForest.query(). Never returns
-    the query itself, never fewer than min(k, N-1) results. Builds the index first when it is missing or
-    out of date (one line on stderr). With several queries and --png grid.png, grids are grid-<id>.png.
+    every tree at the deepest shared prefix first, keeps the best few by a 128-byte projection of each
+    image (see --candidates) and orders them by exact cosine; forest orders the candidates by estimated
+    Jaccard; exact is brute-force cosine over all features (the baseline); forest-query is datasketch's own
+    MinHashLSHForest.query(). Never returns the query itself, never fewer than min(k, N-1) results. Builds
+    the index first when it is missing or out of date (one line on stderr). Several --image-id queries are
+    answered as one batch on every core. With several queries and --png grid.png, grids are grid-<id>.png.
     """
     from stl10_similarity import Session
 
@@ -677,8 +679,9 @@ def query(ctx: click.Context, image_ids: tuple[int, ...], images: tuple[Path, ..
     session = Session.open(_existing(cache_dir, collection), progress=_progress(ctx))
     for image_id in image_ids:  # every query is checked before anything is written
         session.check_id(image_id)
-    asked = [{"image_id": i} for i in image_ids] + [{"image": path} for path in images]
-    results = [session.query(**q, k=k, method=method, candidates=candidates, device=device) for q in asked]
+    # the collection's images as one batch on every core; images of the user's one at a time (each is embedded)
+    results = session.query_many(list(image_ids), k=k, method=method, candidates=candidates) if image_ids else []
+    results += [session.query(image=path, k=k, method=method, candidates=candidates, device=device) for path in images]
     several = len(results) > 1
     for result in results:
         if png is not None:
@@ -782,11 +785,12 @@ def format_bench(report: Any) -> str:
         "",
     ]
     header = (f"{'method':<46} {'build s':>8} {'B/image':>8} {'p50 ms':>8} {'p99 ms':>8} {'qps':>8} "
-              f"{'recall@k':>8} {'cand.':>7}")
+              f"{'batch q/s':>9} {'recall@k':>8} {'cand.':>7}")
     lines += [header, "-" * len(header)]
     for r in report.methods:
+        batched = "-" if r.batched_qps is None else f"{r.batched_qps:.0f}"
         lines.append(f"{r.name:<46} {r.build_seconds:>8.1f} {r.bytes_per_image:>8.0f} {r.p50_ms:>8.3f} "
-                     f"{r.p99_ms:>8.3f} {r.qps:>8.1f} {r.recall_at_k:>8.3f} {r.mean_candidates:>7.0f}")
+                     f"{r.p99_ms:>8.3f} {r.qps:>8.1f} {batched:>9} {r.recall_at_k:>8.3f} {r.mean_candidates:>7.0f}")
     default = "exact (numpy)" if report.n <= P.SCAN_LIMIT else f"rerank (candidates {P.SearchParams.candidates})"
     lines += ["", f"the default method (auto) at this size: {default} (exact up to {P.SCAN_LIMIT:,} images)"]
     return "\n".join(lines)

@@ -46,7 +46,7 @@ def duplicate_trees(index: LoadedIndex | ShardedIndex) -> tuple[np.ndarray, np.n
     params = index.params
     tree_keys = getattr(index, "tree_keys", None)  # a sharded collection's trees are per shard: made here
     if params.get("sets") == "top-dims" and tree_keys is not None and tree_keys.shape[0] == TREES \
-            and tree_keys.dtype.kind == "S":  # runs are read from datasketch's byte strings
+            and tree_keys.dtype != np.uint64:  # runs are read from byte strings, not band codes
         return np.asarray(tree_keys), np.asarray(index.tree_order)  # type: ignore[union-attr]
     table = token_table(int(params["num_perm"]), index.features.shape[1])
     return prefix_arrays(minhash_signatures(np.asarray(index.topk), table), TREES)

@@ -35,6 +35,15 @@ POOL_GROWTH = 0.25
 # rerank's 1.7 ms, 3.1-4.5 vs 1.9 ms at 25,000 (rerank recall@10 0.98) and 10.1 vs 2.3 ms at 50,000 (0.97); up to
 # 20,000 a scan stays within ~1.3x of rerank's time and is always right
 SCAN_LIMIT = 20_000
+# rerank chooses which candidates get an exact cosine by a 128-direction int8 projection of the features
+# (index/projection.py) when its directions hold enough of the variance, else by shared top-K dimensions. On
+# 50,000 real photos (share 0.76) the pool's best 1/20 by projection kept every top-10 neighbour the pool held
+# (recall 0.979, the pool's own); with the directions diluted by dimension-shuffled copies of the photos, 1/20
+# lost 0.005 at share 0.64 and 0.017-0.023 at 0.52-0.58, 1/10 lost 0.004-0.005 (benchmarks/prefilter.py)
+PROJECTION_DIMS = 128
+PROJECTION_TRUSTED = 0.7  # at least this share: the best 1/20 of the pool ...
+PROJECTION_USEFUL = 0.5  # ... at least this: the best 1/10; below it, the candidates sharing most top-K dimensions
+PROJECTION_KEEP = {PROJECTION_TRUSTED: 1 / 20, PROJECTION_USEFUL: 1 / 10}
 IMAGES_PER_CENTROID = 50  # `centroids` sets: one learned centroid per this many images ...
 MIN_CENTROIDS = 64  # ... but at least this many ...
 MAX_CENTROIDS = 4096  # ... and at most this many (fitting and assigning cost grows with it)
@@ -127,11 +136,13 @@ class ShardParams:
 
 @dataclass(frozen=True)
 class SearchParams:
-    """One query: how many results, which method, how many candidates ``rerank`` re-ranks."""
+    """One query: how many results, which method, the candidate budget (``rerank``'s pool is ``POOL_FACTOR`` times
+    it); a batch of queries: on how many threads."""
 
     k: int = _spec(5, low=1)
     method: str = _spec("auto", choices=METHODS)
     candidates: int = _spec(800, low=1)
+    threads: int | None = _spec(None, low=1, high=1024)  # a batch of queries: None = every core
 
     def __post_init__(self) -> None:
         _check(self)

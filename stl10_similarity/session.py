@@ -10,6 +10,7 @@ from __future__ import annotations
 import mmap
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,20 @@ class Session:
         if pixels is not None:
             timing["embed"] = embed_ms
         return replace(result, timing_ms=timing, query_image=pixels)
+
+    def query_many(self, image_ids: Sequence[int], *, k: int = SearchParams.k, method: str = SearchParams.method,
+                   candidates: int = SearchParams.candidates, threads: int | None = None) -> list[QueryResult]:
+        """:meth:`query` for many collection images at once, answered on ``threads`` threads (default: every
+        core), results in the ids' order. Every id is checked before any query runs.
+
+        Raises:
+            ParameterError: an id out of range, or a bad ``k``, ``method``, ``candidates`` or ``threads``.
+        """
+        SearchParams(k=k, method=method, candidates=candidates, threads=threads)
+        searcher = self.searcher(candidates)
+        vectors = [searcher.for_row(self.check_id(image_id)) for image_id in image_ids]
+        results = searcher.query_many(vectors, k, method, threads)
+        return [replace(result, timing_ms={**result.timing_ms, "load": self.load_ms}) for result in results]
 
     def model(self, device: str = "auto") -> Any:
         """The feature model exactly as the collection was extracted (weights, input size)."""

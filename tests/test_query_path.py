@@ -101,3 +101,31 @@ def test_band_codes_refuse_what_does_not_fit_and_values_outside_the_table():
     bad[0, 0] ^= 1  # a hash value no token of this table makes
     with pytest.raises(ValueError, match="not in the token table"):
         codes.band(bad, 0)
+
+
+def test_a_batch_on_threads_answers_as_the_queries_one_by_one():
+    feats = _features(3000, seed=8)
+    index = index_in_memory(feats, np.zeros(len(feats), np.int16), [], IndexParams())
+    searcher = Searcher(index)
+    vectors = [searcher.for_row(row) for row in range(0, 3000, 7)]
+    for method in ("rerank", "forest", "exact"):
+        alone = [searcher.search(q, 10, method) for q in vectors]
+        batch = searcher.search_many(vectors, 10, method, threads=4)  # each thread has its own scratch arrays
+        assert len(batch) == len(alone)
+        for (rows, scores, examined), (rows1, scores1, examined1) in zip(batch, alone):
+            assert np.array_equal(rows, rows1) and np.array_equal(scores, scores1) and examined == examined1
+
+
+def test_rerank_chooses_by_the_projection_only_where_its_directions_hold_the_variance():
+    feats = _features(2000, seed=10, clusters=6)  # a few strong directions: the projection holds most
+    strong = Searcher(index_in_memory(feats, np.zeros(len(feats), np.int16), [], IndexParams()))
+    assert strong.parts.shards[0].projection_share() >= 0.7 and strong.projection_keep == 1 / 20
+    rng = np.random.default_rng(0)
+    noise = np.abs(rng.normal(size=(2000, 1280))).astype(np.float32)  # no direction stands out
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    weak = Searcher(index_in_memory(noise, np.zeros(len(noise), np.int16), [], IndexParams()))
+    assert weak.parts.shards[0].projection_share() < 0.5 and weak.projection_keep is None
+    assert weak.reranked(10) == weak.candidates  # the top-K overlap keeps the budget, as before the projection
+    result = strong.query(strong.for_row(5), 10, "rerank")
+    assert result.params["prefilter"] == "projection" and result.params["reranked"] == int(np.ceil(strong.pool / 20))
+    assert weak.query(weak.for_row(5), 10, "rerank").params["prefilter"] == "top-k overlap"

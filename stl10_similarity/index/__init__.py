@@ -20,10 +20,11 @@ import numpy as np
 from stl10_similarity import store
 from stl10_similarity.errors import InputError, IntegrityError, MissingArtifactError, ParameterError, StaleArtifactError
 from stl10_similarity.index.forest import BandCodes, ForestPickle, build_forest, merge_prefix_arrays, prefix_arrays
+from stl10_similarity.index.projection import Projection, fit_projection
 from stl10_similarity.index.sets import SetRepresentation, TopDims, bitmaps, representation
 from stl10_similarity.index.signatures import SCHEME, SEED, minhash_signatures, set_statistics, token_table, top_k_sets
 from stl10_similarity.ingest import extract as features_stage
-from stl10_similarity.params import EngineParams, IndexParams, ShardParams
+from stl10_similarity.params import PROJECTION_DIMS, EngineParams, IndexParams, ShardParams
 from stl10_similarity.progress import SILENT, Progress
 from stl10_similarity.sources import keys_are_paths
 from stl10_similarity.store import Manifest
@@ -43,7 +44,7 @@ from stl10_similarity.store.paths import features_dir, index_dir
 MAKE_CMD = store.INDEX_CMD
 CHUNK_ROWS = 65536
 ARTIFACTS = {"topk", "topk_bits", "sets", "vocabulary", "signatures", "stats", "token_table", "tree_keys",
-             "tree_order", "forest", "ids"}
+             "tree_order", "projection", "projected", "forest", "ids"}
 SHARED = {"vocabulary", "stats", "token_table"}  # a sharded index's own artifacts; each shard holds ARTIFACTS
 # an index whose vocabulary was fitted on this many times fewer images than the collection now holds says so
 OUTGROWN_FACTOR = 4
@@ -247,9 +248,11 @@ def _build_sharded(home: Path, feats: np.ndarray, path: Path, ids: np.ndarray, p
     rep = representation(params, n, dim)
     progress.note(f"index: fitting the {rep.name} vocabulary ...")
     vocabulary = rep.fit(feats, stats, SEED)
+    progress.note("index: projection ...")
+    projection = fit_projection(feats, stats[0], SEED).to_array()
     bounds = [s * n // shards for s in range(shards + 1)]
     store.retire_index_manifest(home)  # not an index until every shard, then its manifest, is in
-    jobs = [(str(path), bounds[s], bounds[s + 1], ids[bounds[s] : bounds[s + 1]], stats, vocabulary,
+    jobs = [(str(path), bounds[s], bounds[s + 1], ids[bounds[s] : bounds[s + 1]], stats, vocabulary, projection,
              asdict(params), str(home), f"shard_{s:03d}", inputs) for s in range(shards)]
     if engine.engine == "ray":
         from stl10_similarity.ray_engine import build_shards
@@ -279,20 +282,22 @@ def _build_sharded(home: Path, feats: np.ndarray, path: Path, ids: np.ndarray, p
 
 
 def build_shard(features_path: str, lo: int, hi: int, ids: np.ndarray, stats: np.ndarray, vocabulary: np.ndarray,
-                params: dict[str, Any], home: str, shard: str, inputs: dict[str, str]) -> dict[str, Any]:
-    """One shard: an ordinary index over feature rows ``lo:hi`` with the collection's frozen statistics and
-    vocabulary, committed in ``folder``. Runs in this process or as a Ray task (the features file is read where
-    it is, already verified by the caller), in ``index/shard`` of the collection's ``home``; returns the entry
-    the index's manifest lists it by."""
+                projection: np.ndarray, params: dict[str, Any], home: str, shard: str,
+                inputs: dict[str, str]) -> dict[str, Any]:
+    """One shard: an ordinary index over feature rows ``lo:hi`` with the collection's frozen statistics,
+    vocabulary and projection (every shard's scores must compare), committed in ``folder``. Runs in this process
+    or as a Ray task (the features file is read where it is, already verified by the caller), in ``index/shard``
+    of the collection's ``home``; returns the entry the index's manifest lists it by."""
     started = time.time()
     index_params_ = IndexParams(**params)
     shard_features = np.asarray(np.load(features_path, mmap_mode="r")[lo:hi], dtype=np.float32)
     built = index_in_memory(shard_features, np.zeros(hi - lo, np.int16), [], index_params_, stats=stats,
-                            vocabulary=vocabulary)
+                            vocabulary=vocabulary, projection=Projection.from_array(projection))
     target = index_dir(Path(home)) / shard
     target.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(target)
-    for name in ("topk", "topk_bits", "sets", "vocabulary", "signatures", "stats", "tree_keys", "tree_order"):
+    for name in ("topk", "topk_bits", "sets", "vocabulary", "signatures", "stats", "tree_keys", "tree_order",
+                 "projection", "projected"):
         write_npy(staging / f"{name}.npy", np.asarray(getattr(built, name)))
     write_npy(staging / "token_table.npy", built.token_table)
     write_npy(staging / "ids.npy", np.asarray(ids, dtype=np.int64))
@@ -338,7 +343,11 @@ def _build(feats: np.ndarray, path: Path, dim: int, params: IndexParams, staging
     write_npy(staging / "vocabulary.npy", vocabulary)
     write_npy(staging / "signatures.npy", sigs)
     write_npy(staging / "stats.npy", stats)
-    del sets  # the forest is the big one: hold nothing else while it is built
+    del sets
+    step(f"projection ({PROJECTION_DIMS} directions)")
+    projection = fit_projection(feats, stats[0], SEED)
+    write_npy(staging / "projection.npy", projection.to_array())
+    write_npy(staging / "projected.npy", projection.encode(feats))  # the forest is the big one: nothing else held
     write_npy(staging / "token_table.npy", table)
     step(f"LSH forest ({params.trees} trees)")
     tree_keys, tree_order = prefix_arrays(sigs, params.trees, BandCodes.for_table(table, params.trees))
@@ -373,7 +382,7 @@ def _base_for_update(home: Path, params: dict[str, Any], features_manifest: Mani
                 or built is None or built.lineage != now.lineage or built.generation > now.generation:
             return None
         names = ("topk", "topk_bits", "sets", "vocabulary", "signatures", "stats", "token_table", "tree_keys",
-                 "tree_order", "ids")
+                 "tree_order", "projection", "projected", "ids")
         arrays = {name: np.asarray(load_npy(folder, manifest, name, make_cmd=MAKE_CMD)) for name in names}
     except (MissingArtifactError, IntegrityError, KeyError, TypeError, ValueError):
         return None
@@ -397,7 +406,8 @@ def _update(base: _Base, feats: np.ndarray, ids: np.ndarray, versions: np.ndarra
     stats, table, vocabulary = np.asarray(old["stats"]), np.asarray(old["token_table"]), np.asarray(old["vocabulary"])
     rep = frozen_representation(params, vocabulary, feats.shape[1])
     out = {}
-    per_row = ("topk", "topk_bits", "sets", "signatures")
+    projection = Projection.from_array(old["projection"])  # frozen, as the statistics are
+    per_row = ("topk", "topk_bits", "sets", "signatures", "projected")
     for name in per_row:
         out[name] = np.empty((len(ids), old[name].shape[1]), dtype=old[name].dtype)
         out[name][row_map[kept_old]] = old[name][kept_old]
@@ -407,6 +417,7 @@ def _update(base: _Base, feats: np.ndarray, ids: np.ndarray, versions: np.ndarra
         out["topk_bits"][fresh_rows] = bitmaps(out["topk"][fresh_rows], feats.shape[1])
         out["sets"][fresh_rows] = rep.sets(new_feats, stats, vocabulary)
         out["signatures"][fresh_rows] = minhash_signatures(out["sets"][fresh_rows], table)
+        out["projected"][fresh_rows] = projection.encode(new_feats)
     sigs = out["signatures"]
     # an index built before band codes keeps its byte strings until it is rebuilt: the trees stay in one form
     codes = BandCodes(table, params.trees) if old["tree_keys"].dtype == np.uint64 else None
@@ -417,6 +428,7 @@ def _update(base: _Base, feats: np.ndarray, ids: np.ndarray, versions: np.ndarra
     write_npy(staging / "vocabulary.npy", vocabulary)
     write_npy(staging / "stats.npy", stats)
     write_npy(staging / "token_table.npy", table)
+    write_npy(staging / "projection.npy", old["projection"])
     write_npy(staging / "tree_keys.npy", tree_keys)
     write_npy(staging / "tree_order.npy", tree_order)
     return sigs
@@ -491,6 +503,8 @@ class LoadedIndex(_Rows):
     token_table: np.ndarray  # each token's hash under each permutation, padding row last (token_table.npy)
     tree_keys: np.ndarray
     tree_order: np.ndarray
+    projection: np.ndarray  # the projection.npy artifact (projection.py): directions, scales, variance share
+    projected: np.ndarray  # each image's int8 coordinates along them, for choosing whom to give an exact cosine
     forest_loader: Callable[[], Any] | None = None
     _forest: Any = None
     paths: np.ndarray | None = None  # each image's path, for folder collections
@@ -522,10 +536,11 @@ class LoadedIndex(_Rows):
 def index_in_memory(
     features: np.ndarray, labels: np.ndarray, class_names: list[str], params: IndexParams = IndexParams(),
     stats: np.ndarray | None = None, vocabulary: np.ndarray | None = None, rep: SetRepresentation | None = None,
+    projection: Projection | None = None,
 ) -> LoadedIndex:
-    """Build an index without touching disk (for sweeps, benchmarks and tests); ``stats`` and ``vocabulary``:
-    the set statistics and vocabulary to use instead of fitting them on these features; ``rep``: a set
-    representation of your own instead of the one ``params`` name."""
+    """Build an index without touching disk (for sweeps, benchmarks and tests); ``stats``, ``vocabulary`` and
+    ``projection``: the set statistics, vocabulary and projection to use instead of fitting them on these
+    features; ``rep``: a set representation of your own instead of the one ``params`` name."""
     trees = params.trees
     stats = set_statistics(features) if stats is None else stats
     topk = top_k_sets(features, params.top_k, params.basis, stats)
@@ -538,11 +553,13 @@ def index_in_memory(
     table = token_table(params.num_perm, rep.universe(vocabulary))
     sigs = minhash_signatures(sets, table)
     tree_keys, tree_order = prefix_arrays(sigs, trees, BandCodes.for_table(table, trees))
+    projection = fit_projection(features, stats[0], SEED) if projection is None else projection
     recorded = {**index_params(params), "vocabulary": vocabulary_record(rep, vocabulary, len(features))}
     return LoadedIndex(params=recorded, features_params={}, class_names=class_names,
                        features=features, labels=labels, topk=topk, topk_bits=bitmaps(topk, features.shape[1]),
                        sets=sets, vocabulary=vocabulary,
                        signatures=sigs, stats=stats, token_table=table, tree_keys=tree_keys, tree_order=tree_order,
+                       projection=projection.to_array(), projected=projection.encode(features),
                        forest_loader=lambda: build_forest(sigs, trees),  # only forest-query needs the object
                        set_representation=rep)
 
@@ -638,6 +655,7 @@ def _load_one(folder: Path, manifest: dict[str, Any], opened: _Opened, lo: int, 
         vocabulary=artifact("vocabulary"),
         signatures=artifact("signatures"), stats=artifact("stats"),
         token_table=artifact("token_table"), tree_keys=artifact("tree_keys"), tree_order=artifact("tree_order"),
+        projection=artifact("projection"), projected=artifact("projected"),
     )
     if opened.paths is not None:
         index.paths = opened.paths[lo:hi]
@@ -647,7 +665,7 @@ def _load_one(folder: Path, manifest: dict[str, Any], opened: _Opened, lo: int, 
     if "ids" in manifest["artifacts"] and not np.array_equal(artifact("ids"), ids):
         raise IntegrityError("features and index disagree on the images' ids: run `stl10sim index --force`")
     if not (hi - lo == len(index.labels) == len(index.topk) == len(index.sets) == index.n
-            == index.tree_order.shape[1]):
+            == index.tree_order.shape[1] == len(index.projected)):
         raise IntegrityError("features and index disagree on the number of images: run `stl10sim index --force`")
     if "forest" not in manifest["artifacts"]:
         raise StaleArtifactError("the index lists no forest: run `stl10sim index --force`")

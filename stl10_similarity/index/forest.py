@@ -46,7 +46,8 @@ class BandCodes:
     empty set's 2**32 - 1: the token table's column), and a band's ranks are packed first-value-highest into one
     uint64 with the tree's number above them. Ranks keep both equality and order, so a band's code sorts exactly
     where datasketch sorts its byte string: the trees' row order is unchanged, equal prefixes stay equal, and the
-    trees laid end to end are one sorted array. Needs ``trees`` and the rank bits to fit in 64 bits (``fits``).
+    trees laid end to end are one sorted array. Needs ``trees`` and the rank bits to fit in 63 bits (``fits``),
+    so that a code + 1 never wraps.
     """
 
     def __init__(self, table: np.ndarray, trees: int) -> None:
@@ -64,7 +65,7 @@ class BandCodes:
     @staticmethod
     def fits(table: np.ndarray, trees: int) -> bool:
         distinct = max(len(np.unique(table[:, p])) for p in range(table.shape[1]))
-        return (table.shape[1] // trees) * max(1, (distinct - 1).bit_length()) + max(1, (trees - 1).bit_length()) <= 64
+        return (table.shape[1] // trees) * max(1, (distinct - 1).bit_length()) + max(1, (trees - 1).bit_length()) <= 63
 
     @classmethod
     def for_table(cls, table: np.ndarray, trees: int) -> BandCodes | None:

@@ -3,17 +3,35 @@ one part), with the helpers the methods (``methods.py``) are written in."""
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from stl10_similarity.params import POOL_FACTOR, POOL_GROWTH, POOL_GROWTH_FROM, SCAN_LIMIT, SearchParams
+from stl10_similarity.params import (
+    POOL_FACTOR,
+    POOL_GROWTH,
+    POOL_GROWTH_FROM,
+    PROJECTION_KEEP,
+    SCAN_LIMIT,
+    SearchParams,
+)
 from stl10_similarity.search.results import Match, QueryInfo, QueryResult, label_name
 from stl10_similarity.search.shard import LocalParts, QueryVector, Shard
 
 OVERSHOOT = 2  # a depth may bring up to this many times the pool before it is trimmed
+
+
+def query_threads(threads: int | None = None) -> int:
+    """How many threads answer a batch of queries: ``threads``, or every core this process may run on."""
+    if threads is not None:
+        SearchParams(threads=threads)  # validates
+        return threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class Searcher:
@@ -26,6 +44,7 @@ class Searcher:
         self.candidates = candidates
         self.parts = parts if parts is not None else LocalParts([Shard(s) for s in getattr(index, "shards", [index])])
         self.offsets = np.cumsum([0, *self.parts.sizes])
+        self._share: float | None = None
 
     @property
     def pool(self) -> int:
@@ -33,6 +52,21 @@ class Searcher:
         with the query: ``POOL_FACTOR`` times the candidates, growing slowly beyond ``POOL_GROWTH_FROM`` images."""
         growth = max(1.0, self.index.n / POOL_GROWTH_FROM) ** POOL_GROWTH
         return int(round(POOL_FACTOR * self.candidates * growth))
+
+    @property
+    def projection_keep(self) -> float | None:
+        """Which share of the pool rerank gives an exact cosine, chosen by the projection (``PROJECTION_KEEP``:
+        by how much of the variance its directions hold), or None: too little, choose by shared top-K dimensions."""
+        if self._share is None:  # every shard holds the same projection: the first one says
+            self._share = float(self.parts.each("projection_share", [(0, ())])[0])
+        return next((keep for least, keep in sorted(PROJECTION_KEEP.items(), reverse=True) if self._share >= least),
+                    None)
+
+    def reranked(self, wanted: int) -> int:
+        """How many of the pool rerank orders by exact cosine."""
+        keep = self.projection_keep
+        count = self.candidates if keep is None else int(np.ceil(keep * max(self.pool, self.candidates)))
+        return max(count, wanted)
 
     # ------------------------------------------------------------ query vectors
 
@@ -62,6 +96,8 @@ class Searcher:
 
     def local(self, q: QueryVector) -> list[QueryVector]:
         """The query as each part sees it: ``exclude`` in the part's own rows (None in the others)."""
+        if len(self.parts.sizes) == 1:
+            return [q]  # one part: its rows are the collection's
         out = []
         for part in range(len(self.parts.sizes)):
             lo, hi = int(self.offsets[part]), int(self.offsets[part + 1])
@@ -77,6 +113,8 @@ class Searcher:
         """``method(q, its rows)`` asked of each part holding some of the global ``rows``: for each part, the
         positions in ``rows`` it answered for, and its answer."""
         rows = np.asarray(rows, dtype=np.int64)
+        if len(self.parts.sizes) == 1:  # nothing to split or renumber
+            return [(np.arange(len(rows)), self.parts.each(method, [(0, (q, rows))])[0])]
         parts = np.searchsorted(self.offsets, rows, "right") - 1
         local, calls, where = self.local(q), [], []
         for part in np.unique(parts).tolist():
@@ -87,6 +125,8 @@ class Searcher:
 
     def scores(self, method: str, q: QueryVector, rows: np.ndarray) -> np.ndarray:
         """A per-row score (``jaccard``, ``cosine``, ``shared``) of global ``rows``, each asked of its part."""
+        if len(self.parts.sizes) == 1:
+            return np.asarray(self.parts.each(method, [(0, (q, np.asarray(rows, dtype=np.int64)))])[0], dtype=np.float64)
         out = np.empty(len(rows), dtype=np.float64)
         for mine, scores in self.by_part(method, q, rows):
             out[mine] = scores
@@ -99,7 +139,7 @@ class Searcher:
 
     def forest_candidates(self, q: QueryVector, budget: int) -> np.ndarray:
         """Keys sharing the deepest prefixes with the query, from every tree (of every part), until ``budget``
-        are found.
+        are found (distinct, in no particular order).
 
         Unlike ``MinHashLSHForest.query``, each depth is taken across all trees, so which keys are kept
         doesn't depend on tree order; ordering is left to the caller. Depths where a tree holds nothing
@@ -138,7 +178,7 @@ class Searcher:
                 fresh = ~np.isin(keys, kept, assume_unique=True)
                 order = np.lexsort((keys[fresh], -votes[fresh]))
                 keys = np.concatenate([kept, keys[fresh][order[: max(budget - len(kept), 0)]]])
-            return np.sort(keys).astype(np.int64)
+            return keys.astype(np.int64)  # in no particular order: every ranking breaks ties by row
         return np.empty(0, dtype=np.int64)
 
     def datasketch_candidates(self, q: QueryVector, k: int) -> np.ndarray:
@@ -192,16 +232,40 @@ class Searcher:
         rows, _, examined = self.search(q, k, method)
         return rows, examined
 
+    def search_many(self, queries: Sequence[QueryVector], k: int, method: str,
+                    threads: int | None = None) -> list[tuple[np.ndarray, np.ndarray, int]]:
+        """:meth:`search` for every query, answered on ``threads`` threads (default: every core this process may
+        use), in the queries' order. numpy releases the GIL in the gathers and products that dominate a query."""
+        return self._each(lambda q: self.search(q, k, method), queries, threads)
+
+    def query_many(self, queries: Sequence[QueryVector], k: int, method: str = SearchParams.method,
+                   threads: int | None = None) -> list[QueryResult]:
+        """:meth:`query` for every query, on ``threads`` threads, in the queries' order."""
+        return self._each(lambda q: self.query(q, k, method), queries, threads)
+
+    @staticmethod
+    def _each(answer: Callable[[QueryVector], Any], queries: Sequence[QueryVector], threads: int | None) -> list[Any]:
+        threads = query_threads(threads)
+        if threads == 1 or len(queries) < 2:
+            return [answer(q) for q in queries]
+        with ThreadPoolExecutor(min(threads, len(queries))) as pool:
+            return list(pool.map(answer, queries))  # list() re-raises a query's exception here
+
     def query(self, q: QueryVector, k: int, method: str = SearchParams.method) -> QueryResult:
         t0 = time.perf_counter()
         ids, examined = self.search_ids(q, k, method)
         t1 = time.perf_counter()
         matches = self.describe(q, ids)
         t2 = time.perf_counter()
+        answered_by = self.resolve(method)
+        how = {}
+        if answered_by == "rerank":  # which of the pool got an exact cosine: how many, chosen by what
+            how = {"prefilter": "top-k overlap" if self.projection_keep is None else "projection",
+                   "reranked": min(self.reranked(k), examined)}
         return QueryResult(
             query=q.info,
             results=matches,
-            params={"method": method, "answered_by": self.resolve(method), "k": k, "candidates": self.candidates,
+            params={"method": method, "answered_by": answered_by, "k": k, "candidates": self.candidates, **how,
                     **self.index.params,
                     "weights": self.index.features_params.get("weights"), "split": self.index.features_params.get("split"),
                     "n": self.index.n},
