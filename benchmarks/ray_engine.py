@@ -56,9 +56,10 @@ def main() -> None:
 
     import ray
 
-    from stl10_similarity import ray_engine
-    from stl10_similarity.duplicates import duplicate_trees, find_duplicates, linked_pairs
+    from stl10_similarity.duplicates import distinct_pairs, duplicate_trees, find_duplicates, linked_pairs, tree_linked_pairs
+    from stl10_similarity.duplicates_ray import linked_pairs as linked_pairs_on_ray
     from stl10_similarity.index import build_index, last_params
+    from stl10_similarity.ingest.ray_runner import RayRunner
     from stl10_similarity.ingest.runners import LocalRunner
     from stl10_similarity.ingest.update import update_folder
     from stl10_similarity.params import DuplicatesParams, EngineParams, ExtractParams, IndexParams
@@ -75,7 +76,7 @@ def main() -> None:
 
     _, wall, _ = timed(lambda: ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR"))
     doc["ray_start_s"] = wall
-    runner = ray_engine.RayRunner(actors=args.actors)
+    runner = RayRunner(actors=args.actors)
     remote, wall, cpu = timed(lambda: update_folder(args.photos, work / "ray", params, runner=runner))
     actors_cpu = round(sum(runner.cpu_seconds.values()), 2)
     doc["extract_ray"] = {"images": remote.n, "wall_s": wall, "driver_cpu_s": cpu, "actors_cpu_s": actors_cpu,
@@ -98,8 +99,8 @@ def main() -> None:
     doc["duplicates_local"] = {"wall_s": wall, "cpu_s": cpu, "groups": len(groups_local)}
     costs: list[float] = []
     trees = duplicate_trees(session.index)
-    (pairs_ray, wall, cpu) = timed(lambda: ray_engine.linked_pairs(session.index.features, trees, dup.threshold,
-                                                                   1024, costs=costs))
+    (pairs_ray, wall, cpu) = timed(lambda: linked_pairs_on_ray(session.index.features, trees, dup.threshold, 1024,
+                                                               tree_linked_pairs, distinct_pairs, costs=costs))
     groups_ray, wall2, cpu2 = timed(lambda: find_duplicates(session.index, dup, engine=EngineParams(engine="ray")))
     doc["duplicates_ray"] = {"wall_s": wall2, "driver_cpu_s": cpu2, "tasks_cpu_s": round(sum(costs), 2),
                                 "cpu_s": round(cpu2 + sum(costs), 2), "groups": len(groups_ray),

@@ -25,7 +25,7 @@ _EXPORTS = {
     "NoImagesError": "errors", "ImageError": "sources.images", "ImageTooLarge": "sources.images",
     "decode_square": "sources.images", "import_features": "sources.imported", "resolve_cache_dir": "store.paths",
     "resolve_data_dir": "store.paths", "collection_home": "store.paths", "update_folder": "ingest.update",
-    "summary_line": "ingest.update", "extract": "ingest.extract", "runner_for": "ingest.runners",
+    "summary_line": "ingest.update", "extract": "ingest.extract", "runner_for": "ingest.engines",
     "build_index": "index", "find_duplicates": "duplicates", "existing_collection": "collections",
     "list_collections": "collections", "remove_collection": "collections", "verify_collection": "collections",
     "features_manifest": "store", "features_digest": "store", "index_digest": "store", "json_text": "store.artifacts",

@@ -109,9 +109,9 @@ def linked_pairs(index: LoadedIndex | ShardedIndex, threshold: float, max_run: i
     process, or (``engine="ray"``) one Ray task per tree, which finds the same pairs."""
     trees = duplicate_trees(index)
     if engine == "ray":
-        from stl10_similarity import ray_engine
+        from stl10_similarity.duplicates_ray import linked_pairs as on_ray
 
-        return ray_engine.linked_pairs(index.features, trees, threshold, max_run, address, progress)
+        return on_ray(index.features, trees, threshold, max_run, tree_linked_pairs, distinct_pairs, address, progress)
     return distinct_pairs([tree_linked_pairs(index.features, trees[0][t], trees[1][t], threshold, max_run)
                            for t in range(trees[1].shape[0])])
 

@@ -33,7 +33,7 @@ class Session:
     def __init__(self, index: LoadedIndex | ShardedIndex, extract_manifest: store.Manifest, load_ms: float = 0.0,
                  home: Path | None = None, progress: Progress = SILENT, parts: Any = None) -> None:
         self.index = index
-        self.parts = parts  # who answers for each shard (None: this process; ray_engine.RayParts: Ray actors)
+        self.parts = parts  # who answers for each shard (None: this process; search.ray_parts.RayParts: Ray actors)
         self.progress = progress
         self.extract_manifest = extract_manifest
         self.load_ms = load_ms
@@ -69,7 +69,7 @@ class Session:
         index = load_index(home, mapped=mapped)
         parts = None
         if engine.engine == "ray":
-            from stl10_similarity.ray_engine import RayParts
+            from stl10_similarity.search.ray_parts import RayParts
 
             parts = RayParts(home, len(getattr(index, "shards", [index])), engine.address, progress)
         return cls(index, store.features_manifest(home), round((time.perf_counter() - started) * 1e3, 3), home,

@@ -87,16 +87,73 @@ def test_only_the_store_reads_or_writes_manifests():
     assert offenders == []
 
 
-def test_ray_is_imported_only_by_the_ray_engine():
-    """Without the ray extra nothing changes: only ray_engine.py imports Ray, and only inside its functions."""
+def test_ray_is_imported_only_by_the_ray_helper():
+    """Without the ray extra nothing changes: only ray_support.py imports Ray, and only inside its functions (the
+    wings' Ray adapters get the module from its ``connect``)."""
     offenders = []
     for path, tree in _modules():
         for node in ast.walk(tree):
             names = _imported(node)
             if any(n.split(".")[0] == "ray" for n in names):
-                if path.name != "ray_engine.py" or node.col_offset == 0:
+                if path.name != "ray_support.py" or node.col_offset == 0:
                     offenders.append(f"{path.name}:{node.lineno}")
     assert offenders == []
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Which package modules each package module imports (absolute and relative, at the top or inside functions),
+    drawn from the code: ``from a.b import c`` counts ``a.b.c`` when that is a module, else ``a.b``. The lazy front
+    door (``stl10_similarity/__init__.py``) counts the modules its ``_EXPORTS`` name."""
+    import stl10_similarity
+
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and ast.unparse(block.test) == "TYPE_CHECKING" for n in ast.walk(block)}
+        for node in ast.walk(tree):
+            targets = []
+            if id(node) in typing_only:  # read by type checkers only: no import at run time
+                continue
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    # a trailing ":" exports the module itself
+    graph["stl10_similarity"] |= {f"stl10_similarity.{m.rstrip(':')}" for m in stl10_similarity._EXPORTS.values()}
+    return graph
+
+
+def test_no_module_imports_upward():
+    """The import graph has no circle: each wing's Ray adapter builds on its wing, and nothing below calls up."""
+    graph = _import_graph()
+    assert "stl10_similarity.ray_engine" not in graph  # split into one adapter per wing over ray_support
+    state: dict[str, int] = {}
+    circles = []
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                circles.append(" -> ".join(trail[trail.index(nxt):] + [nxt]) if nxt in trail else nxt)
+            elif nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert circles == []
+    assert graph["stl10_similarity.ray_support"] <= {"stl10_similarity.errors", "stl10_similarity.progress"}
 
 
 def test_the_faces_use_the_api_params_errors_and_progress_only():

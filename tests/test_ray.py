@@ -23,7 +23,8 @@ from stl10_similarity.params import DuplicatesParams, EngineParams, ExtractParam
 from stl10_similarity.session import Session
 
 ray = pytest.importorskip("ray")
-from stl10_similarity.ray_engine import RayRunner, connect  # noqa: E402
+from stl10_similarity.ingest.ray_runner import RayRunner  # noqa: E402
+from stl10_similarity.ray_support import connect  # noqa: E402
 
 PARAMS = ExtractParams(weights="none", image_size=64, batch_size=4, chunk_size=8)
 

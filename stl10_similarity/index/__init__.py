@@ -255,9 +255,9 @@ def _build_sharded(home: Path, feats: np.ndarray, path: Path, ids: np.ndarray, p
     jobs = [(str(path), bounds[s], bounds[s + 1], ids[bounds[s] : bounds[s + 1]], stats, vocabulary, projection,
              asdict(params), str(home), f"shard_{s:03d}", inputs) for s in range(shards)]
     if engine.engine == "ray":
-        from stl10_similarity.ray_engine import build_shards
+        from stl10_similarity.index.ray_shards import build_shards
 
-        listed = build_shards(jobs, engine.address, progress)
+        listed = build_shards(build_shard, jobs, engine.address, progress)
     else:
         bar = progress.bar(shards, "index shards", unit="shard")
         listed = []

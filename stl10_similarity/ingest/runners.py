@@ -6,8 +6,8 @@ Every runner writes the same layout through :class:`Chunks`: one ``.npy`` per ch
 atomically after its lists of unreadable files and digests, so a killed run of any runner resumes from its
 finished chunks and features are bit-identical whichever runner made them.
 
-Runners: ``local`` (:class:`LocalRunner`, this process) and ``ray`` (``ray_engine.RayRunner``, actors on a
-Ray cluster); ``runner_for`` picks one by name.
+Runners: ``local`` (:class:`LocalRunner`, this process) and ``ray`` (``ingest.ray_runner.RayRunner``, actors on a
+Ray cluster); ``ingest.engines.runner_for`` picks one by name.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from stl10_similarity.ingest.pipeline import BackgroundWriter, prefetched
-from stl10_similarity.params import EngineParams
 from stl10_similarity.progress import SILENT, Progress
 from stl10_similarity.sources import Source
 from stl10_similarity.store.artifacts import write_json, write_npy
@@ -185,15 +184,6 @@ class LocalRunner:
                 writer.close()  # every finished chunk is on disk before we go on (or give up)
         bar.close()
         return chunks.collect(device, model_seconds)
-
-
-def runner_for(engine: EngineParams, pipelined: bool | None = None) -> Runner:
-    """The runner ``engine`` names: ``local`` (``pipelined`` as :class:`LocalRunner` takes it) or ``ray``."""
-    if engine.engine == "ray":
-        from stl10_similarity.ray_engine import RayRunner
-
-        return RayRunner(engine.address, engine.actors, engine.gpus_per_actor)
-    return LocalRunner(pipelined)
 
 
 def _read_list(path: Path, empty: Any) -> Any:

@@ -17,7 +17,7 @@ returns the query itself.
 The seam: a :class:`Searcher` runs every method once, over *parts* (a collection's shards; an unsharded one is
 one part). A :class:`Shard` answers the per-part questions (prefix ranges, the keys at a depth, scores of its
 rows, its exact top, descriptions) for its own rows; :class:`LocalParts` asks its shards in this process and
-``ray_engine.RayParts`` asks one Ray actor per shard. Shards' rows are disjoint, so gathering at a depth chosen
+``search.ray_parts.RayParts`` asks one Ray actor per shard. Shards' rows are disjoint, so gathering at a depth chosen
 from the summed counts gives exactly the candidates one unsharded forest would: a sharded collection answers
 ``auto``, ``rerank``, ``forest`` and ``exact`` as one index with the same parameters (``forest-query``, the
 datasketch object's own walk, is asked per shard). Every method is ``search(q, k) -> rows, scores, examined``,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stl10_similarity.search.searcher import Searcher
 from stl10_similarity.search.shard import QueryVector
+
+if TYPE_CHECKING:  # the searcher calls these; they call back only through the instance they are given
+    from stl10_similarity.search.searcher import Searcher
 
 
 def _most(rows: np.ndarray, counts: np.ndarray, keep: int) -> np.ndarray:
