@@ -11,9 +11,13 @@ See docs/python-api.md.
 
 from __future__ import annotations
 
+from importlib import metadata
 from typing import Any
 
-__version__ = "0.1.0"
+try:  # one version source: the package metadata pyproject.toml writes
+    __version__ = metadata.version("stl10sim")
+except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 # name -> "module" (the name is that module's attribute) or "module:" (the name is the module itself). This is
 # the API the faces (cli.py, server.py) use: a test keeps them to it, params, errors and progress.

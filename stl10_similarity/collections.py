@@ -29,7 +29,11 @@ def list_collections(cache_dir: Path) -> list[dict[str, Any]]:
             rows.append({"name": name, "source": describe_record(record), "images": int(manifest["n"]),
                          "skipped": len(manifest.get("skipped", [])), "index": index_state(home)})
         except (Stl10SimError, KeyError, TypeError) as exc:
-            rows.append({"name": name, "source": f"no usable features ({exc})", "images": 0, "skipped": 0,
+            # the stage's own advice names STL-10's command; a collection of one's own is remade by its own
+            why = str(exc) if name == DEFAULT_COLLECTION else \
+                f"{str(exc).split(':')[0]}: `stl10sim extract --images DIR --collection {name}` makes them (an " \
+                f"interrupted first extract resumes)"
+            rows.append({"name": name, "source": f"no usable features ({why})", "images": 0, "skipped": 0,
                          "index": "missing"})
     return rows
 
@@ -41,9 +45,13 @@ def existing_collection(cache_dir: Path, name: str) -> Path:
         MissingArtifactError: no collection of that name; the message lists the ones there are.
     """
     home = collection_home(cache_dir, name)
+    names = collection_names(cache_dir)
+    if name == DEFAULT_COLLECTION and names and DEFAULT_COLLECTION not in names:
+        # STL-10 is the default; where only collections of one's own exist, name them rather than ask for STL-10
+        raise MissingArtifactError(f"STL-10 has not been extracted in {cache_dir}; the collections there are "
+                                   f"{', '.join(names)}: give --collection NAME (`stl10sim extract` makes STL-10)")
     if name == DEFAULT_COLLECTION or home.is_dir():
         return home
-    names = collection_names(cache_dir)
     there = f"the collections there are {', '.join(names)} (`stl10sim collections`)" if names else \
         "there are no collections there yet"
     raise MissingArtifactError(f"there is no collection {name!r} in {cache_dir}: {there}; "

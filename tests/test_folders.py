@@ -144,6 +144,9 @@ def test_collections_are_listed_and_kept_apart(folder_cache, archive, tmp_path):
 
     cache = tmp_path / "cache"
     shutil.copytree(folder_cache, cache)
+    # only a collection of one's own so far: a query without --collection names it instead of asking for STL-10
+    lost = CliRunner().invoke(main, ["query", "--image-id", "0", "--cache-dir", str(cache)])
+    assert lost.exit_code == 2 and "the collections there are mine: give --collection NAME" in lost.stderr
     assert invoke("-q", "download", "--archive", str(archive), "--no-verify", "--cache-dir", str(cache)).exit_code == 0
     assert invoke("-q", "extract", *FAST, "--cache-dir", str(cache)).exit_code == 0
     rows = [json.loads(line) for line in invoke("collections", "--json", "--cache-dir", str(cache)).stdout.splitlines()]
@@ -351,3 +354,10 @@ def test_file_names_are_shown_escaped_on_a_terminal_and_kept_in_json(tmp_path):
     assert invoke("-q", "extract", "--images", str(root), "--collection", "mine", "--cache-dir", cache).exit_code == 0
     duplicates = invoke("-q", "duplicates", "--collection", "mine", "--cache-dir", cache).stdout
     assert "\x1b" not in duplicates and "\\x1b" in duplicates
+
+
+def test_an_interrupted_first_extract_is_listed_with_its_own_command(tmp_path):
+    (tmp_path / "c" / "collections" / "half" / "features" / "partial").mkdir(parents=True)  # killed before a commit
+    text = CliRunner().invoke(main, ["collections", "--cache-dir", str(tmp_path / "c")]).stdout
+    assert text.startswith("half") and "`stl10sim extract --images DIR --collection half` makes them" in text
+    assert "`stl10sim extract`" not in text.replace("`stl10sim extract --images", "")  # not STL-10's command

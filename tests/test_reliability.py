@@ -172,6 +172,7 @@ def test_read_only_cache_dir_is_one_clear_line(cache, monkeypatch):
     monkeypatch.setattr(Path, "mkdir", read_only)
     result = CliRunner().invoke(main, ["-q", "index", "--force", "--cache-dir", str(cache)])
     assert result.exit_code == 1 and "the folder is read-only" in result.stderr
+    assert "--cache-dir DIR or $STL10SIM_CACHE_DIR" in result.stderr  # and where to go instead
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert {p: p.read_bytes() for p in (cache / "index").iterdir() if p.is_file()} == before
 

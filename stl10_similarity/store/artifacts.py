@@ -25,6 +25,7 @@ import numpy as np
 
 from stl10_similarity.errors import EnvironmentFailure, IntegrityError, MissingArtifactError, os_error_reason
 from stl10_similarity.progress import SILENT, Progress
+from stl10_similarity.store.paths import CACHE_ENV
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -34,7 +35,10 @@ _ENV_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUO
 def environment_failure(exc: OSError, what: str) -> EnvironmentFailure:
     """Turn an OSError from writing into one clear line."""
     reason = os_error_reason(exc)
-    return EnvironmentFailure(f"cannot write {what}: {reason}; previous artifacts are untouched")
+    where = ""
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # a cache dir one may not write: say where else
+        where = f" (choose a writable cache dir: --cache-dir DIR or ${CACHE_ENV})"
+    return EnvironmentFailure(f"cannot write {what}: {reason}{where}; previous artifacts are untouched")
 
 
 def _short_write(exc: OSError, folder: Path) -> OSError:
