@@ -37,9 +37,9 @@ POOL_GROWTH = 0.25
 SCAN_LIMIT = 20_000
 # rerank chooses which candidates get an exact cosine by a 128-direction int8 projection of the features
 # (index/projection.py) when its directions hold enough of the variance, else by shared top-K dimensions. On
-# 50,000 real photos (share 0.76) the pool's best 1/20 by projection kept every top-10 neighbour the pool held
-# (recall 0.979, the pool's own); with the directions diluted by dimension-shuffled copies of the photos, 1/20
-# lost 0.005 at share 0.64 and 0.017-0.023 at 0.52-0.58, 1/10 lost 0.004-0.005 (benchmarks/prefilter.py)
+# 50,000 real photos (share 0.76) the pool's best 1/20 by projection lost 0.002 of the pool's recall (0.965 of
+# 0.967); with the directions diluted by dimension-shuffled copies of the photos, 1/20 lost 0.003 at share 0.64
+# and 0.015-0.022 at 0.52-0.58, 1/10 lost 0.000-0.008 (benchmarks/prefilter.py, results/prefilter.json)
 PROJECTION_DIMS = 128
 PROJECTION_TRUSTED = 0.7  # at least this share: the best 1/20 of the pool ...
 PROJECTION_USEFUL = 0.5  # ... at least this: the best 1/10; below it, the candidates sharing most top-K dimensions
