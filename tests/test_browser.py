@@ -13,6 +13,8 @@ import shutil
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.browser  # a real Chromium: the full suite (CI), not the fast tier
+
 pytest.importorskip("fastapi", reason="the serve extra is part of the test extra")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is part of the test extra")
 expect = sync_api.expect

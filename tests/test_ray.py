@@ -23,6 +23,7 @@ from stl10_similarity.params import DuplicatesParams, EngineParams, ExtractParam
 from stl10_similarity.session import Session
 
 ray = pytest.importorskip("ray")
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # a local Ray starts: the full suite, not the fast tier
 from stl10_similarity.ingest.ray_runner import RayRunner  # noqa: E402
 from stl10_similarity.ray_support import connect  # noqa: E402
 

@@ -163,3 +163,36 @@ def test_malformed_http_gets_a_json_400(server, request_bytes):
         status, headers, body = _response(sock)
     message = _error(status, headers, body, 400)
     assert "malformed HTTP request" in message and headers["x-content-type-options"] == "nosniff"
+
+
+def test_served_connections_send_small_writes_at_once():
+    """A response is two writes (headers, body); with Nagle's algorithm on, a keep-alive response's body waited
+    for the client's delayed ACK, 40 ms a request. The listening socket names TCP, so asyncio turns Nagle off on
+    every connection it accepts (and the protocol turns it off again itself)."""
+    import asyncio
+
+    from served import free_port
+
+    from stl10_similarity.server import listen
+
+    listener = listen("127.0.0.1", free_port())
+    seen: list[int] = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            seen.append(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def accept_one() -> None:
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+        port = listener.getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+
+    asyncio.run(accept_one())
+    assert seen and seen[0] != 0  # TCP_NODELAY on the accepted connection

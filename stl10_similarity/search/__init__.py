@@ -29,7 +29,7 @@ from __future__ import annotations
 from stl10_similarity.search.methods import METHOD_FUNCTIONS
 from stl10_similarity.search.results import Match, QueryInfo, QueryResult, label_name
 from stl10_similarity.search.searcher import OVERSHOOT, Searcher
-from stl10_similarity.search.shard import LocalParts, QueryVector, Shard
+from stl10_similarity.search.shard import LocalParts, Parts, QueryVector, Shard
 
-__all__ = ["METHOD_FUNCTIONS", "OVERSHOOT", "LocalParts", "Match", "QueryInfo", "QueryResult", "QueryVector", "Searcher",
+__all__ = ["METHOD_FUNCTIONS", "OVERSHOOT", "LocalParts", "Match", "Parts", "QueryInfo", "QueryResult", "QueryVector", "Searcher",
            "Shard", "label_name"]

@@ -21,7 +21,7 @@ from stl10_similarity.params import (
     SearchParams,
 )
 from stl10_similarity.search.results import Match, QueryInfo, QueryResult, label_name
-from stl10_similarity.search.shard import LocalParts, QueryVector, Shard
+from stl10_similarity.search.shard import LocalParts, Parts, QueryVector, Shard
 
 OVERSHOOT = 2  # a depth may bring up to this many times the pool before it is trimmed
 
@@ -38,7 +38,7 @@ class Searcher:
     """Queries over a collection's index (a :class:`LoadedIndex`, or a sharded collection's ``ShardedIndex``);
     one instance serves many queries. ``parts``: who answers for each shard (default: this process)."""
 
-    def __init__(self, index: Any, candidates: int = SearchParams.candidates, parts: Any = None) -> None:
+    def __init__(self, index: Any, candidates: int = SearchParams.candidates, parts: Parts | None = None) -> None:
         SearchParams(candidates=candidates)  # validates
         self.index = index
         self.candidates = candidates

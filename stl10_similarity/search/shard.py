@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -192,6 +192,17 @@ class Shard:
                              path=None if idx.paths is None else str(idx.paths[int(i)])))
         return out
 
+
+
+class Parts(Protocol):
+    """Who answers for a collection's shards: ``sizes`` (rows per shard, in order) and ``each(method, calls)``,
+    which asks ``getattr(Shard, method)(*args)`` of each ``(part, args)`` and returns the answers in order (the
+    methods are :class:`Shard`'s public ones). :class:`LocalParts` asks here; ``search.ray_parts.RayParts`` asks
+    one Ray actor per shard; another backend is one class with these two members."""
+
+    sizes: list[int]
+
+    def each(self, method: str, calls: list[tuple[int, tuple[Any, ...]]]) -> list[Any]: ...
 
 
 class LocalParts:
