@@ -19,6 +19,7 @@ RESULT_KEYS = ["rank", "id", "label", "class_index", "jaccard", "jaccard_estimat
                "union", "unique_to_query", "unique_to_match", "set_jaccard"]
 
 
+@pytest.mark.slow
 def test_end_to_end_from_archive(tmp_path, archive):
     cache = str(tmp_path / "c")
     assert invoke("-q", "download", "--archive", str(archive), "--no-verify", "--cache-dir", cache).exit_code == 0

@@ -121,6 +121,7 @@ def _console_script() -> str:
     return script
 
 
+@pytest.mark.slow
 def test_first_run_is_two_commands(tmp_path, archive):
     """A new user's run: an empty cache with the archive in the data dir, `extract`, then `query --json`."""
     cache = tmp_path / "cache"

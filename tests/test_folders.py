@@ -267,6 +267,7 @@ def test_the_server_serves_folder_images_as_indexed(tmp_path):
         assert client.get("/api/v1/health").status_code == 200
 
 
+@pytest.mark.slow
 def test_only_regular_files_inside_the_folder_are_read_and_every_skip_is_said(tmp_path):
     """A FIFO would hang a read forever and /dev/zero never end; symlinks may loop, dangle or lead out of the
     folder. None is opened as an image; each is named in a warning and counted; a link inside the folder is kept."""

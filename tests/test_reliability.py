@@ -44,6 +44,7 @@ def _manifest_consistent(folder: Path) -> None:
             assert path.stat().st_size == entry["bytes"] and artifacts.sha256_file(path) == entry["sha256"], name
 
 
+@pytest.mark.slow
 def test_killed_extract_resumes_to_identical_features(tmp_path, archive):
     data = tmp_path / "data"
     invoke("-q", "download", "--archive", str(archive), "--no-verify", "--data-dir", str(data))
@@ -70,6 +71,7 @@ def test_killed_extract_resumes_to_identical_features(tmp_path, archive):
     assert a.dtype == b.dtype and np.array_equal(a, b)  # bit-identical
 
 
+@pytest.mark.slow
 def test_index_killed_at_any_moment_leaves_no_half_artifact(cache):
     index_dir = cache / "index"
     reference = {p.name: p.read_bytes() for p in index_dir.iterdir() if p.suffix in (".npy", ".pkl")}
@@ -129,6 +131,7 @@ def test_second_writer_fails_clearly_with_no_wait(cache):
     assert result.exit_code == 1 and "another stl10sim command is using" in result.stderr
 
 
+@pytest.mark.slow
 def test_second_writer_waits_for_the_first(cache):
     import filelock
 
@@ -191,6 +194,7 @@ def test_weights_are_loaded_without_unpickling_code(tmp_path, cache):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size_kb", [48, 160, 400])
 def test_a_really_full_disk_is_one_line_and_exit_1(tmp_path, size_kb):
     """On a real small file system (tmpfs; skipped where this process may not mount one), a full disk stops

@@ -273,6 +273,7 @@ def test_queued_uploads_never_take_the_slots_health_and_searches_need(built_cach
     assert uploads.count(503) == 5 and all(code in (400, 422) for code in uploads if code != 503)
 
 
+@pytest.mark.slow
 def test_out_of_descriptors_the_server_answers_again_and_its_log_stays_small(built_cache, tmp_path):
     """`stl10sim serve` under a low open-file limit, flooded with connections: the log says so in a few lines
     (not a traceback per request or per accept), and once the connections go, it answers again."""

@@ -180,6 +180,7 @@ def test_index_follows_an_update_with_the_answers_of_a_full_rebuild(updated):
     assert rebuilt["updated"] is False and rebuilt["vocabulary"]["fitted_on"] == 32
 
 
+@pytest.mark.slow
 def test_a_killed_update_resumes_without_losing_embedded_chunks(tmp_path):
     root, cache = tmp_path / "photos", tmp_path / "cache"
     args = [sys.executable, "-m", "stl10_similarity", "-q", "extract", "--images", str(root), "--collection", "mine",
