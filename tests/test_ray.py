@@ -110,7 +110,10 @@ def test_a_killed_actor_is_replaced_and_every_image_is_embedded_once(tmp_path):
     result = update_folder(root, tmp_path / "ray", params, runner=runner)
     killer.join()
     assert killed
-    assert len(runner.pids) >= 3  # two actors, and the one that replaced the killed one
+    # both actors worked before the kill; whether the restarted process gets a chunk of its own depends on how
+    # far the survivor got meanwhile (a CI run had it finish them all), so what is asserted is what users rely
+    # on: the job survives the crash and every image is embedded once, as in-process
+    assert len(runner.pids) >= 2
     assert result.n == 60 and len(set(np.load(tmp_path / "ray" / "features" / "keys.npy"))) == 60
     assert np.array_equal(_arrays(tmp_path / "ray")["features"], _arrays(tmp_path / "local")["features"])
 
