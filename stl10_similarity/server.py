@@ -464,13 +464,6 @@ def _error_body(status: int, message: str, **extra: Any) -> bytes:
     return json_text({"error": {"status": status, "message": message, **extra}}).encode()
 
 
-def no_nagle(sock: Any) -> None:
-    """Send small writes at once (TCP_NODELAY): a response is headers then body, and with Nagle's algorithm the
-    body of a keep-alive response waited for the client's delayed ACK (40 ms: 56 ms a request instead of 8)."""
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def http_protocol(header_timeout: float) -> type:
     """uvicorn's h11 protocol, plus: a request's headers must arrive within ``header_timeout`` seconds (else the
     connection is closed: a client that sends nothing, or trickles its headers, can't hold a connection), and
@@ -483,7 +476,6 @@ def http_protocol(header_timeout: float) -> type:
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            no_nagle(transport.get_extra_info("socket"))
             self._arm()
 
         def data_received(self, data: bytes) -> None:

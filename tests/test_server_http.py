@@ -168,7 +168,7 @@ def test_malformed_http_gets_a_json_400(server, request_bytes):
 def test_served_connections_send_small_writes_at_once():
     """A response is two writes (headers, body); with Nagle's algorithm on, a keep-alive response's body waited
     for the client's delayed ACK, 40 ms a request. The listening socket names TCP, so asyncio turns Nagle off on
-    every connection it accepts (and the protocol turns it off again itself)."""
+    every connection it accepts."""
     import asyncio
 
     from served import free_port

@@ -6,7 +6,7 @@ with numpy (a test checks it against datasketch), stored as ``.npy`` artifacts, 
 can search the trees from memory-mapped arrays without unpickling millions of Python objects.
 
 The stored band keys are :class:`BandCodes` (one uint64 per band, the tree's number above it) whenever they fit
-in 64 bits, which the default index always does; otherwise datasketch's byte strings (indexes built before the
+in 63 bits, which the default index always does; otherwise datasketch's byte strings (indexes built before the
 codes are read as they are).
 """
 
@@ -62,15 +62,16 @@ class BandCodes:
         self._perm = np.arange(num_perm, dtype=np.uint64) << np.uint64(32)
         self._shifts = (self.bits * np.arange(self.depth - 1, -1, -1)).astype(np.uint64)
 
-    @staticmethod
-    def fits(table: np.ndarray, trees: int) -> bool:
-        distinct = max(len(np.unique(table[:, p])) for p in range(table.shape[1]))
-        return (table.shape[1] // trees) * max(1, (distinct - 1).bit_length()) + max(1, (trees - 1).bit_length()) <= 63
+    @property
+    def fits(self) -> bool:
+        """Whether the bands' ranks and the tree's number fit in 63 bits."""
+        return self.tree_shift + max(1, (self.trees - 1).bit_length()) <= 63
 
     @classmethod
     def for_table(cls, table: np.ndarray, trees: int) -> BandCodes | None:
         """The codes for an index with this token table, or None where they don't fit (byte strings then)."""
-        return cls(table, trees) if cls.fits(table, trees) else None
+        codes = cls(table, trees)
+        return codes if codes.fits else None
 
     def band(self, signatures: np.ndarray, tree: int) -> np.ndarray:
         """Tree ``tree``'s band of each signature as its code: ``(n,)`` uint64."""
@@ -129,11 +130,11 @@ def merge_prefix_arrays(keys: np.ndarray, order: np.ndarray, row_map: np.ndarray
     out_keys = np.empty((trees, n), dtype=keys.dtype)
     out_order = np.empty((trees, n), dtype=np.int32 if n < 2**31 else np.int64)
     fresh_rows = np.asarray(fresh_rows, dtype=np.int64)
+    fresh = signatures[fresh_rows]
     for t in range(trees):
         mapped = row_map[order[t]]
         kept = mapped >= 0
         kept_keys, kept_rows = keys[t][kept], mapped[kept]
-        fresh = signatures[fresh_rows]
         band = codes.band(fresh, t) if codes is not None else band_bytes(fresh, trees, t)
         by_band = np.argsort(band, kind="stable")  # fresh_rows ascend, so ties stay in row order
         new_keys, new_rows = band[by_band], fresh_rows[by_band]

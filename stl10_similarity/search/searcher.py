@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -44,23 +45,20 @@ class Searcher:
         self.candidates = candidates
         self.parts = parts if parts is not None else LocalParts([Shard(s) for s in getattr(index, "shards", [index])])
         self.offsets = np.cumsum([0, *self.parts.sizes])
-        self._share: float | None = None
 
     @property
     def pool(self) -> int:
-        """How many forest keys to gather before keeping the ``candidates`` that share the most top-K dimensions
-        with the query: ``POOL_FACTOR`` times the candidates, growing slowly beyond ``POOL_GROWTH_FROM`` images."""
+        """How many forest keys to gather before rerank keeps the few that get an exact cosine (``reranked``):
+        ``POOL_FACTOR`` times the candidates, growing slowly beyond ``POOL_GROWTH_FROM`` images."""
         growth = max(1.0, self.index.n / POOL_GROWTH_FROM) ** POOL_GROWTH
         return int(round(POOL_FACTOR * self.candidates * growth))
 
-    @property
+    @cached_property
     def projection_keep(self) -> float | None:
         """Which share of the pool rerank gives an exact cosine, chosen by the projection (``PROJECTION_KEEP``:
         by how much of the variance its directions hold), or None: too little, choose by shared top-K dimensions."""
-        if self._share is None:  # every shard holds the same projection: the first one says
-            self._share = float(self.parts.each("projection_share", [(0, ())])[0])
-        return next((keep for least, keep in sorted(PROJECTION_KEEP.items(), reverse=True) if self._share >= least),
-                    None)
+        share = float(self.parts.each("projection_share", [(0, ())])[0])  # every shard holds the same projection
+        return next((keep for least, keep in sorted(PROJECTION_KEEP.items(), reverse=True) if share >= least), None)
 
     def reranked(self, wanted: int) -> int:
         """How many of the pool rerank orders by exact cosine."""
@@ -125,8 +123,6 @@ class Searcher:
 
     def scores(self, method: str, q: QueryVector, rows: np.ndarray) -> np.ndarray:
         """A per-row score (``jaccard``, ``cosine``, ``shared``) of global ``rows``, each asked of its part."""
-        if len(self.parts.sizes) == 1:
-            return np.asarray(self.parts.each(method, [(0, (q, np.asarray(rows, dtype=np.int64)))])[0], dtype=np.float64)
         out = np.empty(len(rows), dtype=np.float64)
         for mine, scores in self.by_part(method, q, rows):
             out[mine] = scores
@@ -160,7 +156,7 @@ class Searcher:
 
         def union(depth: int) -> tuple[np.ndarray, np.ndarray]:
             found = self.parts.each("union", [(p, (local[p], ranges[p], active[p], depth)) for p in range(count)])
-            keys = self.joined([k for k, _ in found])  # parts' rows ascend: still sorted, distinct
+            keys = self.joined([k for k, _ in found])  # parts' rows are disjoint: still distinct
             return keys, np.concatenate([v for _, v in found])
 
         # a tree's keys at one depth include its keys at every deeper depth, so the union at a depth whose

@@ -2,9 +2,9 @@
 
 The query path is a handful of vectorised calls per part: one ``searchsorted`` for every tree and depth
 (:class:`~stl10_similarity.index.forest.BandCodes`), a union of the matching tree ranges that finds distinct rows
-without sorting (a scratch array per thread, reused across queries), a popcount over the candidates' top-K
-bitmaps or a 128-byte projection of each candidate, and the cosine of the kept few. Indexes whose bands are byte strings (built
-before the codes, or too wide for 64 bits) take one ``searchsorted`` per tree: the same ranges.
+without sorting (a scratch array per thread, reused across queries), a 128-byte projection of each candidate
+(or a popcount over its top-K bitmap), and the cosine of the kept few. Indexes whose bands are byte strings
+(built before the codes, or too wide for 63 bits) take one ``searchsorted`` per tree: the same ranges.
 """
 
 from __future__ import annotations
@@ -191,7 +191,6 @@ class Shard:
                              set_jaccard=round(float(s_inter) / float(s_union), 6) if s_union else 1.0,
                              path=None if idx.paths is None else str(idx.paths[int(i)])))
         return out
-
 
 
 class Parts(Protocol):
