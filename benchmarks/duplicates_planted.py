@@ -1,23 +1,23 @@
 #!/usr/bin/env python3
-"""Planted near-duplicates: does `stl10sim duplicates` find them, and what else does it group?
+"""Planted duplicates: does `stl10sim duplicates` find them, and what else does it group?
 
-    python benchmarks/duplicates_planted.py PHOTO_FOLDER --weights PATH [--plant 1000] [--image-size 224]
-        [--upscale 256] [--worlds 10] [--keep DIR] [--out results.json]
-    python benchmarks/duplicates_planted.py --reuse DIR [--worlds 10] [--out results.json]
+    python benchmarks/duplicates_planted.py PHOTO_FOLDER --weights PATH [--first 0] [--per-class 1000]
+        [--plant 1000] [--upscale 256] [--keep DIR] [--out results.json]
+    python benchmarks/duplicates_planted.py --reuse DIR [--worlds 100] [--out results.json]
 
-Copies the photos of PHOTO_FOLDER (say the dev photos' train/, frog left out) into a new folder and plants
---plant copies of distinct photos, each resized (x1.5), re-encoded at JPEG quality 40, or cropped by 2 pixels
-on every side, in turn. --upscale SIDE first resizes every photo to SIDE x SIDE (bicubic, JPEG quality 95), so
-that "a few pixels" and "x1.5" mean what they do for photo-sized images rather than for 32 px thumbnails.
-Extracts and indexes it as a collection, runs `stl10sim duplicates` (timed, whole process) and exact all-pairs
-search at the same threshold (timed, in blocks), and reports the share of planted pairs found (per kind), the
-pairs exact search finds that the forest misses, and groups with no planted pair. --keep DIR saves the features
-and the planted list; --reuse DIR starts from them (no extraction).
+Copies --per-class photos of each class folder of PHOTO_FOLDER (from number --first on: another --first is another
+split) into a new folder and plants --plant copies of distinct photos, a fifth each: an exact copy, re-encoded at
+JPEG quality 60, resized to 60 %, cropped by 1-4 pixels a side, brightened by 10 %. --upscale SIDE first resizes
+every photo to SIDE x SIDE. Extracts the folder as a collection (224 px, --weights), then runs the duplicate search
+`stl10sim duplicates` runs (in-process, timed) with the default parameters and reports, per edit, the share of
+planted pairs found in one group of the right kind (exact copies in an exact group, the others in a near group),
+and the precision: the share of pairs within the near and exact groups that are planted pairs. --keep DIR keeps
+the photos and the collection; --reuse DIR starts from them.
 
---worlds W measures the same search in-process at W times the size: the collection's real features plus W - 1
-copies of them, each with the dimensions of its centred features shuffled by its own fixed permutation. Each
-copy keeps the collection's neighbourhoods (its planted pairs stay planted pairs) while looking like no other
-copy, so this is a collection of real feature statistics W times larger, with W times the planted pairs.
+--worlds W measures the candidate search at W times the size, in-process, without pictures (near by cosine
+alone, as for imported features): the collection's real features plus W - 1 copies with their centred dimensions
+shuffled (benchmarks/common.py `worlds`), each keeping its planted pairs; beside exact all-pairs search over the
+first 50,000 images.
 """
 
 from __future__ import annotations
@@ -33,135 +33,168 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import collection_arrays, emit, exact_pairs, worlds  # benchmarks/ is on the path when run as a script
+from common import emit, exact_pairs, worlds  # benchmarks/ is on the path when run as a script
 
-KINDS = ("resized x1.5", "JPEG quality 40", "cropped 2 px")
+EDITS = ("exact copy", "JPEG quality 60", "resized to 60 %", "cropped 1-4 px", "brightness +10 %")
 
 
-def plant(source: Path, target: Path, count: int, seed: int = 0, upscale: int | None = None) -> list[list]:
-    from PIL import Image
+def plant(source: Path, target: Path, first: int, per_class: int, count: int, upscale: int | None,
+          seed: int = 7) -> list[list]:
+    from PIL import Image, ImageEnhance
 
-    shutil.copytree(source, target)
-    if upscale:
-        for path in target.rglob("*.jpg"):
-            with Image.open(path) as img:
-                big = img.convert("RGB").resize((upscale, upscale), Image.Resampling.BICUBIC)
-            big.save(path, quality=95)
-    files = sorted(p.relative_to(target).as_posix() for p in target.rglob("*.jpg"))
+    files = []
+    for cls in sorted(p.name for p in source.iterdir() if p.is_dir()):
+        (target / cls).mkdir(parents=True)
+        names = sorted(p.name for p in (source / cls).iterdir())[first : first + per_class]
+        for name in names:
+            if upscale:
+                with Image.open(source / cls / name) as img:
+                    big = img.convert("RGB").resize((upscale, upscale), Image.Resampling.BICUBIC)
+                big.save(target / cls / name, quality=95)
+            else:
+                shutil.copy(source / cls / name, target / cls / name)
+            files.append(f"{cls}/{name}")
     rng = np.random.default_rng(seed)
     planted = []
     for n, original in enumerate(rng.choice(files, size=min(count, len(files)), replace=False)):
-        with Image.open(target / original) as img:
-            img = img.convert("RGB")
-            kind = n % 3
-            if kind == 0:
-                copy = img.resize((img.width * 3 // 2, img.height * 3 // 2), Image.Resampling.BICUBIC)
-                options = {"quality": 90}
-            elif kind == 1:
-                copy, options = img, {"quality": 40}
-            else:
-                copy, options = img.crop((2, 2, img.width - 2, img.height - 2)), {"quality": 90}
-        name = original.replace(".jpg", f"_dup{n}.jpg")
-        copy.save(target / name, **options)
-        planted.append([str(original), name, kind])
+        edit, name = n % 5, original.rsplit(".", 1)[0] + f"_dup{n}.jpg"
+        if edit == 0:
+            shutil.copy(target / original, target / name.replace(".jpg", Path(original).suffix))
+            name = name.replace(".jpg", Path(original).suffix)
+        else:
+            with Image.open(target / original) as img:
+                img = img.convert("RGB")
+                if edit == 1:
+                    img.save(target / name, quality=60)
+                elif edit == 2:
+                    img.resize((max(1, img.width * 3 // 5), max(1, img.height * 3 // 5)),
+                               Image.Resampling.BICUBIC).save(target / name, quality=90)
+                elif edit == 3:
+                    c = int(rng.integers(1, 5))
+                    img.crop((c, c, img.width - c, img.height - c)).save(target / name, quality=90)
+                else:
+                    ImageEnhance.Brightness(img).enhance(1.1).save(target / name, quality=90)
+        planted.append([str(original), name, edit])
     return planted
 
 
-def measure(feats: np.ndarray, planted: list[tuple[int, int, int]], threshold: float) -> dict:
-    """The duplicate search in-process (the code `stl10sim duplicates` runs) against exact all pairs."""
+def score(groups: list, rows_of: dict[int, int], planted: list[tuple[int, int, int]], n: int) -> dict:
+    """Planted pairs found per edit, and the precision of the exact and near groups."""
+    group_of: dict[tuple[str, int], int] = {}
+    pairs: set[tuple[int, int]] = set()
+    for g, group in enumerate(groups):
+        rows = [rows_of[i] for i in group.ids]
+        for row in rows:
+            group_of[(group.kind, row)] = g
+        if group.kind in ("exact", "near"):
+            pairs |= {(a, b) for a in rows for b in rows if a < b}
+    want = {0: "exact"}
+    found = [group_of.get((want.get(e, "near"), a), -1) == group_of.get((want.get(e, "near"), b), -2)
+             or (e == 0 and group_of.get(("near", a), -1) == group_of.get(("near", b), -2))
+             for a, b, e in planted]
+    planted_pairs = {(min(a, b), max(a, b)) for a, b, _ in planted}
+    edits = np.array([e for _, _, e in planted])
+    hits = np.array(found)
+    return {
+        "images": n, "planted_pairs": len(planted), "planted_found": int(hits.sum()),
+        "planted_found_share": round(float(hits.mean()), 4),
+        "per_edit": {EDITS[e]: {"found": int(hits[edits == e].sum()), "of": int((edits == e).sum())}
+                     for e in range(len(EDITS))},
+        "pairs_in_exact_and_near_groups": len(pairs), "of_them_planted": len(pairs & planted_pairs),
+        "precision": round(len(pairs & planted_pairs) / max(1, len(pairs)), 4),
+        "groups": {kind: sum(g.kind == kind for g in groups) for kind in ("exact", "near", "similar")},
+    }
+
+
+def at_collection_size(home: Path, planted_names: list[list]) -> dict:
+    from stl10_similarity import Session
+    from stl10_similarity.params import DuplicatesParams
+
+    session = Session.open(home)
+    rows = {str(k): i for i, k in enumerate(session.index.paths)}
+    planted = [(rows[a], rows[b], e) for a, b, e in planted_names]
+    t0 = time.perf_counter()
+    groups = session.duplicates(DuplicatesParams())
+    seconds = time.perf_counter() - t0
+    ids = session.index.ids_of(np.arange(session.n))
+    report = score(groups, {int(i): r for r, i in enumerate(ids.tolist())}, planted, session.n)
+    report["duplicates_seconds"] = round(seconds, 2)
+    with_similar = session.duplicates(DuplicatesParams(kinds=("similar",)))
+    report["similar_groups"] = len(with_similar)
+    report["similar_images"] = sum(len(g.ids) for g in with_similar)
+    return report
+
+
+def at_scale(home: Path, planted_names: list[list], count: int, reference: int = 50_000) -> dict:
+    """The candidate search without pictures at ``count`` times the size, beside exact all pairs on a subset."""
+    from stl10_similarity import Session
     from stl10_similarity.duplicates import find_duplicates
     from stl10_similarity.index import index_in_memory
     from stl10_similarity.params import DuplicatesParams
 
+    session = Session.open(home)
+    feats = np.asarray(session.index.features, dtype=np.float32)
+    rows = {str(k): i for i, k in enumerate(session.index.paths)}
+    n = len(feats)
+    many = worlds(feats, count)
+    planted = [(rows[a] + w * n, rows[b] + w * n, e) for w in range(count) for a, b, e in planted_names if e]
     t0 = time.perf_counter()
-    index = index_in_memory(feats, np.full(len(feats), -1, np.int16), [])
-    index_seconds = time.perf_counter() - t0
+    index = index_in_memory(many, np.full(len(many), -1, np.int16), [])
+    build = time.perf_counter() - t0
+    params = DuplicatesParams(kinds=("near",))
     t0 = time.perf_counter()
-    groups = find_duplicates(index, DuplicatesParams(threshold=threshold))
-    search_seconds = time.perf_counter() - t0
+    groups = find_duplicates(index, params)
+    seconds = time.perf_counter() - t0
+    report = score(groups, {i: i for i in range(len(many))}, planted, len(many))
+    del report["per_edit"]["exact copy"]
+    report.update({"near_by_cosine_at": params.near_cosine, "index_build_seconds": round(build, 1),
+                   "duplicates_seconds": round(seconds, 1)})
+    sub = min(reference, len(many))
     t0 = time.perf_counter()
-    exact = exact_pairs(feats, threshold)
-    exact_seconds = time.perf_counter() - t0
-    return {"images": len(feats), "index_build_seconds": round(index_seconds, 2),
-            "duplicates_seconds": round(search_seconds, 2), "exact_all_pairs_seconds": round(exact_seconds, 2),
-            **score(feats, groups, planted, exact, threshold)}
-
-
-def score(feats: np.ndarray, groups: list, planted: list[tuple[int, int, int]], exact: set[tuple[int, int]],
-          threshold: float) -> dict:
-    group_of = {i: g for g, group in enumerate(groups) for i in group.ids}
-    hit = [a in group_of and group_of.get(a) == group_of.get(b) for a, b, _ in planted]
-    cos = np.array([float(feats[a] @ feats[b]) for a, b, _ in planted])
-    kinds = np.array([k for _, _, k in planted])
-    linked = {(a, b) for g in groups for a in g.ids for b in g.ids if a < b}
-    with_planted = {group_of[a] for (a, b, _), h in zip(planted, hit) if h}
-    return {
-        "planted_pairs": len(planted), "planted_found": int(sum(hit)),
-        "planted_found_share": round(sum(hit) / len(planted), 4),
-        "planted_at_or_above_threshold": int((cos >= threshold).sum()),
-        "planted_found_of_those": round(sum(hit) / max(1, int((cos >= threshold).sum())), 4),
-        "per_kind": {KINDS[k]: {"found": int(np.array(hit)[kinds == k].sum()), "of": int((kinds == k).sum()),
-                                "cosine_min_median": [round(float(cos[kinds == k].min()), 4),
-                                                      round(float(np.median(cos[kinds == k])), 4)]}
-                     for k in range(3)},
-        "groups": len(groups), "groups_without_a_planted_pair": len(groups) - len(with_planted),
-        "exact_pairs": len(exact), "exact_pairs_found": len(exact & linked),
-        "exact_pairs_found_share": round(len(exact & linked) / max(1, len(exact)), 4),
-    }
+    exact = exact_pairs(many[:sub], params.near_cosine)
+    linked = {(a, b) for g in groups for a in g.ids for b in g.ids if a < b and b < sub}
+    report["all_pairs_reference"] = {
+        "images": sub, "seconds": round(time.perf_counter() - t0, 1), "pairs_at_near_cosine": len(exact),
+        "found_by_the_forest": len(exact & linked), "share": round(len(exact & linked) / max(1, len(exact)), 4)}
+    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("photos", type=Path, nargs="?")
     parser.add_argument("--weights")
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--per-class", type=int, default=1000)
     parser.add_argument("--plant", type=int, default=1000)
-    parser.add_argument("--threshold", type=float, default=0.95)
-    parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--upscale", type=int, default=None)
     parser.add_argument("--worlds", type=int, default=1)
     parser.add_argument("--keep", type=Path, default=None)
     parser.add_argument("--reuse", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    report: dict = {"threshold": args.threshold}
     if args.reuse:
-        feats = np.load(args.reuse / "features.npy")
-        keys = np.load(args.reuse / "keys.npy")
-        planted = json.loads((args.reuse / "planted.json").read_text())
-        report.update(json.loads((args.reuse / "setup.json").read_text()))
+        work = args.reuse
+        setup = json.loads((work / "setup.json").read_text())
     else:
         if args.photos is None or args.weights is None:
             parser.error("PHOTO_FOLDER and --weights are needed unless --reuse is given")
-        work = Path(tempfile.mkdtemp(prefix="stl10sim-dups-"))
-        planted = plant(args.photos, work / "photos", args.plant, upscale=args.upscale)
+        work = args.keep or Path(tempfile.mkdtemp(prefix="stl10sim-dups-"))
+        planted = plant(args.photos, work / "photos", args.first, args.per_class, args.plant, args.upscale)
         env = {**os.environ, "STL10SIM_CACHE_DIR": str(work / "cache")}
-        cli = [sys.executable, "-m", "stl10_similarity", "-q"]
-        subprocess.run([*cli, "extract", "--images", str(work / "photos"), "--collection", "dups", "--weights",
-                        args.weights, "--image-size", str(args.image_size)], env=env, check=True)
-        subprocess.run([*cli, "index", "--collection", "dups"], env=env, check=True)
-        t0 = time.perf_counter()
-        subprocess.run([*cli, "duplicates", "--collection", "dups", "--json", "--threshold", str(args.threshold)],
-                       env=env, check=True, capture_output=True, text=True)
-        report["duplicates_process_seconds"] = round(time.perf_counter() - t0, 2)
-        feats, keys = collection_arrays(work / "cache" / "collections" / "dups", "features", "keys")
-        folder = work / "cache" / "collections" / "dups" / "features"  # the verified files, kept with --keep
-        setup = {"image_size": args.image_size, "upscale": args.upscale}
-        report.update(setup)
-        if args.keep:
-            args.keep.mkdir(parents=True, exist_ok=True)
-            for name in ("features", "keys"):
-                shutil.copy(folder / f"{name}.npy", args.keep / f"{name}.npy")
-            (args.keep / "planted.json").write_text(json.dumps(planted))
-            (args.keep / "setup.json").write_text(json.dumps(setup))
-        shutil.rmtree(work, ignore_errors=True)
-    row = {k: i for i, k in enumerate(keys.tolist())}
-    pairs = [(row[a], row[b], kind) for a, b, kind in planted]
-    report["at_collection_size"] = measure(feats, pairs, args.threshold)
+        subprocess.run([sys.executable, "-m", "stl10_similarity", "-q", "extract", "--images", str(work / "photos"),
+                        "--collection", "dups", "--weights", args.weights], env=env, check=True)
+        setup = {"photos": str(args.photos), "first": args.first, "per_class": args.per_class,
+                 "upscale": args.upscale, "planted": planted}
+        (work / "setup.json").write_text(json.dumps(setup))
+    os.environ["STL10SIM_CACHE_DIR"] = str(work / "cache")
+    home = work / "cache" / "collections" / "dups"
+    report: dict = {k: v for k, v in setup.items() if k != "planted"}
+    report["at_collection_size"] = at_collection_size(home, setup["planted"])
     if args.worlds > 1:
-        n = len(feats)
-        many = [(a + w * n, b + w * n, kind) for w in range(args.worlds) for a, b, kind in pairs]
-        report[f"x{args.worlds}"] = measure(worlds(feats, args.worlds), many, args.threshold)
+        report[f"x{args.worlds}"] = at_scale(home, setup["planted"], args.worlds)
     emit(report, args.out)
+    if not args.reuse and not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -56,8 +56,11 @@ def main() -> None:
 
     import ray
 
-    from stl10_similarity.duplicates import distinct_pairs, duplicate_trees, find_duplicates, linked_pairs, tree_linked_pairs
-    from stl10_similarity.duplicates_ray import linked_pairs as linked_pairs_on_ray
+    from functools import partial
+
+    from stl10_similarity.duplicates import find_duplicates
+    from stl10_similarity.duplicates.pairs import candidate_pairs, distinct_pairs, duplicate_trees, tree_pairs
+    from stl10_similarity.duplicates.ray_pairs import linked_pairs as linked_pairs_on_ray
     from stl10_similarity.index import build_index, last_params
     from stl10_similarity.ingest.ray_runner import RayRunner
     from stl10_similarity.ingest.runners import LocalRunner
@@ -94,21 +97,25 @@ def main() -> None:
     home = work / "ray"
     build_index(home, IndexParams())
     session = Session.open(home)
-    dup = DuplicatesParams(threshold=args.threshold)
+    dup = DuplicatesParams(kinds=("near",), near_cosine=args.threshold)  # near by cosine: the candidate search
     groups_local, wall, cpu = timed(lambda: find_duplicates(session.index, dup))
     doc["duplicates_local"] = {"wall_s": wall, "cpu_s": cpu, "groups": len(groups_local)}
     costs: list[float] = []
     trees = duplicate_trees(session.index)
-    (pairs_ray, wall, cpu) = timed(lambda: linked_pairs_on_ray(session.index.features, trees, dup.threshold, 1024,
-                                                               tree_linked_pairs, distinct_pairs, costs=costs))
+    finder = partial(tree_pairs, floor=dup.floor, neighbours=dup.neighbours)
+    (pairs_ray, wall, cpu) = timed(lambda: linked_pairs_on_ray(session.index.features, trees, finder, distinct_pairs,
+                                                               costs=costs))
     groups_ray, wall2, cpu2 = timed(lambda: find_duplicates(session.index, dup, engine=EngineParams(engine="ray")))
     doc["duplicates_ray"] = {"wall_s": wall2, "driver_cpu_s": cpu2, "tasks_cpu_s": round(sum(costs), 2),
                                 "cpu_s": round(cpu2 + sum(costs), 2), "groups": len(groups_ray),
                                 "pairs_only_wall_s": wall}
-    exact = exact_pairs(np.asarray(session.index.features), dup.threshold)
-    found = {tuple(p) for p in linked_pairs(session.index, dup.threshold).tolist()}
+    exact = exact_pairs(np.asarray(session.index.features), dup.near_cosine)
+    local_pairs = distinct_pairs([finder(session.index.features, trees[0][t], trees[1][t])
+                                  for t in range(trees[1].shape[0])])[0]
+    near = candidate_pairs(session.index, dup.floor, dup.neighbours)
+    found = {tuple(p) for p in near[0][near[1] >= dup.near_cosine].tolist()}
     doc["duplicates_equal"] = {"same_groups": groups_local == groups_ray,
-                                  "same_pairs": found == {tuple(p) for p in pairs_ray.tolist()},
+                                  "same_pairs": bool(np.array_equal(local_pairs, pairs_ray[0])),
                                   "exact_pairs": len(exact), "found_pairs": len(found & exact),
                                   "recall_of_exact_pairs": round(len(found & exact) / len(exact), 4) if exact else None}
     print(json.dumps(doc["duplicates_equal"]), file=sys.stderr)

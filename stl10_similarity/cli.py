@@ -6,6 +6,7 @@ option's default, choices and range come from ``params.py``.
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -404,41 +405,121 @@ def _folder_root(home: Path, images: Path | None) -> Path:
 # ---------------------------------------------------------------- duplicates
 
 
+def _fraction(name: str, help: str) -> Any:
+    return click.option(f"--{name}-threshold", name.replace("-", "_"), type=click.FloatRange(0.0, 1.0, min_open=True),
+                        default=getattr(P.DuplicatesParams, name), show_default=True, help=help)
+
+
 @main.command()
-@click.option("--threshold", type=click.FloatRange(0.0, 1.0, min_open=True), default=P.DuplicatesParams.threshold,
-              show_default=True, help="Cosine of two images' features at or above which they are duplicates.")
-@click.option("--json", "as_json", is_flag=True, help='One group per line: {"ids", "paths", "min_cosine"}.')
-@picture_option("Draw the groups: the first 20, a row each, up to 8 images a row.")
-@engine_options("the search for pairs")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(P.DUPLICATE_KINDS),
+              help="Which groups to list (repeat for several). Default: exact and near.")
+@_fraction("near", "Pixel correlation (0-1) at which a candidate pair is the same picture.")
+@_fraction("similar", "Feature cosine at which two images are similar (--kind similar).")
+@click.option("--keep", default=P.DuplicatesParams.keep, show_default=True,
+              metavar="largest|oldest|newest|prefer:PREFIX",
+              help="Which image a group keeps: the most pixels (then the largest file, then the shortest path), "
+                   "the oldest or newest file, or the first whose path starts with PREFIX.")
+@click.option("--json", "as_json", is_flag=True, help="One group per line (docs/json.md).")
+@click.option("--csv", "as_csv", is_flag=True, help="One row per image: group, kind, id, path, keep, cosine, ...")
+@picture_option("Draw every group listed, 20 a page: PATH, then PATH-2, PATH-3, ...")
+@click.option("--move-to", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Move every image its group doesn't keep to the same path below this folder (outside the "
+                   "collection's); writes an undo record there first. Nothing is deleted.")
+@click.option("--dry-run", is_flag=True, help="With --move-to: list what would move, move nothing.")
+@click.option("--undo", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="RECORD",
+              help="Put back every file a --move-to moved, byte-identical (the record it printed).")
+@engine_options("the search for candidate pairs")
 @collection_option
 @cache_dir_option
 @click.pass_context
-def duplicates(ctx: click.Context, threshold: float, as_json: bool, png: Path | None, engine: str,
+def duplicates(ctx: click.Context, kinds: tuple[str, ...], near: float, similar: float, keep: str, as_json: bool,
+               as_csv: bool, png: Path | None, move_to: Path | None, dry_run: bool, undo: Path | None, engine: str,
                address: str | None, collection: str, cache_dir: Path | None) -> None:
-    """List groups of near-identical images (resized, re-encoded, slightly cropped copies).
+    """List groups of duplicates, choose the image each keeps, and move the others out (undoably).
 
-    Candidates come from the LSH forest (images that share a deep bucket in some tree), never from all
-    pairs; a pair counts when its cosine reaches --threshold; groups join pairs that share an image.
-    min_cosine is the lowest cosine between any two images of a group. Builds the index first if needed.
-    --engine ray looks for pairs tree by tree as Ray tasks: the same groups.
+    exact: byte-identical files. near: the same picture re-encoded, resized, cropped or recoloured a little
+    (candidates from the LSH forest, never all pairs, confirmed by their pixels). similar: images whose features'
+    cosine reaches --similar-threshold (other shots of the same scene), listed only when asked. A group of a
+    looser kind holds the stricter groups it joins. Builds the index first if needed. docs/collections.md has
+    the workflow: list, --move-to DIR --dry-run, --move-to DIR, and --undo RECORD.
     """
-    from stl10_similarity import Session, find_duplicates
+    from stl10_similarity import Session, undo_moves
 
-    runs_on = _engine(engine, address)
+    if as_json and as_csv:
+        raise click.UsageError("give --json or --csv, not both")
+    if dry_run and move_to is None:
+        raise click.UsageError("--dry-run goes with --move-to DIR")
+    if undo is not None:
+        if move_to is not None or png is not None:
+            raise click.UsageError("--undo puts files back: it takes no --move-to or --png")
+        report = undo_moves(undo, progress=_progress(ctx))
+        _progress(ctx).note(f"put back {report.restored} file(s); {report.in_place} already in place")
+        for problem in report.problems:
+            click.echo(f"left alone: {shown(problem)}", err=True)
+        if report.problems:
+            ctx.exit(1)
+        return
+    params = P.DuplicatesParams(kinds=tuple(dict.fromkeys(kinds)) or P.DuplicatesParams.kinds, near=near,
+                                similar=similar, keep=keep)
     session = Session.open(_existing(cache_dir, collection), progress=_progress(ctx))
-    groups = find_duplicates(session.index, P.DuplicatesParams(threshold=threshold), engine=runs_on,
-                             progress=_progress(ctx))
-    if png is not None:
-        session.duplicates_picture(groups, png)
-    for number, group in enumerate(groups, start=1):
-        paths = group.paths or [None] * len(group.ids)
-        if as_json:
-            _echo_json({"ids": group.ids, "paths": paths, "min_cosine": group.min_cosine})
+    groups = session.duplicates(params, _engine(engine, address))
+    if move_to is not None and dry_run:
+        moves, _ = session.move_duplicates(groups, move_to, dry_run=True)
+        _print_moves(moves, as_json, as_csv)
+        _progress(ctx).note(f"would move {len(moves)} file(s) of {len(groups)} group(s) to {move_to}; nothing moved")
+        return
+    _print_groups(groups, as_json, as_csv)
+    pictures = session.duplicates_pages(groups, png) if png is not None else []
+    counts = ", ".join(f"{sum(g.kind == k for g in groups)} {k}" for k in params.kinds)
+    _progress(ctx).note(f"{len(groups)} group(s): {counts}" + (f"; drawn in {', '.join(map(str, pictures))}"
+                                                              if pictures else ""))
+    if move_to is not None:
+        moves, record = session.move_duplicates(groups, move_to)
+        if record is None:
+            _progress(ctx).note("nothing to move")
         else:
-            names = ", ".join(f"{i} ({shown(p)})" if p else str(i) for i, p in zip(group.ids, paths))
-            click.echo(f"group {number}: {len(group.ids)} images, min cosine {group.min_cosine:.4f}: {names}")
-    _progress(ctx).note(f"{len(groups)} group(s) of near-duplicates at cosine >= {threshold}"
-                        + (f"; drawn in {png}" if png is not None else ""))
+            _progress(ctx).note(f"moved {len(moves)} file(s) to {move_to}; put them back with: stl10sim duplicates "
+                                f"--undo {record}")
+
+
+def _print_groups(groups: list[Any], as_json: bool, as_csv: bool) -> None:
+    if as_csv:
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(["group", "kind", "id", "path", "keep", "cosine", "bytes", "width", "height"])
+        for number, g in enumerate(groups, start=1):
+            for m, image_id in enumerate(g.ids):
+                size = (g.resolutions or [None] * len(g.ids))[m] or ["", ""]
+                out.writerow([number, g.kind, image_id, (g.paths or [""] * len(g.ids))[m], int(image_id == g.keep),
+                              g.scores[m], (g.bytes or [""] * len(g.ids))[m] or "", *size])
+        return
+    for number, g in enumerate(groups, start=1):
+        if as_json:
+            _echo_json(g.as_json())
+            continue
+        members = []
+        for m, image_id in enumerate(g.ids):
+            facts = [shown(g.paths[m])] if g.paths else []
+            if g.resolutions and g.resolutions[m]:
+                facts.append("x".join(map(str, g.resolutions[m])))
+            if g.bytes and g.bytes[m] is not None:
+                facts.append(f"{g.bytes[m]:,} B")
+            described = f"{image_id}" + (f" ({', '.join(facts)})" if facts else "")
+            members.append(("keep " if image_id == g.keep else "") + described)
+        click.echo(f"group {number} ({g.kind}, {len(g.ids)} images, min cosine {g.min_cosine:.4f}): "
+                   + "; ".join(members))
+
+
+def _print_moves(moves: list[Any], as_json: bool, as_csv: bool) -> None:
+    if as_csv:
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(["id", "from", "to"])
+        out.writerows([m.id, m.source, m.target] for m in moves)
+        return
+    for m in moves:
+        if as_json:
+            _echo_json({"id": m.id, "from": str(m.source), "to": str(m.target)})
+        else:
+            click.echo(f"{shown(str(m.source))} -> {shown(str(m.target))}")
 
 
 # ---------------------------------------------------------------- import

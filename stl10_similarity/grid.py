@@ -135,7 +135,7 @@ def render_groups(groups: Sequence, images: Sequence[Sequence[np.ndarray]]) -> b
     fig = Figure(figsize=(cols * side, rows * (side + 0.45)), dpi=DPI)
     FigureCanvasAgg(fig)
     if not groups:
-        fig.text(0.5, 0.5, "no near-duplicates", ha="center", va="center")
+        fig.text(0.5, 0.5, "no duplicates", ha="center", va="center")
     for row, (group, pictures) in enumerate(zip(groups[:rows], images)):
         paths = group.paths or [None] * len(group.ids)
         for col in range(cols):
@@ -147,10 +147,16 @@ def render_groups(groups: Sequence, images: Sequence[Sequence[np.ndarray]]) -> b
                 continue
             ax.imshow(_hwc(pictures[col]), interpolation="nearest")
             name = caption_path(paths[col]) if paths[col] else f"id {group.ids[col]}"
+            if group.ids[col] == getattr(group, "keep", None):
+                name = f"KEEP {name}"
+                for spine in ax.spines.values():
+                    spine.set_edgecolor("#1a7f37")
+                    spine.set_linewidth(3)
             more = f" (+{len(group.ids) - MAX_GROUP_IMAGES})" if col == cols - 1 and len(group.ids) > cols else ""
             ax.set_xlabel(name + more, fontsize=7)
             if col == 0:
-                ax.set_ylabel(f"group {row + 1}\nmin cos {group.min_cosine:.3f}", fontsize=7)
+                kind = getattr(group, "kind", "")
+                ax.set_ylabel(f"group {row + 1} {kind}\nmin cos {group.min_cosine:.3f}", fontsize=7)
     fig.subplots_adjust(left=0.06, right=0.99, top=0.99, bottom=0.03, wspace=0.08, hspace=0.35)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)

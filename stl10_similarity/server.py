@@ -45,7 +45,7 @@ from stl10_similarity import (
     json_text,
 )
 from stl10_similarity.errors import ImageGoneError, InputError, NoImagesError, ParameterError, Stl10SimError
-from stl10_similarity.params import METHODS, EngineParams, SearchParams, ServeParams
+from stl10_similarity.params import DUPLICATE_KINDS, METHODS, DuplicatesParams, EngineParams, SearchParams, ServeParams
 from stl10_similarity.progress import SILENT, Progress
 
 WEB = Path(__file__).parent / "web"
@@ -53,6 +53,7 @@ STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg
 # an absolute path in a message: a "/" not inside a word or a URL, then path characters
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"`,;()/]+/)*([^\s'\"`,;()/]+)")
 PAGE_LIMIT = 500  # most images one /api/v1/images page may list
+GROUP_PAGE_LIMIT = 100  # most groups one /api/v1/duplicates page may list
 MAX_K = 1000
 MAX_CANDIDATES = 100_000
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this (uvicorn's default, stated here)
@@ -68,6 +69,7 @@ SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"content-security
                     (b"cross-origin-resource-policy", b"same-origin")]
 CLOSE = [(b"connection", b"close")]  # on answers to a request whose body is not read: no other request may follow
 Method = Literal[METHODS]  # type: ignore[valid-type]
+Kind = Literal[DUPLICATE_KINDS]  # type: ignore[valid-type]
 
 
 def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Progress = SILENT,
@@ -173,6 +175,22 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
         page = session.index.ids_of(rows[offset : offset + limit])
         return {"total": int(len(rows)), "offset": offset, "limit": limit,
                 "images": [session.describe_image(int(i)) for i in page]}
+
+    found_groups: dict[tuple[str, ...], list[Any]] = {}  # the groups of each kind, found on the first ask
+    finding = threading.Lock()  # one search for groups at a time: concurrent first asks wait for the one
+
+    @app.get("/api/v1/duplicates")
+    def duplicates(kind: Kind | None = Query(None), offset: int = Query(0, ge=0),
+                   limit: int = Query(20, ge=1, le=GROUP_PAGE_LIMIT)) -> Response:
+        """A page of the groups ``stl10sim duplicates --json`` lists with its defaults (exact and near), or of
+        one kind; found on the first ask (seconds at 10,000 images), then kept."""
+        kinds = (kind,) if kind else DuplicatesParams.kinds
+        with finding:
+            if kinds not in found_groups:
+                found_groups[kinds] = session.duplicates(DuplicatesParams(kinds=kinds))
+        groups = found_groups[kinds]
+        return _json({"total": len(groups), "offset": offset, "limit": limit,
+                      "groups": [g.as_json() for g in groups[offset : offset + limit]]})
 
     @app.get("/api/v1/images/{image_id}")
     def image(image_id: int) -> dict[str, Any]:

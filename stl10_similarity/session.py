@@ -20,7 +20,7 @@ import numpy as np
 from stl10_similarity import sources, store
 from stl10_similarity.errors import ImageGoneError, InputError, NoImagesError, ParameterError, StaleArtifactError
 from stl10_similarity.index import LoadedIndex, ShardedIndex, ensure_index, load_index
-from stl10_similarity.params import DEVICES, EngineParams, SearchParams
+from stl10_similarity.params import DEVICES, DuplicatesParams, EngineParams, SearchParams
 from stl10_similarity.progress import SILENT, Progress
 from stl10_similarity.search import QueryResult, QueryVector, Searcher
 
@@ -300,6 +300,52 @@ class Session:
             write_picture(Path(path), png)
         return png
 
+    # ------------------------------------------------------------ duplicates
+
+    def duplicates(self, params: DuplicatesParams = DuplicatesParams(),
+                   engine: EngineParams = EngineParams()) -> list[Any]:
+        """The collection's groups of duplicates (``duplicates.find_duplicates``): exact copies by the files'
+        SHA-256, near-duplicates confirmed by their pixels (by cosine alone when the collection holds no images),
+        each group's kept image chosen by ``params.keep`` from the files' sizes, times and resolutions."""
+        from stl10_similarity.duplicates import find_duplicates
+        from stl10_similarity.duplicates.pixels import READ_SIDE
+
+        images = None
+        if "exact" not in params.kinds or len(params.kinds) > 1:
+            try:
+                keys = None if self.index.paths is None else [str(k) for k in self.index.paths]
+                images = sources.reopen(self.extract_manifest.source, keys, side=READ_SIDE).images
+            except NoImagesError:
+                self.progress.note(f"no images to compare: near-duplicates are pairs at cosine >= "
+                                   f"{params.near_cosine}")
+        return find_duplicates(self.index, params, digests=self._indexed_digests(), images=images,
+                               root=self.folder_root(), engine=engine, progress=self.progress)
+
+    def folder_root(self) -> Path | None:
+        """The folder a folder collection's paths are below (None for other sources)."""
+        return sources.folder_root(self.extract_manifest.source)
+
+    def move_duplicates(self, groups: Sequence[Any], target: Path, *, dry_run: bool = False) -> tuple[list[Any],
+                                                                                                   Path | None]:
+        """Move every image ``groups`` don't keep from the collection's folder to the same path below ``target``
+        (``duplicates.moves``): the moves, and the undo record (None on a dry run, which moves nothing).
+
+        Raises:
+            InputError: not a folder collection, ``target`` inside its folder or already holding such a file.
+            DataError: a file is gone or changed since extraction (nothing is moved).
+        """
+        from stl10_similarity.duplicates.moves import digests_by_id, move_files, planned_moves
+
+        root = self.folder_root()
+        if root is None:
+            raise InputError("{move_to} needs a folder collection: this collection's images are not files",
+                             options=("move_to",))
+        moves = planned_moves(groups, root, target)
+        if dry_run or not moves:
+            return moves, None
+        digests = digests_by_id(self.index.ids_of(np.arange(self.n)), self._indexed_digests())
+        return moves, move_files(moves, target, digests, self.progress)
+
     def duplicates_picture(self, groups: list[Any], path: Path | None = None) -> bytes:
         """Groups of near-duplicates drawn as PNG bytes (``grid.render_groups``); also written to ``path``."""
         from stl10_similarity.grid import MAX_GROUP_IMAGES, MAX_GROUP_ROWS, render_groups, write_picture
@@ -309,6 +355,17 @@ class Session:
         if path is not None:
             write_picture(Path(path), png)
         return png
+
+    def duplicates_pages(self, groups: list[Any], path: Path) -> list[Path]:
+        """Every group drawn, ``grid.MAX_GROUP_ROWS`` a page: ``path``, then ``path``-2, -3, ... (the files written)."""
+        from stl10_similarity.grid import MAX_GROUP_ROWS
+
+        written = []
+        for page, first in enumerate(range(0, max(len(groups), 1), MAX_GROUP_ROWS), start=1):
+            target = Path(path) if page == 1 else Path(path).with_name(f"{Path(path).stem}-{page}{Path(path).suffix}")
+            self.duplicates_picture(groups[first : first + MAX_GROUP_ROWS], target)
+            written.append(target)
+        return written
 
     def _pixels(self, image: ImageInput, name: str | None) -> tuple[np.ndarray, str]:
         """uint8 ``(3, H, W)`` pixels of the user's image and the name it goes by. Files and bytes go through the

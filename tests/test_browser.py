@@ -367,3 +367,54 @@ def test_dark_mode_follows_the_system(browser, folder_server):
         assert (luminance[0] < 0.2 and luminance[1] > 0.7) if dark else (luminance[0] > 0.9 and luminance[1] < 0.3), \
             (scheme, background, ink)
         context.close()
+
+
+@pytest.fixture(scope="module")
+def duplicates_server(tmp_path_factory):
+    """A folder of 24 distinct pictures with two planted near-copies and one exact copy, served."""
+    from click.testing import CliRunner
+    from PIL import Image
+    from test_duplicates import _photo
+
+    from stl10_similarity.cli import main
+
+    root = tmp_path_factory.mktemp("dupphotos")
+    for i in range(24):
+        Image.fromarray(_photo(200 + i)).save(root / f"p{i:02d}.png")
+    Image.fromarray(_photo(200)).resize((150, 150)).save(root / "p00_big.png")
+    Image.fromarray(_photo(201)).save(root / "p01_q60.jpg", quality=60)
+    (root / "p02_same.png").write_bytes((root / "p02.png").read_bytes())
+    cache = tmp_path_factory.mktemp("dcache")
+    result = CliRunner().invoke(main, ["-q", "extract", "--images", str(root), "--collection", "d", "--weights",
+                                       "none", "--image-size", "64", "--cache-dir", str(cache)])
+    assert result.exit_code == 0, result.output
+    with served(lambda params: create_app(cache / "collections" / "d", params)) as (port, _):
+        yield f"http://127.0.0.1:{port}"
+
+
+def test_the_duplicates_view_pages_groups_and_marks_the_kept_image(page, duplicates_server):
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(duplicates_server + "/api/v1/duplicates?limit=2") as answer:
+        doc = json.load(answer)
+    assert doc["total"] == 3 and len(doc["groups"]) == 2 and doc["offset"] == 0
+    assert [g["kind"] for g in doc["groups"]] == ["exact", "near"]
+    with urllib.request.urlopen(duplicates_server + "/api/v1/duplicates?offset=2&limit=2") as answer:
+        rest = json.load(answer)
+    assert rest["total"] == 3 and len(rest["groups"]) == 1
+    page.goto(duplicates_server + "/")
+    page.wait_for_selector("#gallery .card")
+    page.click("#dups summary")
+    expect(page.locator("#dups-list .group")).to_have_count(3)
+    assert "dups=1" in page.url and "3 groups" in page.inner_text("#dups-info")
+    big = page.locator("#dups-list .group", has_text="p00_big.png")
+    expect(big.locator(".card.keep")).to_have_count(1)
+    assert "p00_big.png" in big.locator(".card.keep").inner_text() and "150×150" in big.inner_text()
+    page.select_option("#dkind", "exact")
+    expect(page.locator("#dups-list .group")).to_have_count(1)
+    assert "dkind=exact" in page.url and "p02_same.png" in page.inner_text("#dups-list")
+    page.go_back()
+    expect(page.locator("#dups-list .group")).to_have_count(3)
+    page.locator("#dups-list .card").first.click()  # a member of a group: its neighbours, as anywhere on the page
+    expect(page.locator("#neighbours .card.query")).to_have_count(1)

@@ -163,14 +163,14 @@ def test_serve_on_a_busy_port_says_so_and_exits_2(folder_cache):
 
 def test_duplicates_are_drawn(folder_cache, tmp_path):
     out = tmp_path / "dups.png"
-    result = _run("duplicates", "--collection", "mine", "--threshold", "0.9", "--png", str(out),
+    result = _run("duplicates", "--collection", "mine", "--png", str(out),
                   "--cache-dir", str(folder_cache))
     assert result.exit_code == 0, result.output
     groups = [line for line in result.stdout.splitlines() if line.startswith("group ")]
     assert groups and "cat/copy0.jpg" in result.stdout
     with Image.open(out) as img:
         assert img.format == "PNG" and img.width >= 3 * 100 and img.height >= len(groups) * 150
-    none = _run("duplicates", "--collection", "mine", "--threshold", "1.0", "--png", str(tmp_path / "none.png"),
+    none = _run("duplicates", "--collection", "mine", "--kind", "exact", "--png", str(tmp_path / "none.png"),
                 "--cache-dir", str(folder_cache))
     assert none.exit_code == 0 and Image.open(tmp_path / "none.png").size[0] > 0
 

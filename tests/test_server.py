@@ -60,6 +60,19 @@ def test_images_pages_and_filter(client):
     assert client.get("/api/v1/images", params={"offset": 1000}).json()["images"] == []
 
 
+def test_duplicates_are_listed_a_page_at_a_time_and_bad_asks_get_400(client):
+    """STL-10's synthetic images: no files (no exact kind), the same groups as the CLI, paged."""
+    whole = client.get("/api/v1/duplicates", params={"kind": "similar", "limit": 100}).json()
+    assert whole["total"] == len(whole["groups"]) > 0
+    assert all(g["kind"] == "similar" and g["paths"] is None and g["keep"] in g["ids"] for g in whole["groups"])
+    second = client.get("/api/v1/duplicates", params={"kind": "similar", "offset": 1, "limit": 1}).json()
+    assert second["total"] == whole["total"] and second["groups"] == whole["groups"][1:2]
+    assert client.get("/api/v1/duplicates").json()["total"] >= 0
+    for bad in ({"kind": "twins"}, {"limit": 101}, {"limit": 0}, {"offset": -1}):
+        response = client.get("/api/v1/duplicates", params=bad)
+        assert response.status_code in (400, 422) and "error" in response.json(), bad
+
+
 def test_one_image_and_its_png(client, built_cache):
     assert client.get("/api/v1/images/3").json() == {"id": 3, "label": "cat", "class_index": 3}
     response = client.get("/api/v1/images/3/image.png")

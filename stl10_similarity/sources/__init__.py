@@ -8,6 +8,7 @@ STL-10's binary files (``stl10.Stl10Source``) and a folder of image files (``fol
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -85,9 +86,12 @@ def _module(record: dict[str, Any]) -> Any:
     return import_module(f".{KINDS[kind]}", __package__)
 
 
-def reopen(record: dict[str, Any], keys: list[str] | None = None) -> Source:
+def reopen(record: dict[str, Any], keys: list[str] | None = None, side: int | None = None) -> Source:
     """Open the source a features manifest recorded (for grids and the server), holding the collection's images
-    in id order (``keys``: the features' own list, which leaves out files that could not be read)."""
+    in id order (``keys``: the features' own list, which leaves out files that could not be read). ``side``:
+    images at this side instead of the extraction's, for sources that resize (folders): smaller decodes faster."""
+    if side is not None and "side" in record:
+        record = {**record, "side": side}
     return _module(record).reopen(record, keys)
 
 
@@ -97,6 +101,11 @@ def describe_record(record: dict[str, Any]) -> str:
         return _module(record).describe_record(record)
     except IntegrityError:
         return str(record.get("kind"))
+
+
+def folder_root(record: dict[str, Any]) -> Path | None:
+    """The folder a source's image paths are below, for sources made from a folder (None for others)."""
+    return Path(record["root"]) if keys_are_paths(record) and "root" in record else None
 
 
 def keys_are_paths(record: dict[str, Any]) -> bool:

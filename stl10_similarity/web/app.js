@@ -1,9 +1,11 @@
 // stl10sim web page: browse the collection, click an image to see its neighbours, or search with your own.
-// The URL holds the state (?label=&page=&q=&k=&method=&only=), so links can be shared and the back button works.
+// The URL holds the state (?label=&page=&q=&k=&method=&only=&dups=&dkind=&dpage=), so links can be shared and the
+// back button works.
 // Arrow keys move between images in the gallery and the neighbours; Enter searches with the focused one.
 "use strict";
 
 const PAGE = 60;
+const GROUPS = 10; // groups of duplicates a page
 const $ = (id) => document.getElementById(id);
 let classNames = [];
 let uploaded = null; // {file, url}: an image of the user's is not in the URL (it never leaves this page's memory)
@@ -16,7 +18,8 @@ function state() {
   const p = new URLSearchParams(location.search);
   const int = (name, fallback) => (/^\d+$/.test(p.get(name) || "") ? Number(p.get(name)) : fallback);
   return { label: p.get("label") || "", page: int("page", 0), q: p.has("q") ? int("q", null) : null,
-           k: int("k", 5), method: p.get("method") || "auto", only: p.get("only") === "1" };
+           k: int("k", 5), method: p.get("method") || "auto", only: p.get("only") === "1",
+           dups: p.get("dups") === "1", dkind: p.get("dkind") || "", dpage: int("dpage", 0) };
 }
 
 function go(changes, force = false) {
@@ -30,6 +33,9 @@ function go(changes, force = false) {
   if (next.k !== 5) p.set("k", next.k);
   if (next.method !== "auto") p.set("method", next.method);
   if (next.only) p.set("only", "1");
+  if (next.dups) p.set("dups", "1");
+  if (next.dups && next.dkind) p.set("dkind", next.dkind);
+  if (next.dups && next.dpage) p.set("dpage", next.dpage);
   const url = `${location.pathname}${p.toString() ? "?" + p : ""}`;
   history.pushState(null, "", url);
   render();
@@ -109,6 +115,52 @@ async function renderBrowse(s, current) {
     card(im, s.q === im.id ? "query" : "", [[`${im.id} · ${im.label}`]], () => pick(im.id))));
 }
 
+function formatBytes(n) {
+  return n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} kB` : `${(n / 1048576).toFixed(1)} MB`;
+}
+
+function groupRow(g, number) {
+  const row = document.createElement("div");
+  row.className = "group";
+  const title = document.createElement("h3");
+  title.textContent = `group ${number} · ${g.kind} · ${g.ids.length} images · min cos ${g.min_cosine.toFixed(3)}`;
+  const grid = document.createElement("div");
+  grid.className = "grid";
+  g.ids.forEach((id, m) => {
+    const kept = id === g.keep;
+    const lines = [[kept ? `keep · id ${id}` : `id ${id}`, kept ? "kept" : ""]];
+    if (g.resolutions && g.resolutions[m]) lines.push([`${g.resolutions[m][0]}×${g.resolutions[m][1]}`, "scores"]);
+    if (g.bytes && g.bytes[m] !== null) lines.push([formatBytes(g.bytes[m]), "scores"]);
+    if (!kept) lines.push([`cos ${g.scores[m].toFixed(3)} to the kept`, "scores"]);
+    grid.appendChild(card({ id, path: g.paths ? g.paths[m] : null, alt: `image ${id}` }, kept ? "keep" : "",
+                          lines, () => pick(id)));
+  });
+  arrowKeys(grid);
+  row.append(title, grid);
+  return row;
+}
+
+async function renderDuplicates(s, current) {
+  $("dups").open = s.dups;
+  $("dkind").value = s.dkind;
+  if (!s.dups) return;
+  busy("dups-status", $("dups-list").children.length ? `loading page ${s.dpage + 1} ...`
+    : "finding duplicates ... (the first time takes a few seconds per 10,000 images)");
+  $("dups-list").classList.add("stale");
+  const kind = s.dkind ? `&kind=${encodeURIComponent(s.dkind)}` : "";
+  const page = await api(`/api/v1/duplicates?offset=${s.dpage * GROUPS}&limit=${GROUPS}${kind}`);
+  if (!current()) return;
+  busy("dups-status", null);
+  $("dups-list").classList.remove("stale");
+  const pages = Math.max(1, Math.ceil(page.total / GROUPS));
+  $("dups-info").textContent = `${page.total.toLocaleString()} groups`;
+  $("dpage-info").textContent = `page ${s.dpage + 1} of ${pages}`;
+  $("dprev").disabled = s.dpage <= 0;
+  $("dnext").disabled = s.dpage + 1 >= pages;
+  $("dups-list").replaceChildren(...(page.groups.length ? page.groups.map((g, i) => groupRow(g, s.dpage * GROUPS + i + 1))
+    : [Object.assign(document.createElement("p"), { className: "muted", textContent: "no duplicates of this kind" })]));
+}
+
 function renderResults(doc, queryCard, roundTripMs, s) {
   const q = doc.query;
   const cards = [queryCard];
@@ -185,12 +237,14 @@ async function render() {
   $("same-class").disabled = !s.label;
   showError(null);
   try {
-    await Promise.all([renderBrowse(s, current), renderQuery(s, current)]);
+    await Promise.all([renderBrowse(s, current), renderQuery(s, current), renderDuplicates(s, current)]);
   } catch (err) {
     if (current()) {
       busy("gallery-status", null);
       busy("results-status", null);
+      busy("dups-status", null);
       $("gallery").classList.remove("stale");
+      $("dups-list").classList.remove("stale");
       $("neighbours").classList.remove("stale");
       revealResults = false;
       showError(err);
@@ -249,6 +303,13 @@ async function init() {
   $("prev").addEventListener("click", () => go({ page: Math.max(0, state().page - 1) }));
   $("next").addEventListener("click", () => go({ page: state().page + 1 }));
   $("upload").addEventListener("change", () => useUpload($("upload").files[0]));
+  $("dups").addEventListener("toggle", () => { // the user's click, not render() setting it to the URL's state
+    if ($("dups").open !== state().dups) go({ dups: $("dups").open, dpage: 0 });
+  });
+  $("dups-controls").addEventListener("submit", (e) => e.preventDefault());
+  $("dkind").addEventListener("change", () => go({ dkind: $("dkind").value, dpage: 0 }));
+  $("dprev").addEventListener("click", () => go({ dpage: Math.max(0, state().dpage - 1) }));
+  $("dnext").addEventListener("click", () => go({ dpage: state().dpage + 1 }));
   const drop = $("drop");
   drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") $("upload").click(); });
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
