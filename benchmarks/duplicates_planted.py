@@ -130,7 +130,7 @@ def at_scale(home: Path, planted_names: list[list], count: int, reference: int =
     from stl10_similarity import Session
     from stl10_similarity.duplicates import find_duplicates
     from stl10_similarity.index import index_in_memory
-    from stl10_similarity.params import DuplicatesParams
+    from stl10_similarity.params import DuplicatesParams, IndexParams
 
     session = Session.open(home)
     feats = np.asarray(session.index.features, dtype=np.float32)
@@ -139,7 +139,7 @@ def at_scale(home: Path, planted_names: list[list], count: int, reference: int =
     many = worlds(feats, count)
     planted = [(rows[a] + w * n, rows[b] + w * n, e) for w in range(count) for a, b, e in planted_names if e]
     t0 = time.perf_counter()
-    index = index_in_memory(many, np.full(len(many), -1, np.int16), [])
+    index = index_in_memory(many, np.full(len(many), -1, np.int16), [], IndexParams(sets="top-dims"))  # no k-means
     build = time.perf_counter() - t0
     params = DuplicatesParams(kinds=("near",))
     t0 = time.perf_counter()

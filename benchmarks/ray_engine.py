@@ -54,9 +54,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    import ray
-
     from functools import partial
+
+    import ray
 
     from stl10_similarity.duplicates import find_duplicates
     from stl10_similarity.duplicates.pairs import candidate_pairs, distinct_pairs, duplicate_trees, tree_pairs

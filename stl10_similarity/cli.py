@@ -316,7 +316,7 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
     cluster at --address); planning and the commit stay here, so ids, artifacts and features are the same.
     """
     from stl10_similarity import extract as run_extract
-    from stl10_similarity import resolve_data_dir, stl10
+    from stl10_similarity import params_as_before, recorded_folder, resolve_data_dir, stl10
 
     params = P.ExtractParams(split=split, limit=limit, batch_size=batch_size, device=device, weights=weights,
                              image_size=image_size, precision=precision, chunk_size=chunk_size)
@@ -340,10 +340,10 @@ def extract(ctx: click.Context, split: str, limit: int | None, batch_size: int |
             raise click.UsageError("--split and --limit are for STL-10: a folder collection holds every image in it")
         given = {name for name in ("weights", "image_size", "precision")
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
-        params = _as_before(home, params, given) if not force else params
+        params = params_as_before(home, params, given) if not force else params
         interrupted_keeps(ctx, "finished chunks of features are kept and the collection is as it was; rerun the "
                                "same command to resume")
-        _extract_folder(home, _folder_root(home, images), params, force, no_wait, progress, runs_on)
+        _extract_folder(home, images or recorded_folder(home), params, force, no_wait, progress, runs_on)
         return
     result = run_extract(source, home, params, force=force, wait=not no_wait, progress=progress)
     if result.cached:
@@ -369,37 +369,6 @@ def _extract_folder(home: Path, root: Path, params: P.ExtractParams, force: bool
     resumed = f", resumed after {result.resumed_chunks} chunks" if result.resumed_chunks else ""
     done = "up to date" if result.cached else f"{result.seconds:.1f} s{resumed}"
     click.echo(f"{summary_line(result.counts)}: {result.n} images in {result.folder} ({done})")
-
-
-def _as_before(home: Path, params: P.ExtractParams, given: set[str]) -> P.ExtractParams:
-    """An update embeds new files as the collection's others were: the weights, input size and precision
-    of its last extraction, unless given on the command line."""
-    from dataclasses import replace
-
-    from stl10_similarity import features_manifest
-
-    try:
-        recorded = features_manifest(home)["params"]
-        before = {"weights": recorded["weights_source"], "image_size": recorded["image_size"],
-                  "precision": recorded["precision"]}
-    except (Stl10SimError, KeyError, TypeError):
-        return params  # a new collection (or one that can't be built on): the options as given
-    return replace(params, **{name: value for name, value in before.items() if name not in given})
-
-
-def _folder_root(home: Path, images: Path | None) -> Path:
-    """The folder of a collection: ``--images``, or the one its last extraction recorded."""
-    from stl10_similarity import features_manifest
-
-    if images is not None:
-        return images
-    try:
-        record = features_manifest(home).source
-    except Stl10SimError as exc:
-        raise click.UsageError(f"{home.name} is a new collection: give its folder with --images DIR") from exc
-    if "root" not in record:  # only a folder source records a folder
-        raise click.UsageError(f"{home.name} was not made from a folder: give one with --images DIR")
-    return Path(record["root"])
 
 
 # ---------------------------------------------------------------- duplicates
@@ -538,7 +507,7 @@ def _print_moves(moves: list[Any], as_json: bool, as_csv: bool) -> None:
 @click.option("--weights", default=None, metavar="imagenet|none|PATH",
               help="The MobileNetV2 weights the features came from: lets `query --image` embed images like them.")
 @param_option(P.ExtractParams, "image_size", default=None, show_default=False,
-              help="The input size the features were extracted at (with --weights; default 224).")
+              help=f"The input size the features were extracted at (with --weights; default {P.ExtractParams.image_size}).")
 @click.option("--force", is_flag=True, help="Replace the collection if it exists.")
 @no_wait_option
 @cache_dir_option
@@ -561,7 +530,8 @@ def import_(ctx: click.Context, features: Path, collection: str, labels: Path | 
         raise click.UsageError("--image-size describes the model of --weights: give both")
     home = _home(cache_dir, collection)
     manifest = import_features(features, home, labels=labels, class_names=class_names, paths=paths, weights=weights,
-                               image_size=image_size if image_size is not None else (224 if weights else None),
+                               image_size=image_size if image_size is not None else
+                               (P.ExtractParams.image_size if weights else None),
                                force=force, wait=not no_wait, progress=_progress(ctx))
     click.echo(f"imported {manifest['n']:,} feature rows into collection {collection} ({home})")
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ from stl10_similarity.index import index_state
 from stl10_similarity.params import DEFAULT_COLLECTION
 from stl10_similarity.sources import describe_record
 from stl10_similarity.store.artifacts import cache_lock, verify_stage
-from stl10_similarity.store.paths import COLLECTIONS, collection_home, collection_names, features_dir, index_dir
+from stl10_similarity.store.paths import collection_home, collection_names, features_dir, index_dir
 
 
 def list_collections(cache_dir: Path) -> list[dict[str, Any]]:
@@ -82,28 +80,6 @@ def remove_collection(cache_dir: Path, name: str, *, wait: bool = True) -> Path:
     if name != DEFAULT_COLLECTION:
         shutil.rmtree(doomed, ignore_errors=True)
     return home
-
-
-@contextlib.contextmanager
-def forgotten_if_failed(home: Path) -> Iterator[None]:
-    """Around what makes or updates a collection (a folder extraction, an import): when it fails, a folder it
-    left with nothing in it to resume goes too, so no empty collection is listed."""
-    try:
-        yield
-    except Stl10SimError:
-        forget_if_empty(home)
-        raise
-
-
-def forget_if_empty(home: Path) -> None:
-    """Remove a collection's folder that a failed first extraction left with nothing to resume (no features, no
-    finished chunks), so it isn't listed as a collection."""
-    if home.parent.name != COLLECTIONS or store.has_features(home):
-        return
-    partial = features_dir(home) / "partial"
-    if partial.is_dir() and any(partial.iterdir()):
-        return  # finished chunks: rerunning resumes them
-    shutil.rmtree(home, ignore_errors=True)
 
 
 def verify_collection(home: Path) -> list[tuple[str, str | None]]:

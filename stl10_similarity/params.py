@@ -194,6 +194,14 @@ class BenchParams:
         return INDEX_BENCH_N if self.stage == "index" else EXTRACT_BENCH_N
 
 
+# what one request to `stl10sim serve` may ask for (larger asks are refused with a 4xx); the page learns max_k
+# from /api/v1/health
+SERVE_MAX_K = 1000  # results of one search
+SERVE_MAX_CANDIDATES = 100_000  # rerank's candidate budget of one search
+SERVE_PAGE_LIMIT = 500  # images of one /api/v1/images page
+SERVE_GROUP_PAGE_LIMIT = 100  # groups of one /api/v1/duplicates page
+
+
 @dataclass(frozen=True)
 class ServeParams:
     """``stl10sim serve``: where it listens, who may ask (docs/server.md, "Security") and how much it accepts."""
@@ -266,7 +274,7 @@ class DuplicatesParams:
     """
 
     kinds: tuple[str, ...] = ("exact", "near")
-    near: float = 0.94
+    near: float = 0.96
     similar: float = 0.90
     near_cosine: float = 0.95
     floor: float = 0.70

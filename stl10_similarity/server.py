@@ -44,6 +44,7 @@ from stl10_similarity import (
     json_ready,
     json_text,
 )
+from stl10_similarity import params as P
 from stl10_similarity.errors import ImageGoneError, InputError, NoImagesError, ParameterError, Stl10SimError
 from stl10_similarity.params import DUPLICATE_KINDS, METHODS, DuplicatesParams, EngineParams, SearchParams, ServeParams
 from stl10_similarity.progress import SILENT, Progress
@@ -52,10 +53,6 @@ WEB = Path(__file__).parent / "web"
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 # an absolute path in a message: a "/" not inside a word or a URL, then path characters
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"`,;()/]+/)*([^\s'\"`,;()/]+)")
-PAGE_LIMIT = 500  # most images one /api/v1/images page may list
-GROUP_PAGE_LIMIT = 100  # most groups one /api/v1/duplicates page may list
-MAX_K = 1000
-MAX_CANDIDATES = 100_000
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this (uvicorn's default, stated here)
 # Threads that run queries. A query is many small numpy calls that hold the GIL between them, so more threads
 # than cores only thrash: on 2 cores, 16 clients got 155 requests/s with anyio's default 40 threads (docs/server.md).
@@ -151,13 +148,13 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
                 newer[name] = True
         return json_ready({"status": "ok", "n": session.n, **session.index.params,
                            "weights": session.index.features_params.get("weights"),
-                           "class_names": session.class_names, "version": __version__,
+                           "class_names": session.class_names, "version": __version__, "max_k": P.SERVE_MAX_K,
                            "newer_index_on_disk": newer["index"] or newer["features"],
                            "note": "restart the server to answer from the newer index"
                            if newer["index"] or newer["features"] else None})
 
     @app.get("/api/v1/images")
-    def images(offset: int = Query(0, ge=0), limit: int = Query(60, ge=1, le=PAGE_LIMIT),
+    def images(offset: int = Query(0, ge=0), limit: int = Query(60, ge=1, le=P.SERVE_PAGE_LIMIT),
                label: str | None = Query(None, max_length=100)) -> dict[str, Any]:
         """A page of the collection, optionally only one class (a class name, or ``unlabeled``)."""
         labels = np.asarray(session.index.labels)
@@ -181,7 +178,7 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
 
     @app.get("/api/v1/duplicates")
     def duplicates(kind: Kind | None = Query(None), offset: int = Query(0, ge=0),
-                   limit: int = Query(20, ge=1, le=GROUP_PAGE_LIMIT)) -> Response:
+                   limit: int = Query(20, ge=1, le=P.SERVE_GROUP_PAGE_LIMIT)) -> Response:
         """A page of the groups ``stl10sim duplicates --json`` lists with its defaults (exact and near), or of
         one kind; found on the first ask (seconds at 10,000 images), then kept."""
         kinds = (kind,) if kind else DuplicatesParams.kinds
@@ -207,17 +204,17 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
         return Response(_png(pixels), media_type="image/png", headers=headers)
 
     @app.get("/api/v1/search")
-    def search(image_id: int = Query(...), k: int = Query(SearchParams.k, ge=1, le=MAX_K),
+    def search(image_id: int = Query(...), k: int = Query(SearchParams.k, ge=1, le=P.SERVE_MAX_K),
                method: Method = Query(SearchParams.method),
-               candidates: int = Query(SearchParams.candidates, ge=1, le=MAX_CANDIDATES)) -> Response:
+               candidates: int = Query(SearchParams.candidates, ge=1, le=P.SERVE_MAX_CANDIDATES)) -> Response:
         """Exactly the document ``stl10sim query --image-id N --json`` prints for the same parameters."""
         result = session.query(image_id, k=k, method=method, candidates=candidates)
         return _json(result.to_dict())
 
     @app.post("/api/v1/search")
-    async def search_upload(image: UploadFile = File(...), k: int = Form(SearchParams.k, ge=1, le=MAX_K),
+    async def search_upload(image: UploadFile = File(...), k: int = Form(SearchParams.k, ge=1, le=P.SERVE_MAX_K),
                             method: Method = Form(SearchParams.method),
-                            candidates: int = Form(SearchParams.candidates, ge=1, le=MAX_CANDIDATES)) -> Response:
+                            candidates: int = Form(SearchParams.candidates, ge=1, le=P.SERVE_MAX_CANDIDATES)) -> Response:
         """The same document for an uploaded image (the model loads on first use)."""
         import anyio.to_thread
 

@@ -180,3 +180,33 @@ def test_the_faces_use_the_api_params_errors_and_progress_only():
     assert offenders == []
     for name in stl10_similarity.__all__:  # and every exported name resolves
         assert getattr(stl10_similarity, name) is not None, name
+
+
+LAYERS = [  # bottom first: a module imports only from its own layer or those below it (docs/architecture.md)
+    ("shared", ("params", "errors", "progress", "ray_support")),
+    ("store", ("store",)),
+    ("sources", ("sources",)),
+    ("ingest", ("ingest",)),
+    ("index", ("index",)),
+    ("search", ("search",)),
+    ("jobs", ("session", "collections", "evaluate", "duplicates", "grid", "bench", "extract_bench", "synthetic",
+              "access")),
+    ("faces", ("cli", "server", "__main__")),
+]
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    for number, (_, names) in enumerate(LAYERS):
+        if top in names:
+            return number
+    raise AssertionError(f"{module} belongs to no layer: add it to LAYERS (and to docs/architecture.md)")
+
+
+def test_every_import_points_down_the_layers():
+    """The wings stack: faces -> jobs -> search -> index -> ingest -> sources -> store -> shared. A new module
+    must be placed in a layer, and no import reaches a layer above its own (the front door aside)."""
+    graph = _import_graph()
+    upward = [f"{a} -> {b}" for a, targets in graph.items() if a != "stl10_similarity"
+              for b in targets if b != "stl10_similarity" and _layer(b) > _layer(a)]
+    assert upward == []

@@ -19,7 +19,7 @@ import pytest
 from conftest import invoke
 
 from stl10_similarity.duplicates import find_duplicates, move_files, planned_moves, undo_moves
-from stl10_similarity.duplicates.groups import components, keep_order, Facts
+from stl10_similarity.duplicates.groups import Facts, components, keep_order
 from stl10_similarity.duplicates.pairs import MAX_RUN, candidate_pairs, duplicate_trees, prefix_runs
 from stl10_similarity.duplicates.pixels import pixel_similarity, thumbnails
 from stl10_similarity.index import index_in_memory
@@ -332,3 +332,18 @@ def test_a_killed_move_is_undone(tmp_path):
     report = undo_moves(next(target.glob("stl10sim-undo-*.json")))
     assert report.problems == [] and report.restored + report.in_place == 400
     assert _tree(folder) == before
+
+
+def test_imported_features_have_near_duplicates_by_cosine_and_nothing_to_move(tmp_path):
+    index, copies = _index(n=400, copies=5)
+    np.save(tmp_path / "f.npy", np.asarray(index.features))
+    cache = str(tmp_path / "c")
+    assert invoke("-q", "import", "--features", str(tmp_path / "f.npy"), "--collection", "imp",
+                  "--cache-dir", cache).exit_code == 0
+    result = invoke("duplicates", "--collection", "imp", "--json", "--cache-dir", cache)
+    assert result.exit_code == 0 and "no images to compare" in result.stderr
+    groups = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {tuple(g["ids"]) for g in groups} >= {(i, 400 - copies + i) for i in range(copies)}
+    assert all(g["kind"] == "near" and g["paths"] is None and g["bytes"] is None for g in groups)
+    moved = invoke("duplicates", "--collection", "imp", "--move-to", str(tmp_path / "out"), "--cache-dir", cache)
+    assert moved.exit_code == 2 and "needs a folder collection" in moved.output

@@ -118,8 +118,8 @@ def test_removed_ids_are_refused_and_never_given_again(updated):
     assert report["n"] == 32 and all(m["recall_vs_cosine"] == 1.0 for m in report["methods"] if m["name"] == "exact")
     shutil.copy(root / "dog/img004.png", root / "dog/copy.png")  # a duplicate pair across the id gaps
     _extract(root, cache)
-    groups = [json.loads(line) for line in invoke("-q", "duplicates", "--collection", "mine", "--json", "--threshold",
-                                                  "0.99999", "--cache-dir", str(cache)).stdout.splitlines()]
+    groups = [json.loads(line) for line in invoke("-q", "duplicates", "--collection", "mine", "--json", "--kind",
+                                                  "exact", "--cache-dir", str(cache)).stdout.splitlines()]
     assert [(g["ids"], g["paths"]) for g in groups] == [([11, 35], ["dog/img004.png", "dog/copy.png"])]
     (root / "dog/copy.png").unlink()
     _extract(root, cache)

@@ -136,10 +136,11 @@ def extract(
 
 def commit_features(home: Path, blocks: Iterable[np.ndarray], n: int, arrays: dict[str, np.ndarray], *,
                     params: dict[str, Any], source: dict[str, Any], started: float,
-                    extra: dict[str, Any]) -> Manifest:
-    """The features stage's one write path (a whole extraction, a folder update): the features streamed into
-    staging a block at a time (memory stays at one block, even for 100,000 images), the per-row ``arrays``
-    beside them, all committed at once, then the manifest last."""
+                    extra: dict[str, Any], libraries: tuple[str, ...] = ("torch", "torchvision")) -> Manifest:
+    """The features stage's one write path (a whole extraction, a folder update, an import): the features
+    streamed into staging a block at a time (memory stays at one block, even for 100,000 images), the per-row
+    ``arrays`` beside them, all committed at once, then the manifest last (recording the versions of
+    ``libraries`` beside numpy's and the package's)."""
     folder = features_dir(home)
     staging = staging_dir(folder)
     write_npy_chunks(staging / "features.npy", (n, DIM), np.float32, blocks)
@@ -147,7 +148,7 @@ def commit_features(home: Path, blocks: Iterable[np.ndarray], n: int, arrays: di
         write_npy(staging / f"{name}.npy", array)
     artifacts = commit_staged(folder, staging)
     return store.write_features_manifest(home, params=params, artifacts=artifacts, inputs={"source": source}, n=n,
-                                         started=started, versions=library_versions("torch", "torchvision"),
+                                         started=started, versions=library_versions(*libraries),
                                          extra=extra)
 
 

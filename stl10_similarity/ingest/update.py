@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 
 from stl10_similarity import store
-from stl10_similarity.errors import DataError, IntegrityError, MissingArtifactError
+from stl10_similarity.errors import DataError, InputError, IntegrityError, MissingArtifactError, Stl10SimError
 from stl10_similarity.ingest.extract import MAKE_CMD, ExtractResult, commit_features, identity_params, run_params
 from stl10_similarity.ingest.model import resize_side
 from stl10_similarity.ingest.runners import EmbedJob, LocalRunner, Runner
 from stl10_similarity.params import ExtractParams
 from stl10_similarity.progress import SILENT, Progress
-from stl10_similarity.sources import StampedSource
+from stl10_similarity.sources import StampedSource, folder_root
 from stl10_similarity.sources.folders import FolderSource
 from stl10_similarity.store.artifacts import cache_lock, load_npy
 from stl10_similarity.store.paths import features_dir
@@ -181,11 +181,7 @@ def update_collection(
     runner = runner or LocalRunner(pipelined)
     device, precision, batch_size = runner.settings(params)
     folder = features_dir(home)
-    from stl10_similarity.collections import (
-        forgotten_if_failed,  # collections reads index and extract: imported when used
-    )
-
-    with forgotten_if_failed(home), cache_lock(home, wait=wait, progress=progress):
+    with store.forgotten_if_failed(home), cache_lock(home, wait=wait, progress=progress):
         progress.note("comparing the folder with the collection ...")
         source = listing()
         # a collection kept up to date is its source (a folder, by path): which items it holds is the update's
@@ -320,6 +316,37 @@ def _feature_blocks(old_features: np.ndarray | None, kept_rows: np.ndarray, chan
         yield out
     for lo in range(0, len(new_positions), block):
         yield np.stack([embedded_row(p) for p in new_positions[lo : lo + block]])
+
+
+def params_as_before(home: Path, params: ExtractParams, given: set[str]) -> ExtractParams:
+    """An update embeds new files as the collection's others were: the weights, input size and precision of its
+    last extraction, except those named in ``given`` (what the user set). A new collection: ``params``."""
+    from dataclasses import replace
+
+    try:
+        recorded = store.features_manifest(home)["params"]
+        before = {"weights": recorded["weights_source"], "image_size": recorded["image_size"],
+                  "precision": recorded["precision"]}
+    except (Stl10SimError, KeyError, TypeError):
+        return params  # a new collection (or one that can't be built on): the options as given
+    return replace(params, **{name: value for name, value in before.items() if name not in given})
+
+
+def recorded_folder(home: Path) -> Path:
+    """The folder a folder collection was last extracted from.
+
+    Raises:
+        InputError: a new collection, or one not made from a folder (give one with ``images``).
+    """
+    try:
+        record = store.features_manifest(home).source
+    except Stl10SimError as exc:
+        raise InputError(f"{home.name} is a new collection: give its folder with {{images}} DIR",
+                         options=("images",)) from exc
+    root = folder_root(record)
+    if root is None:
+        raise InputError(f"{home.name} was not made from a folder: give one with {{images}} DIR", options=("images",))
+    return root
 
 
 def summary_line(counts: dict[str, int]) -> str:

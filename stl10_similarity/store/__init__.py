@@ -15,13 +15,16 @@ the stages is declared here:
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stl10_similarity.errors import IntegrityError
+from stl10_similarity.errors import IntegrityError, Stl10SimError
 from stl10_similarity.store.artifacts import MANIFEST, manifest_digest, read_manifest, write_manifest
-from stl10_similarity.store.paths import features_dir, index_dir
+from stl10_similarity.store.paths import COLLECTIONS, features_dir, index_dir
 
 FEATURES_STAGE, INDEX_STAGE = "extract", "index"
 EXTRACT_CMD, INDEX_CMD = "stl10sim extract", "stl10sim index"
@@ -158,3 +161,25 @@ def features_arrays(home: Path, *names: str) -> list[Any]:
 
     manifest = features_manifest(home)
     return [load_npy(features_dir(home), manifest, name, make_cmd=EXTRACT_CMD) for name in names]
+
+
+@contextlib.contextmanager
+def forgotten_if_failed(home: Path) -> Iterator[None]:
+    """Around what makes or updates a collection (a folder extraction, an import): when it fails, a folder it
+    left with nothing in it to resume goes too, so no empty collection is listed."""
+    try:
+        yield
+    except Stl10SimError:
+        forget_if_empty(home)
+        raise
+
+
+def forget_if_empty(home: Path) -> None:
+    """Remove a collection's folder that a failed first extraction left with nothing to resume (no features, no
+    finished chunks), so it isn't listed as a collection."""
+    if home.parent.name != COLLECTIONS or has_features(home):
+        return
+    partial = features_dir(home) / "partial"
+    if partial.is_dir() and any(partial.iterdir()):
+        return  # finished chunks: rerunning resumes them
+    shutil.rmtree(home, ignore_errors=True)

@@ -11,7 +11,7 @@ let classNames = [];
 let uploaded = null; // {file, url}: an image of the user's is not in the URL (it never leaves this page's memory)
 let renders = 0; // each render's number: a slower, older render must not overwrite a newer one
 let revealResults = false; // the user asked for a search: bring its results into view (and focus) once they come
-const MAX_K = 1000; // the API's largest k
+let maxK = 1000; // the API's largest k: /api/v1/health says
 const ONLY_FACTOR = 10; // "in this class only" asks for this many times k neighbours, then keeps the class's
 
 function state() {
@@ -202,7 +202,7 @@ function searching(text) {
 }
 
 async function renderQuery(s, current) {
-  const k = s.only && s.label ? Math.min(MAX_K, s.k * ONLY_FACTOR) : s.k;
+  const k = s.only && s.label ? Math.min(maxK, s.k * ONLY_FACTOR) : s.k;
   if (uploaded) {
     const form = new FormData();
     form.append("image", uploaded.file);
@@ -286,6 +286,7 @@ function describeIndex(h) {
 async function init() {
   const health = await api("/api/v1/health");
   classNames = health.class_names;
+  maxK = health.max_k || maxK;
   $("collection").textContent = describeCollection(health);
   $("index-details").textContent = describeIndex(health);
   for (const name of classNames.includes("unlabeled") ? classNames : [...classNames, "unlabeled"]) {
