@@ -11,7 +11,7 @@ See docs/python-api.md.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # name -> "module" (the name is that module's attribute) or "module:" (the name is the module itself). This is
 # the API the faces (cli.py, server.py) use: a test keeps them to it, params, errors and progress.
@@ -34,6 +34,43 @@ _EXPORTS = {
     "run_extract_bench": "extract_bench", "stl10": "sources.stl10:", "evaluate": "evaluate:",
 }
 __all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # what type checkers see (the faces are checked against it); at run time, __getattr__
+    from stl10_similarity import evaluate
+    from stl10_similarity.access import Access
+    from stl10_similarity.bench import bench_features, run_bench
+    from stl10_similarity.collections import (
+        existing_collection,
+        list_collections,
+        remove_collection,
+        verify_collection,
+    )
+    from stl10_similarity.duplicates import DuplicateGroup, Move, UndoReport, find_duplicates, undo_moves
+    from stl10_similarity.errors import ImageGoneError, InputError, NoImagesError, ParameterError, Stl10SimError
+    from stl10_similarity.extract_bench import run_extract_bench
+    from stl10_similarity.grid import picture_format
+    from stl10_similarity.index import build_index
+    from stl10_similarity.ingest.engines import runner_for
+    from stl10_similarity.ingest.extract import extract
+    from stl10_similarity.ingest.importing import import_features
+    from stl10_similarity.ingest.update import params_as_before, recorded_folder, summary_line, update_folder
+    from stl10_similarity.params import (
+        DuplicatesParams,
+        EngineParams,
+        EvaluateParams,
+        ExtractParams,
+        IndexParams,
+        SearchParams,
+        ShardParams,
+    )
+    from stl10_similarity.search import Match, QueryInfo, QueryResult
+    from stl10_similarity.session import Session
+    from stl10_similarity.sources import stl10
+    from stl10_similarity.sources.images import ImageError, ImageTooLarge, decode_square
+    from stl10_similarity.store import features_digest, features_manifest, index_digest
+    from stl10_similarity.store.artifacts import json_ready, json_text
+    from stl10_similarity.store.paths import collection_home, resolve_cache_dir, resolve_data_dir
+
 
 
 def _version() -> str:

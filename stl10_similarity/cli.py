@@ -55,6 +55,26 @@ class Stl10SimGroup(click.Group):
 
     command_class = Stl10SimCommand
 
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """click's main, with a usage error as one line too (click prints the usage block, a hint and the error):
+        ``Error: <what> (stl10sim CMD --help)``, exit 2."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = f" ({exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            click.echo(f"Error: {shown(exc.format_message())}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         if ctx.params.get("debug"):
             ctx.meta[DEBUG] = True

@@ -210,3 +210,21 @@ def test_every_import_points_down_the_layers():
     upward = [f"{a} -> {b}" for a, targets in graph.items() if a != "stl10_similarity"
               for b in targets if b != "stl10_similarity" and _layer(b) > _layer(a)]
     assert upward == []
+
+
+def test_checkers_see_every_exported_name():
+    """The front door's TYPE_CHECKING imports name exactly what ``_EXPORTS`` exports, from the same modules, so
+    mypy checks the faces against the real types (at run time the names are imported lazily)."""
+    import stl10_similarity
+
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    block = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    seen = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom)
+        for alias in node.names:
+            module = (node.module or "").removeprefix("stl10_similarity").lstrip(".")
+            seen[alias.asname or alias.name] = f"{module}.{alias.name}".lstrip(".")
+    wanted = {name: (where.rstrip(":") if where.endswith(":") else f"{where}.{name}")
+              for name, where in stl10_similarity._EXPORTS.items()}
+    assert seen == wanted

@@ -291,7 +291,8 @@ def test_bad_input_exits_2_with_one_line(case, cache, tmp_path):
     result = CliRunner().invoke(main, [*args, "--cache-dir", str(cache)])
     assert result.exit_code == 2, (result.output, result.exception)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("Error"), result.stderr
+    said = [line for line in lines if line.startswith(("Error", "Usage", "Try "))]  # progress lines aside
+    assert said == lines[-1:] and said[0].startswith("Error"), result.stderr
     assert "Traceback" not in result.output
     assert result.stdout == ""
     assert _snapshot(cache) == before

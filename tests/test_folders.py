@@ -174,7 +174,7 @@ def test_a_folder_with_no_images_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["extract", "--images", str(tmp_path / "empty"), "--collection", "e", *FAST,
                                        "--cache-dir", str(tmp_path / "c")])
-    assert result.exit_code == 2 and "holds no images" in result.stderr
+    assert result.exit_code == 2 and "holds no images (.jpg, .jpeg, .png" in result.stderr
 
 
 def test_a_file_name_that_is_not_utf8_is_skipped_with_a_warning(tmp_path):

@@ -195,7 +195,8 @@ def update_collection(
         for entry in plan.unnamable:
             progress.note(f"warning: skipped {entry['path']}: {entry['reason']}")
         if not plan.stamps:
-            raise DataError(f"{source.describe_items()} holds no images")
+            formats = getattr(source, "formats", ())  # what a folder looks for, named so a user sees why
+            raise DataError(f"{source.describe_items()} holds no images" + (f" ({', '.join(formats)})" if formats else ""))
         # nothing new, changed, removed, or touched (a moved size/mtime was hashed: its stamp must be recorded)
         if previous is not None and not plan.embed and not len(plan.removed) and not plan.digests:
             manifest = previous.manifest

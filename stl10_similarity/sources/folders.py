@@ -82,6 +82,7 @@ class FolderSource:
     """The image files below ``root`` in sorted path order (or exactly ``keys``, when reopened)."""
 
     kind = "folder"
+    formats = IMAGE_SUFFIXES  # the file suffixes read as images
 
     def __init__(self, root: Path, side: int, keys: list[str] | None = None, threads: int | None = None,
                  scanned: bool = False) -> None:
