@@ -146,8 +146,8 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
                 newer[name] = digest(home) != loaded[name]
             except OSError:
                 newer[name] = True
-        return json_ready({"status": "ok", "n": session.n, **session.index.params,
-                           "weights": session.index.features_params.get("weights"),
+        return json_ready({"status": "ok", "n": session.n, **session.index_params(),
+                           "weights": session.weights(),
                            "class_names": session.class_names, "version": __version__, "max_k": P.SERVE_MAX_K,
                            "newer_index_on_disk": newer["index"] or newer["features"],
                            "note": "restart the server to answer from the newer index"
@@ -157,21 +157,8 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
     def images(offset: int = Query(0, ge=0), limit: int = Query(60, ge=1, le=P.SERVE_PAGE_LIMIT),
                label: str | None = Query(None, max_length=100)) -> dict[str, Any]:
         """A page of the collection, optionally only one class (a class name, or ``unlabeled``)."""
-        labels = np.asarray(session.index.labels)
-        if label is None:
-            rows = np.arange(session.n)
-        else:
-            names = session.class_names
-            if label in names:  # a class may be named "unlabeled": its name wins over the filter for none
-                wanted = names.index(label)
-            elif label == "unlabeled":
-                wanted = -1
-            else:
-                raise HTTPException(400, f"unknown label {label!r}: choose one of {', '.join(names + ['unlabeled'])}")
-            rows = np.flatnonzero(labels == wanted)
-        page = session.index.ids_of(rows[offset : offset + limit])
-        return {"total": int(len(rows)), "offset": offset, "limit": limit,
-                "images": [session.describe_image(int(i)) for i in page]}
+        total, page = session.images_page(offset, limit, label)  # an unknown label: 400, as any bad parameter
+        return {"total": total, "offset": offset, "limit": limit, "images": page}
 
     found_groups: dict[tuple[str, ...], list[Any]] = {}  # the groups of each kind, found on the first ask
     finding = threading.Lock()  # one search for groups at a time: concurrent first asks wait for the one

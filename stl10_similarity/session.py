@@ -116,6 +116,36 @@ class Session:
         path = self.searcher().path(row)
         return described if path is None else {**described, "path": path}
 
+    def index_params(self) -> dict[str, Any]:
+        """The parameters the index was built with, as its manifest records them."""
+        return dict(self.index.params)
+
+    def weights(self) -> Any:
+        """The weights the features came from, as the features manifest names them (None for imports without)."""
+        return self.index.features_params.get("weights")
+
+    def images_page(self, offset: int, limit: int, label: str | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """How many images there are (of class ``label``: a class name, or ``unlabeled``), and those from
+        ``offset`` on, at most ``limit``, each as :meth:`describe_image` gives it.
+
+        Raises:
+            ParameterError: ``label`` names no class.
+        """
+        labels = np.asarray(self.index.labels)
+        if label is None:
+            rows = np.arange(self.n)
+        else:
+            names = self.class_names
+            if label in names:  # a class may be named "unlabeled": its name wins over the filter for none
+                wanted = names.index(label)
+            elif label == "unlabeled":
+                wanted = -1
+            else:
+                raise ParameterError("label", f"{label!r} is unknown: choose one of {', '.join(names + ['unlabeled'])}")
+            rows = np.flatnonzero(labels == wanted)
+        page = self.index.ids_of(rows[offset : offset + limit])
+        return int(len(rows)), [self.describe_image(int(i)) for i in page]
+
     def check_id(self, image_id: int) -> int:
         """The row of image ``image_id``; a ParameterError when the collection has no such image."""
         if not isinstance(image_id, (int, np.integer)) or isinstance(image_id, bool):
