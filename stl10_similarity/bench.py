@@ -6,6 +6,7 @@ hold even on a shared, noisy machine. The report says which machine it ran on.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import platform
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,12 +27,17 @@ from stl10_similarity.index.signatures import datasketch_signature, minhash_sign
 from stl10_similarity.params import BenchParams, IndexParams
 from stl10_similarity.progress import SILENT, Progress
 from stl10_similarity.search import Searcher
+from stl10_similarity.store.artifacts import write_json
 from stl10_similarity.synthetic import synthetic_features
 
 EXACT_TIMED_QUERIES = 20  # brute force at 1M takes ~0.5 s a query: time a few, report batched qps too
 # the datasketch forest object (millions of Python objects, ~10 GB at a million images and 32 trees) is timed on
 # at most this many signatures; queries never build it (only --method forest-query loads forest.pkl)
 FOREST_OBJECT_N = 100_000
+HNSW_M = 32  # FAISS HNSW's links per node in the comparison rows
+# HNSW is built in every run up to this many images; beyond, only with a cache (a million takes ~5 minutes to
+# build on 2 cores: built once, then loaded)
+HNSW_UNCACHED_N = 300_000
 
 
 # ---------------------------------------------------------------- measuring helpers
@@ -185,11 +192,14 @@ def bench_features(path: Any) -> np.ndarray:
 
 def run_bench(
     bench: BenchParams = BenchParams(), index_params: IndexParams = IndexParams(), *,
-    features: np.ndarray | None = None, use_faiss: bool = True, progress: Progress = SILENT,
+    features: np.ndarray | None = None, use_faiss: bool = True, hnsw_cache: Path | None = None,
+    progress: Progress = SILENT,
 ) -> BenchReport:
     """Build every method on ``features`` (default: ``bench.size`` synthetic vectors) and measure it side by
     side: exact, the index with ``index_params`` (rerank at each budget, forest), the previous default index
-    (top-100 dims, 8 trees) and, when faiss is installed, HNSW and IVF-Flat."""
+    (top-100 dims, 8 trees) and, when faiss is installed, HNSW and IVF-Flat. HNSW is built up to
+    ``HNSW_UNCACHED_N`` images, or at any size with ``hnsw_cache``: a folder its graphs are kept in, built once per
+    set of features and loaded by later runs."""
     k, queries, seed, baseline_n = bench.k, bench.queries, bench.seed, bench.baseline_n
     budgets = tuple(sorted(bench.budgets))
     step = lambda what: progress.note(f"bench: {what} ...")  # noqa: E731
@@ -288,7 +298,7 @@ def run_bench(
                                name=f"previous index: top-dims, 8 trees (cand. {PREVIOUS_CANDIDATES})"))
     del previous
     if use_faiss:
-        methods += _faiss_methods(feats, query_ids, truth, k, step)
+        methods += _faiss_methods(feats, query_ids, truth, k, step, hnsw_cache)
     return BenchReport(n=n, k=k, queries=len(query_ids), machine=machine(),
                        params={**recorded, "minhash_seed": recorded["seed"], "seed": seed, "budgets": list(budgets),
                                "exact_timed_queries": len(timed),
@@ -330,8 +340,43 @@ def _setter(attribute: str, value: int) -> Callable[[Any], None]:
     return apply
 
 
+def _hnsw_file(cache: Path, feats: np.ndarray) -> Path:
+    """Where the HNSW graph of these features is kept: named by their shape and a hash of every 256th row."""
+    import hashlib
+
+    fingerprint = hashlib.sha256(np.ascontiguousarray(feats[::256]).tobytes()).hexdigest()[:16]
+    return Path(cache) / f"hnsw-M{HNSW_M}-{feats.shape[0]}x{feats.shape[1]}-{fingerprint}.faiss"
+
+
+def _cached_hnsw(cache: Path, feats: np.ndarray, make: Callable[[], Any],
+                 step: Callable[[str], None]) -> tuple[Any, float, float]:
+    """The HNSW index of ``feats`` from ``cache`` (with the seconds its build took when it was made), or built now
+    and kept there; and the peak memory growth of this call in MB."""
+    import faiss
+
+    path = _hnsw_file(cache, feats)
+    with peak_rss_growth() as rss:
+        if path.is_file() and path.with_suffix(".json").is_file():
+            step(f"HNSW: loading the graph built before from {path}")
+            index = faiss.read_index(str(path))
+            build = float(json.loads(path.with_suffix(".json").read_text())["build_seconds"])
+        else:
+            step(f"HNSW: building it ({len(feats):,} images; kept in {cache} for later runs)")
+            t0 = time.perf_counter()
+            index = make()
+            index.add(feats)
+            build = time.perf_counter() - t0
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + ".partial")
+            faiss.write_index(index, str(partial))
+            os.replace(partial, path)
+            write_json(path.with_suffix(".json"), {"build_seconds": round(build, 3), "n": len(feats),
+                                                   "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    return index, build, rss["mb"]
+
+
 def _faiss_methods(feats: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, k: int,
-                   step: Callable[[str], None]) -> list[MethodResult]:
+                   step: Callable[[str], None], hnsw_cache: Path | None = None) -> list[MethodResult]:
     try:
         import faiss  # optional extra: pip install 'stl10sim[faiss]'
     except ImportError:
@@ -342,10 +387,10 @@ def _faiss_methods(feats: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, 
     nlist = int(max(1, min(4 * np.sqrt(n), 1024, n // 39)))
     kinds: list[tuple[str, Callable[[], Any], Callable[[Any], None]]] = [
         ("faiss IndexFlatIP", lambda: faiss.IndexFlatIP(dim), lambda index: None)]
-    if n <= 300_000:  # HNSW construction at 1M x 1280 takes far longer than this bench's budget on 2 cores
+    if n <= HNSW_UNCACHED_N or hnsw_cache is not None:
         for ef in (16, 64):
-            kinds.append((f"faiss HNSW M=32 efSearch {ef}",
-                          lambda: faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT),
+            kinds.append((f"faiss HNSW M={HNSW_M} efSearch {ef}",
+                          lambda: faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT),
                           _setter("hnsw.efSearch", ef)))
     for probe in sorted({min(16, nlist), min(64, nlist)}):
         kinds.append((f"faiss IVF-Flat nlist {nlist} nprobe {probe}",
@@ -357,13 +402,17 @@ def _faiss_methods(feats: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, 
     for family, members in families.items():  # one family in memory at a time: each holds a copy of the vectors
         step(f"{family}: build")
         make = members[0][1]
-        with peak_rss_growth() as rss:
-            t0 = time.perf_counter()
-            index = make()
-            if not index.is_trained:
-                index.train(feats[np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)])
-            index.add(feats)
-            build = time.perf_counter() - t0
+        if family.startswith("faiss HNSW") and hnsw_cache is not None:
+            index, build, grown = _cached_hnsw(hnsw_cache, feats, make, step)
+            rss = {"mb": grown}
+        else:
+            with peak_rss_growth() as rss:
+                t0 = time.perf_counter()
+                index = make()
+                if not index.is_trained:
+                    index.train(feats[np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)])
+                index.add(feats)
+                build = time.perf_counter() - t0
         flat = family == "faiss IndexFlatIP"
         for name, _, tune in members:
             tune(index)
@@ -395,4 +444,4 @@ def _faiss_bytes(index: Any, n: int) -> float:
         return 0.0
     if isinstance(index, faiss.IndexIVF):  # an 8-byte id per vector, plus the coarse centroids
         return 8.0 + index.nlist * index.d * 4 / n
-    return max(0.0, (len(faiss.serialize_index(index)) - n * index.d * 4) / n)  # HNSW: its links (N <= 300,000)
+    return max(0.0, (len(faiss.serialize_index(index)) - n * index.d * 4) / n)  # HNSW: its links

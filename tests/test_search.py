@@ -6,6 +6,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from conftest import invoke
 from hypothesis import HealthCheck, given, settings
@@ -95,6 +96,28 @@ def test_bench_smoke_json(tmp_path):
     assert doc["params"]["sets"] == "centroids" and doc["params"]["features"] == "synthetic"
     text = invoke("-q", "bench", "--n", "400", "--queries", "5", "--baseline-n", "20").stdout
     assert text.rstrip().endswith("the default method (auto) at this size: exact (numpy) (exact up to 20,000 images)")
+
+
+def test_bench_keeps_the_hnsw_graph_it_built_for_later_runs(tmp_path):
+    pytest.importorskip("faiss", reason="faiss-cpu is part of the test extra")
+    from stl10_similarity.synthetic import synthetic_features
+
+    feats, _ = synthetic_features(500, 5)
+    np.save(tmp_path / "f.npy", feats)
+    args = ["bench", "--features", str(tmp_path / "f.npy"), "--queries", "20", "--baseline-n", "10", "--budget", "50",
+            "--json", "--hnsw-cache", str(tmp_path / "graphs")]
+    first = invoke(*args)
+    kept = list((tmp_path / "graphs").glob("hnsw-M32-500x1280-*.faiss"))
+    assert first.exit_code == 0 and len(kept) == 1 and kept[0].with_suffix(".json").is_file()
+    assert "building it" in first.stderr
+    second = invoke(*args)
+    assert "loading the graph built before" in second.stderr
+    rows = [{m["name"]: m for m in json.loads(run.stdout)["methods"]} for run in (first, second)]
+    for name in ("faiss HNSW M=32 efSearch 16", "faiss HNSW M=32 efSearch 64"):
+        assert rows[0][name]["recall_at_k"] == rows[1][name]["recall_at_k"] > 0.5
+        assert rows[0][name]["build_seconds"] == pytest.approx(rows[1][name]["build_seconds"], abs=1e-3)
+    np.save(tmp_path / "f.npy", feats[::-1].copy())  # other features: another graph
+    assert invoke(*args).exit_code == 0 and len(list((tmp_path / "graphs").glob("*.faiss"))) == 2
 
 
 def test_bench_on_features_the_user_brings(tmp_path):
