@@ -34,7 +34,8 @@ EXACT_TIMED_QUERIES = 20  # brute force at 1M takes ~0.5 s a query: time a few, 
 # the datasketch forest object (millions of Python objects, ~10 GB at a million images and 32 trees) is timed on
 # at most this many signatures; queries never build it (only --method forest-query loads forest.pkl)
 FOREST_OBJECT_N = 100_000
-HNSW_M = 32  # FAISS HNSW's links per node in the comparison rows
+HNSW_M = 32  # FAISS HNSW's links per node in the comparison rows ...
+HNSW_EF_SEARCH = (16, 64, 128, 256)  # ... and its search depths: from faster than us to more recall than us
 # HNSW is built in every run up to this many images; beyond, only with a cache (a million takes ~5 minutes to
 # build on 2 cores: built once, then loaded)
 HNSW_UNCACHED_N = 300_000
@@ -388,7 +389,7 @@ def _faiss_methods(feats: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, 
     kinds: list[tuple[str, Callable[[], Any], Callable[[Any], None]]] = [
         ("faiss IndexFlatIP", lambda: faiss.IndexFlatIP(dim), lambda index: None)]
     if n <= HNSW_UNCACHED_N or hnsw_cache is not None:
-        for ef in (16, 64):
+        for ef in HNSW_EF_SEARCH:
             kinds.append((f"faiss HNSW M={HNSW_M} efSearch {ef}",
                           lambda: faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT),
                           _setter("hnsw.efSearch", ef)))
