@@ -348,7 +348,10 @@ class Session:
             except NoImagesError:
                 self.progress.note(f"no images to compare: near-duplicates are pairs at cosine >= "
                                    f"{params.near_cosine}")
-        return find_duplicates(self.index, params, digests=self._indexed_digests(), images=images,
+        digests = self._indexed_digests()
+        if digests is None and "exact" in params.kinds:
+            self.progress.note("no file digests (the images are not files): no exact groups")
+        return find_duplicates(self.index, params, digests=digests, images=images,
                                root=self.folder_root(), engine=engine, progress=self.progress)
 
     def folder_root(self) -> Path | None:

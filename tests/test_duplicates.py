@@ -347,3 +347,9 @@ def test_imported_features_have_near_duplicates_by_cosine_and_nothing_to_move(tm
     assert all(g["kind"] == "near" and g["paths"] is None and g["bytes"] is None for g in groups)
     moved = invoke("duplicates", "--collection", "imp", "--move-to", str(tmp_path / "out"), "--cache-dir", cache)
     assert moved.exit_code == 2 and "needs a folder collection" in moved.output
+
+
+def test_stl10_has_no_files_to_compare_byte_for_byte(built_cache):
+    result = invoke("duplicates", "--json", "--cache-dir", str(built_cache))
+    assert result.exit_code == 0 and "no file digests" in result.stderr
+    assert all(json.loads(line)["kind"] == "near" for line in result.stdout.splitlines())
