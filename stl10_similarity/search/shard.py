@@ -28,6 +28,12 @@ from stl10_similarity.search.results import Match, QueryInfo, label_name
 _SCAN_LOCK = threading.Lock()
 
 
+def rows_of(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]`` for a 2-D array: ``np.take`` copies whole rows where fancy indexing goes element by element
+    (4,700 rows of 128 bytes: 0.03 against 0.13 ms; 200 rows of 1,280 float32: 0.18 against 0.23 ms)."""
+    return np.asarray(np.take(array, rows, axis=0))
+
+
 @dataclass
 class QueryVector:
     """A query as every method needs it: its feature, top-K dimensions, index set and signature."""
@@ -132,19 +138,20 @@ class Shard:
 
     def jaccard(self, q: QueryVector, rows: np.ndarray) -> np.ndarray:
         """Estimated Jaccard (share of equal MinHash values) of the query's set and each row's."""
-        return (np.asarray(self.index.signatures[rows]) == q.signature).mean(axis=1)
+        return (rows_of(self.index.signatures, rows) == q.signature).mean(axis=1)
 
     def cosine(self, q: QueryVector, rows: np.ndarray) -> np.ndarray:
         # einsum sums each row in one fixed order, so a row's cosine is the same whichever rows it is computed with
         # (BLAS picks kernels by the number of rows: the last bit moved), and shards rank as one index
-        return np.einsum("ij,j->i", np.asarray(self.index.features[rows]), q.feature)
+        return np.einsum("ij,j->i", rows_of(self.index.features, rows), q.feature)
 
     def projected(self, q: QueryVector, rows: np.ndarray) -> np.ndarray:
         """Each row's score along the projection's directions: ranks rows about as their cosine does
         (``index/projection.py``), from 128 bytes a row instead of 5,120."""
         # einsum, not BLAS: a BLAS call wakes its threads, whose spinning afterwards slowed this query's next
         # numpy steps ~3x on a 2-core machine (the int8 cast: 0.33 against 0.10 ms at 4,800 candidates)
-        return np.einsum("ij,j->i", self.index.projected[rows].astype(np.float32), self.projection.weights(q.feature))
+        codes = rows_of(self.index.projected, rows).astype(np.float32)
+        return np.einsum("ij,j->i", codes, self.projection.weights(q.feature))
 
     def projection_share(self) -> float:
         """The share of the collection's variance the projection's directions hold (how far to trust them)."""
@@ -153,7 +160,7 @@ class Shard:
     def shared(self, q: QueryVector, rows: np.ndarray) -> np.ndarray:
         """How many top-K dimensions each row shares with the query."""
         dim = self.index.features.shape[1]
-        return bitmap_intersections(bitmaps(q.topk[None, :], dim)[0], self.index.topk_bits[rows])
+        return bitmap_intersections(bitmaps(q.topk[None, :], dim)[0], rows_of(self.index.topk_bits, rows))
 
     def exact(self, q: QueryVector, wanted: int) -> tuple[np.ndarray, np.ndarray]:
         """This part's ``wanted`` best rows by cosine (at most), and their cosines."""
