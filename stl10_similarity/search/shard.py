@@ -30,7 +30,7 @@ _SCAN_LOCK = threading.Lock()
 
 def rows_of(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``array[rows]`` for a 2-D array: ``np.take`` copies whole rows where fancy indexing goes element by element
-    (4,700 rows of 128 bytes: 0.03 against 0.13 ms; 200 rows of 1,280 float32: 0.18 against 0.23 ms)."""
+    (at 50,000 real photos, 4,700 projection rows: 0.03 against 0.08-0.09 ms; docs/decisions.md)."""
     return np.asarray(np.take(array, rows, axis=0))
 
 
