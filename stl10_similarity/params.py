@@ -7,6 +7,7 @@ list is written here and nowhere else. Importing this module imports neither num
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -47,6 +48,11 @@ PROJECTION_KEEP = {PROJECTION_TRUSTED: 1 / 20, PROJECTION_USEFUL: 1 / 10}
 IMAGES_PER_CENTROID = 50  # `centroids` sets: one learned centroid per this many images ...
 MIN_CENTROIDS = 64  # ... but at least this many ...
 MAX_CENTROIDS = 4096  # ... and at most this many (fitting and assigning cost grows with it)
+
+
+def usable_cores() -> int:
+    """How many cores this process may run on: the default number of threads for work that releases the GIL."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _spec(default: Any, *, choices: tuple[str, ...] | None = None, low: int | None = None,

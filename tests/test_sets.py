@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from stl10_similarity.index import index_in_memory
+from stl10_similarity.index import assign, index_in_memory
 from stl10_similarity.index.sets import NearestCentroids, centred_unit, centroid_count, set_sizes
 from stl10_similarity.index.signatures import datasketch_signature, set_statistics
 from stl10_similarity.params import MAX_CENTROIDS, MIN_CENTROIDS, IndexParams
@@ -64,7 +64,14 @@ def test_a_representation_of_ones_own_plugs_in_with_variable_set_sizes():
     assert np.array_equal(outside.sets, index.sets[7]) and np.array_equal(outside.signature, index.signatures[7])
 
 
-def test_nearest_centroid_sets_hold_the_truly_nearest_centroids():
+def _code_reference(x: np.ndarray, centroids: np.ndarray, size: int) -> np.ndarray:
+    """The slow reference: int64 products of the codes, best first, equal products by ascending id."""
+    products = assign.row_codes(x).astype(np.int64) @ assign.centroid_codes(centroids).astype(np.int64).T
+    ids = np.arange(len(centroids))
+    return np.stack([np.lexsort((ids, -row))[:size] for row in products])
+
+
+def test_nearest_centroid_sets_hold_the_nearest_centroids_by_their_codes():
     feats, _ = synthetic_features(2000, 1)
     stats = set_statistics(feats)
     rep = NearestCentroids(count=50, set_size=6)
@@ -72,8 +79,42 @@ def test_nearest_centroid_sets_hold_the_truly_nearest_centroids():
     assert centroids.shape == (50, feats.shape[1]) and np.allclose(np.linalg.norm(centroids, axis=1), 1, atol=1e-5)
     assert np.array_equal(centroids, rep.fit(feats, stats, seed=1))  # seeded: the same vocabulary every time
     sets = rep.sets(feats[:300], stats, centroids)
-    brute = np.sort(np.argsort(-(centred_unit(feats[:300], stats) @ centroids.T), axis=1)[:, :6], axis=1)
-    assert sets.shape == (300, 6) and np.array_equal(sets, brute)
+    centred = centred_unit(feats[:300], stats)
+    assert sets.shape == (300, 6)
+    assert np.array_equal(sets, np.sort(_code_reference(centred, centroids, 6), axis=1))
+    # the codes rank as cosine does, up to their rounding: most sets are the float nearest exactly
+    floats = np.sort(np.argsort(-(centred @ centroids.T), axis=1)[:, :6], axis=1)
+    assert np.mean([len(np.intersect1d(a, b)) for a, b in zip(sets, floats)]) / 6 >= 0.97
+
+
+def test_centroid_assignment_is_the_same_on_every_path(monkeypatch):
+    """torch's int8 product where it is exact here, a float product of the same integers elsewhere: the same
+    sets either way, whatever the batch (a lone query row takes the float path)."""
+    feats, _ = synthetic_features(600, 3)
+    stats = set_statistics(feats)
+    centroids = NearestCentroids(count=64, set_size=12).fit(feats, stats, seed=2)
+    x = centred_unit(feats, stats)
+    fast = assign.Nearest(centroids)(x, 12)
+    monkeypatch.setattr(assign, "_int8_products_exact", lambda: False)
+    slow = assign.Nearest(centroids)(x, 12)
+    alone = np.concatenate([assign.Nearest(centroids)(x[i : i + 1], 12)[0] for i in range(20)])
+    assert np.array_equal(fast[0], slow[0]) and np.array_equal(fast[0][:20], alone)
+    assert np.array_equal(np.sort(fast[0], axis=1), np.sort(_code_reference(x, centroids, 12), axis=1))
+    # the cosines handed back (k-means restarts empty centroids by them) are the float ones, up to rounding
+    assert np.allclose(fast[1], np.take_along_axis(x @ centroids.T, fast[0], axis=1), atol=0.02)
+
+
+def test_equal_centroid_scores_go_to_the_lower_id():
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((6, 32)).astype(np.float32)
+    centroids = np.concatenate([base, base])  # ids 6..11 repeat 0..5: every score ties with its twin
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    x = rng.standard_normal((40, 32)).astype(np.float32)
+    ids, _ = assign.Nearest(centroids)(x, 3)  # the best pair, then one of the second pair: its lower id
+    assert (np.sort(ids, axis=1)[:, 1] < 6).all() and (np.sort(ids, axis=1)[:, 2] >= 6).all()
+    for size in (3, 7):  # seven of twelve: the boundary splits a tied pair too
+        got, _ = assign.Nearest(centroids)(x, size)
+        assert np.array_equal(np.sort(got, axis=1), np.sort(_code_reference(x, centroids, size), axis=1))
 
 
 def test_the_centroid_count_follows_the_collection_size():

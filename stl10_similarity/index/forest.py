@@ -12,11 +12,13 @@ codes are read as they are).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from stl10_similarity.index.signatures import SCHEME
+from stl10_similarity.params import usable_cores
 
 
 class Sketch:
@@ -54,6 +56,7 @@ class BandCodes:
         num_perm = table.shape[1]
         self.trees, self.depth = trees, num_perm // trees
         values = [np.unique(table[:, p]) for p in range(num_perm)]  # each permutation's values, sorted
+        self._values = values
         self.bits = max(1, max(len(v) - 1 for v in values).bit_length())
         self.tree_shift = self.bits * self.depth
         # (permutation, value) as one uint64, sorted: ranks of a whole signature come from one searchsorted
@@ -76,8 +79,15 @@ class BandCodes:
     def band(self, signatures: np.ndarray, tree: int) -> np.ndarray:
         """Tree ``tree``'s band of each signature as its code: ``(n,)`` uint64."""
         lo = tree * self.depth
-        ranks = self.ranks_of_columns(signatures[:, lo : lo + self.depth], lo)
-        return (np.bitwise_or.reduce(ranks << self._shifts, axis=1) | (np.uint64(tree) << np.uint64(self.tree_shift)))
+        code = np.full(len(signatures), np.uint64(tree) << np.uint64(self.tree_shift), dtype=np.uint64)
+        for j in range(self.depth):  # column by column: each searches its own ~4,000 values, which stay in cache
+            values = np.ascontiguousarray(signatures[:, lo + j])
+            column = self._values[lo + j]
+            pos = np.searchsorted(column, values)
+            if not np.array_equal(column[np.minimum(pos, len(column) - 1)], values):
+                raise ValueError("a signature value is not in the token table: signatures and table disagree")
+            code |= pos.astype(np.uint64) << self._shifts[j]
+        return code
 
     def ranks_of_columns(self, values: np.ndarray, first: int) -> np.ndarray:
         keys = self._perm[first : first + values.shape[1]] | np.asarray(values).astype(np.uint64)
@@ -108,10 +118,14 @@ def prefix_arrays(signatures: np.ndarray, trees: int, codes: BandCodes | None = 
     depth = signatures.shape[1] // trees
     keys = np.empty((trees, n), dtype=np.uint64 if codes is not None else f"S{4 * depth}")
     order = np.empty((trees, n), dtype=np.int32 if n < 2**31 else np.int64)
-    for t in range(trees):
+
+    def run(t: int) -> None:  # the searches and the sort release the GIL: trees go on every core
         band = codes.band(signatures, t) if codes is not None else band_bytes(signatures, trees, t)
         order[t] = np.argsort(band, kind="stable")
         keys[t] = band[order[t]]
+
+    with ThreadPoolExecutor(min(trees, usable_cores())) as pool:
+        list(pool.map(run, range(trees)))  # list() re-raises a worker's exception here
     return keys, order
 
 

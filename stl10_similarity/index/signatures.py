@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from stl10_similarity.params import DIM
+from stl10_similarity.params import DIM, usable_cores
 
 SCHEME = "affine32"  # datasketch >= 2 default; recorded in every index manifest
 SEED = 1  # datasketch's default MinHash seed
@@ -56,17 +56,26 @@ def token_table(num_perm: int, universe: int, seed: int = SEED) -> np.ndarray:
     return np.vstack([table, np.full((1, num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)])
 
 
-def set_statistics(features: np.ndarray | Iterable[np.ndarray], chunk: int = 16384) -> np.ndarray:
-    """Per-dimension mean and standard deviation ``(2, dim)`` float32, from an array or an iterable of row chunks."""
+def set_statistics(features: np.ndarray | Iterable[np.ndarray], chunk: int = 4096) -> np.ndarray:
+    """Per-dimension mean and standard deviation ``(2, dim)`` float32, from an array or an iterable of row chunks.
+
+    Sums in float64, through one reused buffer of ``chunk`` rows (2x faster than a fresh float64 copy a chunk)."""
     chunks = (features[lo : lo + chunk] for lo in range(0, len(features), chunk)) if isinstance(features, np.ndarray) \
         else features
-    total = squares = None
+    total = squares = buffer = None
     count = 0
     for block in chunks:
-        block = np.asarray(block, dtype=np.float64)
-        sums, sq = block.sum(0), np.einsum("ij,ij->j", block, block)
-        total, squares = (sums, sq) if total is None else (total + sums, squares + sq)
-        count += len(block)
+        for lo in range(0, len(block), chunk):
+            part = np.asarray(block[lo : lo + chunk])
+            if buffer is None or buffer.shape[1] != part.shape[1]:
+                buffer = np.empty((chunk, part.shape[1]), dtype=np.float64)
+                total, squares = np.zeros(part.shape[1]), np.zeros(part.shape[1])
+            rows = buffer[: len(part)]
+            rows[:] = part
+            total += rows.sum(0)
+            np.multiply(rows, rows, out=rows)
+            squares += rows.sum(0)
+            count += len(part)
     if total is None or squares is None or count == 0:
         raise ValueError("no features to compute statistics from")
     mean = total / count
@@ -87,26 +96,27 @@ def to_set_basis(features: np.ndarray, basis: str, stats: np.ndarray | None) -> 
 
 def top_k_sets(
     features: np.ndarray, top_k: int, basis: str = "raw", stats: np.ndarray | None = None, chunk: int = _CHUNK,
-    threads: int = 2,
 ) -> np.ndarray:
     """Indices of each row's ``top_k`` largest values, sorted ascending: ``(n, top_k)`` uint16.
 
-    Chunked (bounded memory) and run on ``threads`` threads: ``argpartition`` releases the GIL.
+    Chunked (bounded memory); torch's ``topk`` on every core took 1.9-2.0 s for 262,144 rows of the simulated
+    million where numpy's ``argpartition`` on two threads took 2.4-2.9 s (equal values may be picked differently).
     """
+    import torch
+
     n, dim = features.shape
     if not 1 <= top_k <= dim:
         raise ValueError(f"top_k must be in 1..{dim}, got {top_k}")
     out = np.empty((n, top_k), dtype=np.uint16)
-
-    def run(lo: int) -> None:
-        block = to_set_basis(features[lo : lo + chunk], basis, stats)
-        if top_k == dim:
-            idx = np.broadcast_to(np.arange(dim), block.shape)
-        else:
-            idx = np.argpartition(-block, top_k - 1, axis=1)[:, :top_k]
-        out[lo : lo + chunk] = np.sort(idx, axis=1)
-
-    _run_chunks(run, n, chunk, threads)
+    with torch.inference_mode():
+        for lo in range(0, n, chunk):
+            block = to_set_basis(features[lo : lo + chunk], basis, stats)
+            if top_k == dim:
+                idx = np.broadcast_to(np.arange(dim), block.shape)
+            else:
+                writable = block if block.flags.writeable else block.copy()  # torch warns on read-only memory
+                idx = torch.topk(torch.from_numpy(writable), top_k, dim=1, sorted=False).indices.numpy()
+            out[lo : lo + chunk] = np.sort(idx.astype(np.uint16), axis=1)  # 3x faster to sort than int64
     return out
 
 
@@ -120,7 +130,8 @@ def _run_chunks(run: Callable[[int], None], n: int, chunk: int, threads: int) ->
             run(lo)
 
 
-def minhash_signatures(sets: np.ndarray, table: np.ndarray, chunk: int = _CHUNK, threads: int = 2) -> np.ndarray:
+def minhash_signatures(sets: np.ndarray, table: np.ndarray, chunk: int = _CHUNK, threads: int | None = None,
+                       ) -> np.ndarray:
     """MinHash signatures ``(n, num_perm)`` uint32 of integer token sets ``(n, K)``.
 
     Works chunk by chunk (never an ``n x K x num_perm`` array), folding in one set
@@ -137,7 +148,7 @@ def minhash_signatures(sets: np.ndarray, table: np.ndarray, chunk: int = _CHUNK,
             np.minimum(acc, table[rows[:, j]], out=acc)
         out[lo : lo + chunk] = acc
 
-    _run_chunks(run, n, chunk, threads)
+    _run_chunks(run, n, chunk, threads or usable_cores())
     return out
 
 

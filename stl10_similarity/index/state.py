@@ -11,6 +11,7 @@ import numpy as np
 
 from stl10_similarity import store
 from stl10_similarity.errors import InputError, IntegrityError, MissingArtifactError
+from stl10_similarity.index.assign import ASSIGNMENT
 from stl10_similarity.index.sets import SetRepresentation
 from stl10_similarity.index.signatures import SCHEME, SEED
 from stl10_similarity.params import IndexParams
@@ -29,7 +30,8 @@ OUTGROWN_FACTOR = 4
 
 def index_params(params: IndexParams) -> dict[str, Any]:
     """What decides the index's content: recorded in its manifest and in every query's params."""
-    return {**asdict(params), "scheme": SCHEME, "seed": SEED, "token": "str(token).encode()"}
+    return {**asdict(params), "scheme": SCHEME, "seed": SEED, "token": "str(token).encode()",
+            "assignment": ASSIGNMENT}
 
 
 def params_of(recorded: dict[str, Any]) -> IndexParams:

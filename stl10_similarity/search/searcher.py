@@ -3,7 +3,6 @@ one part), with the helpers the methods (``methods.py``) are written in."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from stl10_similarity.params import (
     PROJECTION_KEEP,
     SCAN_LIMIT,
     SearchParams,
+    usable_cores,
 )
 from stl10_similarity.search.results import Match, QueryInfo, QueryResult, label_name
 from stl10_similarity.search.shard import LocalParts, Parts, QueryVector, Shard
@@ -32,7 +32,7 @@ def query_threads(threads: int | None = None) -> int:
     if threads is not None:
         SearchParams(threads=threads)  # validates
         return threads
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores()
 
 
 class Searcher:
