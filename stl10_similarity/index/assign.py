@@ -28,8 +28,10 @@ def row_codes(x: np.ndarray) -> np.ndarray:
     """Each row's int8 codes: the row scaled so its largest magnitude is ``ROW_LEVELS``, rounded (a row's own
     scale never changes the order of its centroids)."""
     x = np.asarray(x, dtype=np.float32)
-    peak = np.abs(x).max(axis=1, keepdims=True)
-    return np.rint(x * (ROW_LEVELS / np.maximum(peak, 1e-30))).astype(np.int8)
+    scaled = np.abs(x)
+    peak = scaled.max(axis=1, keepdims=True)
+    np.multiply(x, ROW_LEVELS / np.maximum(peak, 1e-30), out=scaled)  # one scratch array, reused
+    return np.rint(scaled, out=scaled).astype(np.int8)
 
 
 def centroid_codes(centroids: np.ndarray) -> np.ndarray:
