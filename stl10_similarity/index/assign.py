@@ -19,7 +19,9 @@ import numpy as np
 ROW_LEVELS = 127
 # 7 bits: x86 CPUs without VNNI multiply int8 pairs into int16 sums (u8 x s8), which 63 keeps from saturating
 CENTROID_LEVELS = 63
-CHUNK = 4096
+# rows a product covers: 1,024 x 4,096 int32 scores (16 MB) stay below glibc's 32 MB mmap threshold, so the
+# memory is reused; at 4,096 rows each fresh 64 MB took 1M page faults a quarter-million images (6.0 vs 7.9-8.4 s)
+CHUNK = 1024
 # recorded in every index's parameters: an index whose sets were assigned otherwise (float32) is rebuilt
 ASSIGNMENT = f"int8 codes, {ROW_LEVELS} x {CENTROID_LEVELS} levels"
 

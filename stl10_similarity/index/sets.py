@@ -144,9 +144,10 @@ class NearestCentroids:
 
 def centred_unit(features: np.ndarray, stats: np.ndarray) -> np.ndarray:
     """Features minus the collection mean, scaled to unit length: where centroids live."""
-    x = to_set_basis(features, "centered", stats)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    x = to_set_basis(features, "centered", stats)  # a fresh array: scaled in place (no second copy to fault in)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+    x /= np.maximum(norms, 1e-12)
+    return x
 
 
 def spherical_kmeans(x: np.ndarray, count: int, rng: np.random.Generator,

@@ -10,8 +10,11 @@ bit-identical to datasketch, without a Python loop per image.
 
 from __future__ import annotations
 
+import itertools
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -59,23 +62,37 @@ def token_table(num_perm: int, universe: int, seed: int = SEED) -> np.ndarray:
 def set_statistics(features: np.ndarray | Iterable[np.ndarray], chunk: int = 4096) -> np.ndarray:
     """Per-dimension mean and standard deviation ``(2, dim)`` float32, from an array or an iterable of row chunks.
 
-    Sums in float64, through one reused buffer of ``chunk`` rows (2x faster than a fresh float64 copy a chunk)."""
-    chunks = (features[lo : lo + chunk] for lo in range(0, len(features), chunk)) if isinstance(features, np.ndarray) \
-        else features
-    total = squares = buffer = None
+    Sums in float64, ``chunk`` rows at a time on every core, each thread through one reused buffer (2x faster
+    than a fresh float64 copy a chunk); the chunks' sums are added in order, so the result is the same on any
+    number of threads."""
+    blocks = [features] if isinstance(features, np.ndarray) else features
+    parts = (block[lo : lo + chunk] for block in blocks for lo in range(0, len(block), chunk))
+    local = threading.local()
+
+    def sums(part: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        part = np.asarray(part)
+        buffer = getattr(local, "buffer", None)
+        if buffer is None or buffer.shape[1] != part.shape[1]:
+            buffer = local.buffer = np.empty((chunk, part.shape[1]), dtype=np.float64)
+        rows = buffer[: len(part)]
+        rows[:] = part
+        total = rows.sum(0)
+        np.multiply(rows, rows, out=rows)
+        return total, rows.sum(0), len(part)
+
+    total = squares = None
     count = 0
-    for block in chunks:
-        for lo in range(0, len(block), chunk):
-            part = np.asarray(block[lo : lo + chunk])
-            if buffer is None or buffer.shape[1] != part.shape[1]:
-                buffer = np.empty((chunk, part.shape[1]), dtype=np.float64)
-                total, squares = np.zeros(part.shape[1]), np.zeros(part.shape[1])
-            rows = buffer[: len(part)]
-            rows[:] = part
-            total += rows.sum(0)
-            np.multiply(rows, rows, out=rows)
-            squares += rows.sum(0)
-            count += len(part)
+    threads = usable_cores()
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque[Future[tuple[np.ndarray, np.ndarray, int]]] = deque()
+        for part in itertools.chain(parts, [None] * (2 * threads)):  # a few chunks in flight: memory stays bounded
+            if part is not None:
+                pending.append(pool.submit(sums, part))
+            if len(pending) > 2 * threads or (part is None and pending):
+                part_total, part_squares, rows = pending.popleft().result()  # in order: the same sums anywhere
+                total = part_total if total is None else total + part_total
+                squares = part_squares if squares is None else squares + part_squares
+                count += rows
     if total is None or squares is None or count == 0:
         raise ValueError("no features to compute statistics from")
     mean = total / count
