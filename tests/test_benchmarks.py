@@ -21,3 +21,14 @@ def test_each_benchmark_imports_and_has_a_main(script, monkeypatch):
     monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
     assert callable(getattr(module, "main", None)), f"{script.name} has no main()"
+
+
+def test_build_stages_times_every_stage_of_a_build(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from build_stages import stages
+
+    from stl10_similarity.synthetic import synthetic_features
+
+    report = stages(synthetic_features(600, 1)[0])
+    assert list(report)[0] == "statistics" and "assigning the nearest centroids" in report and len(report) == 9
+    assert all(s["seconds"] >= 0 and s["page_faults"] >= 0 for s in report.values())
