@@ -89,7 +89,7 @@ def test_nearest_centroid_sets_hold_the_nearest_centroids_by_their_codes():
 
 def test_centroid_assignment_is_the_same_on_every_path(monkeypatch):
     """torch's int8 product where it is exact here, a float product of the same integers elsewhere: the same
-    sets either way, whatever the batch (a lone query row takes the float path)."""
+    sets either way, and for a lone query row as for a batch."""
     feats, _ = synthetic_features(600, 3)
     stats = set_statistics(feats)
     centroids = NearestCentroids(count=64, set_size=12).fit(feats, stats, seed=2)

@@ -69,8 +69,11 @@ def scores(rows: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
     a, b = torch.from_numpy(np.ascontiguousarray(rows)), torch.from_numpy(np.ascontiguousarray(centroids))
     with torch.inference_mode():
-        if len(rows) > 16 and _int8_products_exact():  # torch's int8 product wants more than 16 rows
-            return torch._int_mm(a, b.T).numpy()
+        if _int8_products_exact():
+            try:
+                return torch._int_mm(a, b.T).numpy()
+            except RuntimeError:  # a shape this torch's int8 product does not take: the float path below
+                pass
         # every partial sum is an integer below 2**24 (float32) or 2**53 (float64): exact in any order
         exact = torch.float32 if rows.shape[1] * ROW_LEVELS * CENTROID_LEVELS < 2**24 else torch.float64
         return (a.to(exact) @ b.to(exact).T).to(torch.int32).numpy()
