@@ -121,7 +121,8 @@ class TopDims:
 
 @dataclass(frozen=True)
 class NearestCentroids:
-    """The ids of the ``set_size`` nearest of ``count`` centroids (cosine, in the centred basis)."""
+    """The ids of the ``set_size`` nearest of ``count`` centroids (in the centred basis, by code products:
+    ``assign.py``)."""
 
     count: int
     set_size: int
@@ -152,7 +153,8 @@ def centred_unit(features: np.ndarray, stats: np.ndarray) -> np.ndarray:
 
 def spherical_kmeans(x: np.ndarray, count: int, rng: np.random.Generator,
                      iterations: int = KMEANS_ITERATIONS) -> np.ndarray:
-    """``count`` unit centroids of the unit rows ``x`` (assign by largest dot product, mean, renormalise).
+    """``count`` unit centroids of the unit rows ``x`` (each row to its nearest by code products, ``assign.py``;
+    mean, renormalise).
 
     Starts from distinct random rows; a centroid left empty restarts at the row its centroid fits worst.
     """
