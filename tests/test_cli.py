@@ -119,6 +119,19 @@ def test_index_from_an_older_layout_is_rebuilt(cache):
     assert invoke("query", "--image-id", "1", "--cache-dir", str(cache)).exit_code == 0
 
 
+def test_an_index_whose_sets_were_assigned_in_float32_is_rebuilt(cache):
+    """Indexes from before the int8 code products record no ``assignment``: their sets are not what a query's
+    features would get today, so the next query rebuilds the index and says so."""
+    manifest = cache / "index" / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    assert doc["params"].pop("assignment") == "int8 codes, 127 x 63 levels"
+    manifest.write_text(json.dumps(doc))
+    result = CliRunner().invoke(main, ["query", "--image-id", "1", "--json", "--cache-dir", str(cache)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("the index is out of date: bringing it up to date")
+    assert json.loads(result.stdout)["params"]["assignment"] == "int8 codes, 127 x 63 levels"
+
+
 def test_query_rebuilds_a_stale_index_with_its_last_parameters(cache):
     assert invoke("-q", "index", "--top-k", "50", "--force", "--cache-dir", str(cache)).exit_code == 0
     assert invoke("-q", "extract", *FAST, "--limit", "50", "--cache-dir", str(cache)).exit_code == 0

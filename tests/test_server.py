@@ -47,6 +47,7 @@ def test_health(client):
     assert doc["status"] == "ok" and doc["n"] == 100
     assert doc["top_k"] == 100 and doc["num_perm"] == 128 and doc["trees"] == 32 and doc["basis"] == "centered"
     assert doc["sets"] == "centroids" and doc["vocabulary"]["universe"] == 64
+    assert doc["assignment"] == "int8 codes, 127 x 63 levels"
     assert doc["class_names"][:3] == ["airplane", "bird", "car"] and doc["newer_index_on_disk"] is False
 
 

@@ -101,7 +101,10 @@ def index_state(home: Path, params: IndexParams | None = None) -> str:
         inputs = _inputs(home)
     except OSError:
         return "stale"  # no features manifest to compare with
-    wanted = index_params(params) if params is not None else dict(manifest.get("params") or {})
+    try:  # without ``params``: its own parameters as today records them (an older scheme or assignment is stale)
+        wanted = index_params(params if params is not None else params_of(manifest["params"]))
+    except (KeyError, TypeError, InputError):
+        return "stale"
     return "current" if _fits(manifest, wanted, inputs) else "stale"
 
 
