@@ -17,7 +17,9 @@ def _most(rows: np.ndarray, counts: np.ndarray, keep: int) -> np.ndarray:
     """The ``keep`` rows with the largest integer ``counts``, ties by smaller row: one partition, no full sort."""
     if len(rows) <= keep:
         return rows
-    key = counts.astype(np.int64) * (1 << 40) - rows.astype(np.int64)  # rows < 2**40: distinct keys, ties by row
+    counts = np.asarray(counts).astype(np.int64)
+    # one distinct int64 key per row: the count above the row's bits (scores < 2**24, rows < 2**38 here)
+    key = (counts << 38) - rows.astype(np.int64)
     return np.sort(rows[np.argpartition(-key, keep - 1)[:keep]])
 
 
@@ -39,32 +41,31 @@ def _by_jaccard(gather: Callable[[Searcher, QueryVector, int], np.ndarray]) -> C
 
 
 def _pool(s: Searcher, q: QueryVector, wanted: int) -> np.ndarray:
-    return s.forest_candidates(q, max(s.pool, s.candidates, wanted))
+    return s.forest_candidates(q, s.budget(wanted))
 
 
-def _best(rows: np.ndarray, scores: np.ndarray, keep: int) -> np.ndarray:
-    """The ``keep`` rows with the largest float ``scores``, ties by smaller row (the scores quantised to 2**22
-    steps of their range, so equal images tie exactly): one partition, no full sort."""
-    if len(rows) <= keep:
-        return rows
-    top = float(np.abs(scores).max()) or 1.0
-    return _most(rows, np.rint(scores * ((1 << 22) / top)).astype(np.int64), keep)
-
-
-def _rerank(s: Searcher, q: QueryVector, wanted: int) -> tuple[np.ndarray, np.ndarray, int]:
+def chosen(s: Searcher, q: QueryVector, wanted: int) -> tuple[np.ndarray, int]:
+    """Which of the forest's pool rerank gives an exact cosine, and the pool's size: the numpy path, whose choice
+    the compiled one (``compiled.py``) matches row for row."""
     ids = s.widen(q, _pool(s, q, wanted), wanted)
     count = s.reranked(wanted)
     if s.projection_keep is not None:
-        # the pool's best by the 128-byte projection: at 50,000 real photos its best 1/20 held every top-10
-        # neighbour the pool did (docs/decisions.md)
-        keep = _best(ids, s.scores("projected", q, ids), count)
-    else:
-        # keep the candidates whose top-K dimensions share most with the query's: at 50,000 real photos keeping
-        # 800 of ~4,750 gave recall 0.970 against 0.973 keeping 1,600; overlap of the centroid sets (0..12 shared)
-        # is too coarse to choose by (docs/quality.md, docs/decisions.md)
-        keep = _most(ids, s.scores("shared", q, ids).astype(np.int64), count)
+        # the pool's best by the 128-byte projection (integer scores): at 50,000 real photos its best 1/20 held
+        # every top-10 neighbour the pool did (docs/decisions.md)
+        return _most(ids, s.scores("projected", q, ids), count), len(ids)
+    # keep the candidates whose top-K dimensions share most with the query's: at 50,000 real photos keeping
+    # 800 of ~4,750 gave recall 0.970 against 0.973 keeping 1,600; overlap of the centroid sets (0..12 shared)
+    # is too coarse to choose by (docs/quality.md, docs/decisions.md)
+    return _most(ids, s.scores("shared", q, ids), count), len(ids)
+
+
+def _rerank(s: Searcher, q: QueryVector, wanted: int) -> tuple[np.ndarray, np.ndarray, int]:
+    answered = s.compiled_rerank(q, wanted)  # the same rows in the same order, where it is in use
+    if answered is not None:
+        return answered
+    keep, examined = chosen(s, q, wanted)
     top, best = s.ranked(keep, s.cosine(q, keep), wanted)
-    return top, best, len(ids)
+    return top, best, examined
 
 
 # name -> search(searcher, q, wanted); ``auto`` resolves to one of these (Searcher.resolve)

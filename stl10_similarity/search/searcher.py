@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -21,10 +21,13 @@ from stl10_similarity.params import (
     SearchParams,
     usable_cores,
 )
+from stl10_similarity.search import compiled
 from stl10_similarity.search.results import Match, QueryInfo, QueryResult, label_name
 from stl10_similarity.search.shard import LocalParts, Parts, QueryVector, Shard
 
 OVERSHOOT = 2  # a depth may bring up to this many times the pool before it is trimmed
+T = TypeVar("T")
+BLOCK = 64  # queries per compiled call in a batch: few Python steps, and blocks enough to share among threads
 
 
 def query_threads(threads: int | None = None) -> int:
@@ -39,12 +42,80 @@ class Searcher:
     """Queries over a collection's index (a :class:`LoadedIndex`, or a sharded collection's ``ShardedIndex``);
     one instance serves many queries. ``parts``: who answers for each shard (default: this process)."""
 
-    def __init__(self, index: Any, candidates: int = SearchParams.candidates, parts: Parts | None = None) -> None:
+    def __init__(self, index: Any, candidates: int = SearchParams.candidates, parts: Parts | None = None,
+                 compiled: bool | None = None) -> None:
         SearchParams(candidates=candidates)  # validates
         self.index = index
         self.candidates = candidates
         self.parts = parts if parts is not None else LocalParts([Shard(s) for s in getattr(index, "shards", [index])])
         self.offsets = np.cumsum([0, *self.parts.sizes])
+        self.compiled = compiled
+
+    # ------------------------------------------------------------ the compiled rerank
+
+    def prepare(self) -> bool:
+        """Load the compiled rerank (``compiled.py``) for this process unless told not to (``compiled=False``), so
+        the next queries use it: what a process that answers many queries does first. Whether it is in use."""
+        if self.compiled is not False:
+            compiled.load()
+        return self.uses_compiled
+
+    @property
+    def uses_compiled(self) -> bool:
+        """Whether rerank runs compiled: one part in this process, band codes, and the compiled functions loaded
+        (by :meth:`prepare`, or by any searcher of this process) or asked for (``compiled=True``)."""
+        if self.compiled is False or compiled.disabled():
+            return False
+        if self.compiled and not compiled.loaded():
+            compiled.load()
+        return compiled.loaded() and isinstance(self.parts, LocalParts) and len(self.parts.shards) == 1 \
+            and self.parts.shards[0].compiled_arrays is not None
+
+    def _compiled_arrays(self) -> compiled.Arrays:
+        arrays = self.parts.shards[0].compiled_arrays  # type: ignore[attr-defined]
+        assert arrays is not None
+        return arrays
+
+    def budget(self, wanted: int) -> int:
+        """How many keys rerank's pool gathers from the forest."""
+        return max(self.pool, self.candidates, wanted)
+
+    def compiled_rerank(self, q: QueryVector, wanted: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """rerank's answer (rows, cosines, the pool's size) from the compiled path, or None where the numpy path
+        answers (not in use, or a pool too small to fill ``wanted``: widened there)."""
+        if not self.uses_compiled:
+            return None
+        top, best, pool = self._compiled_arrays().rerank(
+            compiled.load(), q.signature, -1 if q.exclude is None else int(q.exclude), q.feature, q.topk,
+            self.budget(wanted), OVERSHOOT, self.reranked(wanted), wanted, self.projection_keep is not None)
+        return (top, best, pool) if pool >= wanted else None
+
+    def _compiled_many(self, queries: Sequence[QueryVector], k: int,
+                       threads: int | None) -> list[tuple[np.ndarray, np.ndarray, int]]:
+        """rerank for every query, blocks of ``BLOCK`` queries per compiled call on ``threads`` threads: no Python
+        between one query and the next."""
+        arrays, kernels = self._compiled_arrays(), compiled.load()
+        by_projection = self.projection_keep is not None
+        out: list[Any] = [None] * len(queries)
+        blocks = []
+        for wanted in sorted({self._wanted(k, q) for q in queries}):  # the kernel takes one ``wanted`` a call
+            mine = [i for i, q in enumerate(queries) if self._wanted(k, q) == wanted]
+            blocks += [(wanted, mine[lo : lo + BLOCK]) for lo in range(0, len(mine), BLOCK)]
+
+        def answer(block: tuple[int, list[int]]) -> None:
+            wanted, positions = block
+            chosen = [queries[i] for i in positions]
+            rows, cosines, pools = arrays.rerank_many(
+                kernels, np.stack([q.signature for q in chosen]),
+                np.array([-1 if q.exclude is None else q.exclude for q in chosen]),
+                np.stack([q.feature for q in chosen]), np.stack([q.topk for q in chosen]), self.budget(wanted),
+                OVERSHOOT, self.reranked(wanted), wanted, by_projection)
+            for i, q, r, c, pool in zip(positions, chosen, rows, cosines, pools.tolist()):
+                # a pool too small to fill ``wanted`` is widened by the numpy path
+                out[i] = (r[:wanted], c[:wanted], pool) if pool >= wanted else self.search(q, k, "rerank")
+
+        self._each(answer, blocks, threads)
+        return out
 
     @property
     def pool(self) -> int:
@@ -231,16 +302,25 @@ class Searcher:
     def search_many(self, queries: Sequence[QueryVector], k: int, method: str,
                     threads: int | None = None) -> list[tuple[np.ndarray, np.ndarray, int]]:
         """:meth:`search` for every query, answered on ``threads`` threads (default: every core this process may
-        use), in the queries' order. numpy releases the GIL in the gathers and products that dominate a query."""
+        use), in the queries' order. The compiled chooser (loaded here) and numpy's gathers and products run
+        without the GIL."""
+        if len(queries) > 1:
+            self.prepare()
+            if self.resolve(method) == "rerank" and self.uses_compiled:
+                return self._compiled_many(queries, k, threads)
         return self._each(lambda q: self.search(q, k, method), queries, threads)
 
     def query_many(self, queries: Sequence[QueryVector], k: int, method: str = SearchParams.method,
                    threads: int | None = None) -> list[QueryResult]:
-        """:meth:`query` for every query, on ``threads`` threads, in the queries' order."""
-        return self._each(lambda q: self.query(q, k, method), queries, threads)
+        """:meth:`query` for every query, in the queries' order: searched as one batch (:meth:`search_many`; each
+        result's ``timing_ms.search`` is its share of the batch's time), then described."""
+        t0 = time.perf_counter()
+        found = self.search_many(queries, k, method, threads)
+        share = (time.perf_counter() - t0) / max(len(queries), 1)
+        return [self._result(q, k, method, rows, examined, share) for q, (rows, _, examined) in zip(queries, found)]
 
     @staticmethod
-    def _each(answer: Callable[[QueryVector], Any], queries: Sequence[QueryVector], threads: int | None) -> list[Any]:
+    def _each(answer: Callable[[T], Any], queries: Sequence[T], threads: int | None) -> list[Any]:
         threads = query_threads(threads)
         if threads == 1 or len(queries) < 2:
             return [answer(q) for q in queries]
@@ -250,11 +330,15 @@ class Searcher:
     def query(self, q: QueryVector, k: int, method: str = SearchParams.method) -> QueryResult:
         t0 = time.perf_counter()
         ids, examined = self.search_ids(q, k, method)
+        return self._result(q, k, method, ids, examined, time.perf_counter() - t0)
+
+    def _result(self, q: QueryVector, k: int, method: str, ids: np.ndarray, examined: int,
+                search_seconds: float) -> QueryResult:
         t1 = time.perf_counter()
         matches = self.describe(q, ids)
         t2 = time.perf_counter()
         answered_by = self.resolve(method)
-        how = {}
+        how: dict[str, Any] = {}
         if answered_by == "rerank":  # which of the pool got an exact cosine: how many, chosen by what
             how = {"prefilter": "top-k overlap" if self.projection_keep is None else "projection",
                    "reranked": min(self.reranked(k), examined)}
@@ -265,7 +349,7 @@ class Searcher:
                     **self.index.params,
                     "weights": self.index.features_params.get("weights"), "split": self.index.features_params.get("split"),
                     "n": self.index.n},
-            timing_ms={"search": round((t1 - t0) * 1e3, 3), "describe": round((t2 - t1) * 1e3, 3)},
+            timing_ms={"search": round(search_seconds * 1e3, 3), "describe": round((t2 - t1) * 1e3, 3)},
             candidates=examined,
         )
 

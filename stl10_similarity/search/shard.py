@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,6 +21,7 @@ from stl10_similarity.index.forest import BandCodes, Sketch
 from stl10_similarity.index.projection import Projection
 from stl10_similarity.index.sets import bitmap_intersections, bitmaps, set_intersections, set_sizes
 from stl10_similarity.index.signatures import minhash_signatures, top_k_sets
+from stl10_similarity.search import compiled
 from stl10_similarity.search.results import Match, QueryInfo, label_name
 
 # One exact scan at a time in a process. A scan already runs on all of BLAS's threads; concurrent ones (the
@@ -63,6 +65,20 @@ class Shard:
         self._tree_starts = np.arange(self.trees, dtype=np.int64) * index.n
         self._scratch = threading.local()
         self.projection = Projection.from_array(index.projection)
+
+    @cached_property
+    def compiled_arrays(self) -> compiled.Arrays | None:
+        """The arrays the compiled rerank reads (views, laid out once), or None: trees of byte strings."""
+        if self._codes is None or self.index.n >= 2**31:  # its scratch rows are int32
+            return None
+        idx, codes, ro = self.index, self._codes, compiled.read_only
+        return compiled.Arrays(
+            values=ro(np.concatenate(codes._values).astype(np.uint32)),
+            value_starts=ro(np.cumsum([0] + [len(v) for v in codes._values]).astype(np.int64)),
+            shifts=ro(codes._shifts.astype(np.int64)), tree_shift=int(codes.tree_shift),
+            flat_keys=ro(self._flat_keys), flat_order=ro(self._flat_order), codes=ro(idx.projected),
+            bits=ro(idx.topk_bits), features=ro(idx.features), components=ro(self.projection.components),
+            scale=ro(self.projection.scale), levels=self.projection.weight_levels)
 
     def _buffers(self) -> threading.local:
         """This thread's scratch arrays for this shard, made on first use and reused by every later query."""
@@ -141,9 +157,11 @@ class Shard:
         return (rows_of(self.index.signatures, rows) == q.signature).mean(axis=1)
 
     def cosine(self, q: QueryVector, rows: np.ndarray) -> np.ndarray:
-        # einsum sums each row in one fixed order, so a row's cosine is the same whichever rows it is computed with
-        # (BLAS picks kernels by the number of rows: the last bit moved), and shards rank as one index
-        return np.einsum("ij,j->i", rows_of(self.index.features, rows), q.feature)
+        """Each row's cosine with the query, in float64: every product of two float32 is exact there, so however a
+        sum is ordered (einsum here, the compiled path's vector lanes, BLAS's kernels chosen by the number of rows)
+        it lands within ~1e-13 of any other, and a row ranks the same whichever rows, shard or path it is scored
+        with (two different rows tie only when their cosines agree to ~1e-13)."""
+        return np.einsum("ij,j->i", rows_of(self.index.features, rows), q.feature.astype(np.float64))
 
     def projected(self, q: QueryVector, rows: np.ndarray) -> np.ndarray:
         """Each row's score along the projection's directions: ranks rows about as their cosine does

@@ -1,0 +1,297 @@
+"""The compiled half of ``compiled.py`` (numba; imported only when a process loads it): see there.
+
+``index`` is ``compiled.Arrays.index``: (values, value_starts, shifts, flat_keys, flat_order, codes, bits, features,
+components, scale); ``scratch`` one thread's (mark, votes, buf, kept), ``mark`` all zero between queries.
+"""
+
+# mypy: ignore-errors
+# (numba's decorators are untyped.) Each function compiles on first call, or is read from numba's cache, and
+# touches no Python object, so it runs without the GIL.
+
+import numpy as np
+from numba import njit
+
+_DOTS = {"reassoc", "contract"}  # let sums vectorise: exact (integers below 2**24) or float64 (see each)
+
+
+@njit(nogil=True, cache=True)
+def first_at_least(a, lo, hi, x):
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(nogil=True, cache=True)
+def union(flat_order, lo, hi, active, d, exclude, mark, out):
+    """Distinct rows in the active trees' ranges at depth ``d`` into ``out`` (how many: returned); ``mark`` is left
+    set (1) for them."""
+    count = 0
+    for t in range(lo.shape[0]):
+        if not active[t, d]:
+            continue
+        for p in range(lo[t, d], hi[t, d]):
+            r = flat_order[p]
+            if mark[r] == 0 and r != exclude:
+                mark[r] = 1
+                out[count] = r
+                count += 1
+    return count
+
+
+@njit(nogil=True, cache=True)
+def trees_matched(flat_order, lo, hi, active, d, rows, count, votes):
+    """For each of ``rows[:count]``, in how many active trees' ranges at depth ``d`` it lies (into ``votes``)."""
+    for i in range(count):
+        votes[rows[i]] = 0
+    for t in range(lo.shape[0]):
+        if active[t, d]:
+            for p in range(lo[t, d], hi[t, d]):
+                votes[flat_order[p]] += 1
+
+
+@njit(nogil=True, cache=True, fastmath=_DOTS)
+def projected(codes, r, weights):
+    """Row ``r``'s projection score. Every partial sum is an integer below 2**24 (``Projection.weights``), so float32
+    sums it exactly in whatever order the vector lanes take."""
+    s = np.float32(0.0)
+    for j in range(codes.shape[1]):
+        s += np.float32(codes[r, j]) * weights[j]
+    return np.int64(s)
+
+
+@njit(nogil=True, cache=True, fastmath=_DOTS)
+def dot64(matrix, r, q):
+    """Row ``r`` of ``matrix`` dot ``q`` in float64: each product of two float32 is exact there, so any order of the
+    sum lands within ~1e-13 of numpy's (``Shard.cosine``, ``Projection.weights``)."""
+    s = 0.0
+    for j in range(matrix.shape[1]):
+        s += np.float64(matrix[r, j]) * np.float64(q[j])
+    return s
+
+
+@njit(nogil=True, cache=True, fastmath=_DOTS)
+def dot32(matrix, r, q):
+    """Row ``r`` of ``matrix`` dot ``q`` summed in float32 in any order, and the sum of the products' magnitudes."""
+    s = np.float32(0.0)
+    size = np.float32(0.0)
+    for j in range(matrix.shape[1]):
+        t = matrix[r, j] * q[j]
+        s += t
+        size += abs(t)
+    return s, size
+
+
+@njit(nogil=True, cache=True)
+def contenders(features, rows, query, wanted):
+    """Those of ``rows`` (ascending) whose float64 cosine may be among the ``wanted`` best: a float32 pass bounds
+    each (a sum of n float32 products in any order is within (n + 2) * 2**-24 of the sum of their magnitudes, and
+    float64's own error is far below), and only rows whose upper bound reaches the ``wanted``-th best lower bound
+    stay. The float64 pass then reads a few rows already in cache instead of all of them from memory."""
+    count = len(rows)
+    if count <= wanted:
+        return rows
+    slack = 1.01 * (features.shape[1] + 2) * 2.0**-24
+    low = np.empty(count)
+    high = np.empty(count)
+    for i in range(count):
+        s, size = dot32(features, rows[i], query)
+        err = slack * np.float64(size) + 1e-30
+        low[i] = np.float64(s) - err
+        high[i] = np.float64(s) + err
+    cut = np.sort(low)[count - wanted]  # the wanted-th largest lower bound
+    keep = np.empty(count, np.int64)
+    m = 0
+    for i in range(count):
+        if high[i] >= cut:
+            keep[m] = rows[i]
+            m += 1
+    return keep[:m]
+
+
+@njit(nogil=True, cache=True)
+def weights_of(components, scale, levels, query):
+    """``Projection.weights``: the query along each direction times its scale, rounded to ``levels`` steps of the
+    largest magnitude."""
+    dims = components.shape[0]
+    w = np.empty(dims)
+    top = 0.0
+    for i in range(dims):
+        w[i] = np.float64(scale[i]) * dot64(components, i, query)
+        top = max(top, abs(w[i]))
+    out = np.zeros(dims, np.float32)
+    if top > 0:
+        factor = levels / top
+        for i in range(dims):
+            out[i] = np.float32(np.rint(w[i] * factor))
+    return out
+
+
+@njit(nogil=True, cache=True)
+def popcount(x):
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@njit(nogil=True, cache=True)
+def largest(key, rows, keep):
+    """The ``rows`` of the ``keep`` largest ``key`` values (distinct): a histogram of the keys' top bits finds the
+    bucket the cut falls in, and only that bucket is sorted (a quarter of the time ``np.partition`` took)."""
+    low, high = key.min(), key.max()
+    shift = np.int64(0)
+    while ((high - low) >> shift) >= 4096:
+        shift += 1
+    counts = np.zeros(4096, np.int64)
+    for v in key:
+        counts[(v - low) >> shift] += 1
+    cut, above = 4095, 0
+    while above + counts[cut] < keep:
+        above += counts[cut]
+        cut -= 1
+    out = np.empty(keep, np.int64)
+    edge = np.empty(counts[cut], np.int64)
+    m = e = 0
+    for i in range(len(key)):
+        b = (key[i] - low) >> shift
+        if b > cut:
+            out[m] = rows[i]
+            m += 1
+        elif b == cut:
+            edge[e] = i
+            e += 1
+    order = np.argsort(-key[edge])  # keys are distinct: the order is the keys'
+    for j in range(keep - m):
+        out[m + j] = rows[edge[order[j]]]
+    return out
+
+
+@njit(nogil=True, cache=True)
+def rerank(index, tree_shift, n, levels, budget, overshoot, keep, wanted, by_projection, signature, exclude, query,
+           topk, scratch):
+    """rerank for one query (see ``compiled.py``): the ``wanted`` best rows by exact cosine among the prefilter's
+    ``keep`` best of the forest's pool for ``budget``, their cosines, and the pool's size (-1: a signature value
+    missing from the token table)."""
+    values, value_starts, shifts, flat_keys, flat_order, codes, bits, features, components, scale = index
+    mark, votes, buf, kept_buf = scratch  # int8, int32, int32, int32: 13 bytes an image
+    trees, depth = len(value_starts[:-1]) // len(shifts), len(shifts)
+    # --- per tree and depth 1..depth, the range of codes sharing the query's prefix (index d - 1 is depth d)
+    lo = np.empty((trees, depth + 1), np.int64)
+    hi = np.empty((trees, depth + 1), np.int64)
+    for t in range(trees):
+        code = np.uint64(t) << np.uint64(tree_shift)
+        for j in range(depth):
+            p = t * depth + j
+            a, b = value_starts[p], value_starts[p + 1]
+            at = first_at_least(values, a, b, signature[p])
+            if at == b or values[at] != signature[p]:
+                return np.empty(0, np.int64), np.empty(0), -1  # not in the token table: the caller says so
+            code |= np.uint64(at - a) << np.uint64(shifts[j])
+        a, b = t * n, (t + 1) * n
+        for d in range(1, depth + 1):  # a deeper prefix's range lies inside the shallower one's
+            below = (np.uint64(1) << np.uint64(shifts[d - 1])) - np.uint64(1)
+            low = code & ~below
+            a = first_at_least(flat_keys, a, b, low)
+            b = first_at_least(flat_keys, a, b, (low | below) + np.uint64(1))
+            lo[t, d], hi[t, d] = a, b
+    mine = 1 if exclude >= 0 else 0  # an indexed query matches its own band at every depth
+    active = np.zeros((trees, depth + 1), np.bool_)
+    start = 1
+    for d in range(depth, 0, -1):
+        total = 0
+        for t in range(trees):
+            size = hi[t, d] - lo[t, d] - mine
+            active[t, d] = size > 0
+            total += size
+        if total >= budget and start == 1 and d > 1:
+            start = d
+    # --- the deepest depth whose union reaches the budget (depth 1 whatever it holds)
+    count = 0
+    pool_size = 0
+    for d in range(start, 0, -1):
+        count = union(flat_order, lo, hi, active, d, exclude, mark, buf)
+        if count < budget and d > 1:
+            for i in range(count):
+                mark[buf[i]] = 0
+            continue
+        pool_size = count
+        if count > overshoot * budget:
+            # every key of the depth below, then this depth's new keys found in the most trees (ties: row)
+            trees_matched(flat_order, lo, hi, active, d, buf, count, votes)
+            kept = 0
+            if d < depth:
+                for t in range(trees):
+                    if not active[t, d + 1]:
+                        continue
+                    for p in range(lo[t, d + 1], hi[t, d + 1]):
+                        r = flat_order[p]
+                        if r != exclude and mark[r] == 1:
+                            mark[r] = 2
+                            kept_buf[kept] = r
+                            kept += 1
+            fresh = np.empty(count - kept, np.int64)
+            m = 0
+            for i in range(count):
+                r = buf[i]
+                if mark[r] == 1:
+                    fresh[m] = (np.int64(trees - votes[r]) << np.int64(40)) | np.int64(r)
+                    m += 1
+                mark[r] = 0
+            fresh.sort()
+            take = max(budget - kept, 0)
+            for i in range(min(take, m)):
+                kept_buf[kept + i] = fresh[i] & ((np.int64(1) << np.int64(40)) - 1)
+            pool_size = kept + min(take, m)
+            for i in range(pool_size):
+                buf[i] = kept_buf[i]
+        else:
+            for i in range(count):
+                mark[buf[i]] = 0
+        break
+    # --- the prefilter's integer scores, and the ``keep`` best (ties by the smaller row)
+    key = np.empty(pool_size, np.int64)
+    if by_projection:
+        weights = weights_of(components, scale, levels, query)
+        for i in range(pool_size):
+            key[i] = (projected(codes, buf[i], weights) << np.int64(32)) | np.int64(0xFFFFFFFF - buf[i])
+    else:
+        query_bits = np.zeros(bits.shape[1], np.uint64)
+        for d in topk:
+            query_bits[d >> 6] |= np.uint64(1) << np.uint64(d & 63)
+        for i in range(pool_size):
+            r = buf[i]
+            s = np.int64(0)
+            for w in range(bits.shape[1]):
+                s += popcount(bits[r, w] & query_bits[w])
+            key[i] = (s << np.int64(32)) | np.int64(0xFFFFFFFF - r)
+    picked = buf[:pool_size].astype(np.int64) if pool_size <= keep else largest(key, buf, keep)
+    # --- exact cosines; the best first, ties by the smaller row
+    picked.sort()
+    finalists = contenders(features, picked, query, wanted)
+    cos = np.empty(len(finalists))
+    for i in range(len(finalists)):
+        cos[i] = dot64(features, finalists[i], query)
+    order = np.argsort(-cos, kind="mergesort")[:wanted]
+    return finalists[order], cos[order], pool_size
+
+
+@njit(nogil=True, cache=True)
+def rerank_many(index, tree_shift, n, levels, budget, overshoot, keep, wanted, by_projection, signatures, excludes,
+                queries, topks, scratch):
+    """:func:`rerank` for each query in turn: rows ``(queries, wanted)`` (-1 past a query's results), their
+    cosines, and each pool's size."""
+    count = len(signatures)
+    rows = np.full((count, wanted), -1, np.int64)
+    cosines = np.zeros((count, wanted))
+    pools = np.empty(count, np.int64)
+    for b in range(count):
+        got, cos, pool = rerank(index, tree_shift, n, levels, budget, overshoot, keep, wanted, by_projection,
+                                signatures[b], excludes[b], queries[b], topks[b], scratch)
+        rows[b, : len(got)] = got
+        cosines[b, : len(got)] = cos
+        pools[b] = pool
+    return rows, cosines, pools
