@@ -77,6 +77,8 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
     access = access or Access.for_server(params.host, params.port, params.allow_hosts, params.token)
     session = Session.open(home, progress=progress, engine=engine, mapped=params.artifacts == "map")
     session.pin()
+    progress.note("loading the compiled search (numba's cache; the first time on a machine it compiles, ~10 s) ...")
+    compiled_search = session.searcher().prepare()  # a server answers many queries: rerank runs compiled
     loaded = {"index": index_digest(home), "features": features_digest(home)}
     # uploads stay in memory: the body is capped below this, so the spooled file never rolls over to disk
     MultiPartParser.spool_max_size = params.max_upload_bytes + 2**20
@@ -147,7 +149,7 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
             except OSError:
                 newer[name] = True
         return json_ready({"status": "ok", "n": session.n, **session.index_params(),
-                           "weights": session.weights(),
+                           "weights": session.weights(), "compiled_search": compiled_search,
                            "class_names": session.class_names, "version": __version__, "max_k": P.SERVE_MAX_K,
                            "newer_index_on_disk": newer["index"] or newer["features"],
                            "note": "restart the server to answer from the newer index"

@@ -20,9 +20,9 @@ import numpy as np
 from stl10_similarity import sources, store
 from stl10_similarity.errors import ImageGoneError, InputError, NoImagesError, ParameterError, StaleArtifactError
 from stl10_similarity.index import LoadedIndex, ShardedIndex, ensure_index, load_index
-from stl10_similarity.params import DEVICES, DuplicatesParams, EngineParams, SearchParams
+from stl10_similarity.params import COMPILED_BATCH, DEVICES, DuplicatesParams, EngineParams, SearchParams
 from stl10_similarity.progress import SILENT, Progress
-from stl10_similarity.search import QueryResult, QueryVector, Searcher
+from stl10_similarity.search import QueryResult, QueryVector, Searcher, compiled
 
 ImageInput = str | Path | bytes | np.ndarray
 
@@ -289,6 +289,9 @@ class Session:
         SearchParams(k=k, method=method, candidates=candidates, threads=threads)
         searcher = self.searcher(candidates)
         vectors = [searcher.for_row(self.check_id(image_id)) for image_id in image_ids]
+        if len(vectors) >= COMPILED_BATCH and not compiled.loaded() and not compiled.disabled():
+            self.progress.note("loading the compiled search for this batch (the first time on a machine it compiles, "
+                               "~10 s) ...")
         results = searcher.query_many(vectors, k, method, threads)
         return [replace(result, timing_ms={**result.timing_ms, "load": self.load_ms}) for result in results]
 

@@ -109,17 +109,19 @@ def test_what_runs_compiled(monkeypatch):
 
 
 @pytest.mark.slow
-def test_one_off_queries_do_not_load_numba_and_batches_do():
+def test_one_off_queries_and_small_batches_do_not_load_numba_and_big_batches_do():
     script = (
         "import sys, numpy as np\n"
         "from stl10_similarity.index import index_in_memory\n"
+        "from stl10_similarity.params import COMPILED_BATCH\n"
         "from stl10_similarity.search import Searcher\n"
         "from tests.test_query_path import _features\n"
-        "feats = _features(400, seed=1)\n"
-        "s = Searcher(index_in_memory(feats, np.zeros(400, np.int16), []))\n"
+        "feats = _features(COMPILED_BATCH + 1, seed=1)\n"
+        "s = Searcher(index_in_memory(feats, np.zeros(len(feats), np.int16), []))\n"
         "s.search(s.for_row(3), 5, 'rerank')\n"
-        "assert 'numba' not in sys.modules, 'a single query loaded numba'\n"
         "s.search_many([s.for_row(r) for r in range(20)], 5, 'rerank')\n"
+        "assert 'numba' not in sys.modules, 'a single query or a small batch loaded numba'\n"
+        "s.search_many([s.for_row(r) for r in range(COMPILED_BATCH)], 5, 'rerank')\n"
         "assert 'numba' in sys.modules and s.uses_compiled\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

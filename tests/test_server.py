@@ -48,6 +48,7 @@ def test_health(client):
     assert doc["top_k"] == 100 and doc["num_perm"] == 128 and doc["trees"] == 32 and doc["basis"] == "centered"
     assert doc["sets"] == "centroids" and doc["vocabulary"]["universe"] == 64
     assert doc["assignment"] == "int8 codes, 127 x 63 levels"
+    assert doc["compiled_search"] is True  # a server answers many queries: rerank runs compiled
     assert doc["class_names"][:3] == ["airplane", "bird", "car"] and doc["newer_index_on_disk"] is False
 
 

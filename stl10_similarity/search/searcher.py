@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from stl10_similarity.params import (
+    COMPILED_BATCH,
     POOL_FACTOR,
     POOL_GROWTH,
     POOL_GROWTH_FROM,
@@ -302,12 +303,12 @@ class Searcher:
     def search_many(self, queries: Sequence[QueryVector], k: int, method: str,
                     threads: int | None = None) -> list[tuple[np.ndarray, np.ndarray, int]]:
         """:meth:`search` for every query, answered on ``threads`` threads (default: every core this process may
-        use), in the queries' order. The compiled chooser (loaded here) and numpy's gathers and products run
-        without the GIL."""
-        if len(queries) > 1:
+        use), in the queries' order. A batch of ``COMPILED_BATCH`` or more loads the compiled rerank first
+        (``compiled.py``), which answers blocks of queries without the GIL."""
+        if len(queries) >= COMPILED_BATCH:
             self.prepare()
-            if self.resolve(method) == "rerank" and self.uses_compiled:
-                return self._compiled_many(queries, k, threads)
+        if len(queries) > 1 and self.resolve(method) == "rerank" and self.uses_compiled:
+            return self._compiled_many(queries, k, threads)
         return self._each(lambda q: self.search(q, k, method), queries, threads)
 
     def query_many(self, queries: Sequence[QueryVector], k: int, method: str = SearchParams.method,
