@@ -51,6 +51,7 @@ class Searcher:
         self.parts = parts if parts is not None else LocalParts([Shard(s) for s in getattr(index, "shards", [index])])
         self.offsets = np.cumsum([0, *self.parts.sizes])
         self.compiled = compiled
+        self._kernels: Any = None  # the compiled functions, once this searcher uses them
 
     # ------------------------------------------------------------ the compiled rerank
 
@@ -65,12 +66,16 @@ class Searcher:
     def uses_compiled(self) -> bool:
         """Whether rerank runs compiled: one part in this process, band codes, and the compiled functions loaded
         (by :meth:`prepare`, or by any searcher of this process) or asked for (``compiled=True``)."""
+        if self._kernels is not None:  # once in use, for this searcher's life
+            return True
         if self.compiled is False or compiled.disabled():
             return False
         if self.compiled and not compiled.loaded():
             compiled.load()
-        return compiled.loaded() and isinstance(self.parts, LocalParts) and len(self.parts.shards) == 1 \
-            and self.parts.shards[0].compiled_arrays is not None
+        if compiled.loaded() and isinstance(self.parts, LocalParts) and len(self.parts.shards) == 1 \
+                and self.parts.shards[0].compiled_arrays is not None:
+            self._kernels = compiled.load()
+        return self._kernels is not None
 
     def _compiled_arrays(self) -> compiled.Arrays:
         arrays = self.parts.shards[0].compiled_arrays  # type: ignore[attr-defined]
@@ -87,7 +92,7 @@ class Searcher:
         if not self.uses_compiled:
             return None
         top, best, pool = self._compiled_arrays().rerank(
-            compiled.load(), q.signature, -1 if q.exclude is None else int(q.exclude), q.feature, q.topk,
+            self._kernels, q.signature, -1 if q.exclude is None else int(q.exclude), q.feature, q.topk,
             self.budget(wanted), OVERSHOOT, self.reranked(wanted), wanted, self.projection_keep is not None)
         return (top, best, pool) if pool >= wanted else None
 
@@ -95,7 +100,7 @@ class Searcher:
                        threads: int | None) -> list[tuple[np.ndarray, np.ndarray, int]]:
         """rerank for every query, blocks of ``BLOCK`` queries per compiled call on ``threads`` threads: no Python
         between one query and the next."""
-        arrays, kernels = self._compiled_arrays(), compiled.load()
+        arrays, kernels = self._compiled_arrays(), self._kernels
         by_projection = self.projection_keep is not None
         out: list[Any] = [None] * len(queries)
         blocks = []
@@ -147,6 +152,8 @@ class Searcher:
         """The collection image in ``row`` as a query (``index.row_of`` finds an image id's row)."""
         ci = int(self.index.labels[row])
         info = QueryInfo(self.index.id_of(row), self.label_name(ci), ci, path=self.path(row))
+        if len(self.offsets) == 2:  # one part: its rows are the collection's, and so is ``exclude``
+            return self.parts.each("vector", [(0, (row, info))])[0]
         part = self._part_of(row)
         q = self.parts.each("vector", [(part, (row - int(self.offsets[part]), info))])[0]
         return replace(q, exclude=row)
