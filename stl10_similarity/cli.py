@@ -853,6 +853,8 @@ def format_bench(report: Any) -> str:
         f"datasketch forest of {forest['n']:,}: build {forest['build_seconds']:.1f} s, peak RSS growth "
         f"{forest['peak_rss_mb']:.0f} MB, pickle {forest['pickle_mb']:.0f} MB written in {forest['pickle_seconds']:.1f} s, "
         f"loaded in {forest['load_seconds']:.1f} s",
+        f"rerank: compiled (loaded in {p['compiled_load_seconds']:.2f} s; the numpy path, which one-off queries take, "
+        "is timed beside it)" if p.get("compiled") else "rerank: numpy (numba not installed, or STL10SIM_NO_COMPILED set)",
         "",
     ]
     header = (f"{'method':<46} {'build s':>8} {'B/image':>8} {'p50 ms':>8} {'p99 ms':>8} {'qps':>8} "

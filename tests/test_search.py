@@ -94,7 +94,12 @@ def test_bench_smoke_json(tmp_path):
         assert 0.0 <= m["recall_at_k"] <= 1.0 and m["p50_ms"] <= m["p99_ms"]
     assert doc["methods"][0]["recall_at_k"] == 1.0
     assert doc["params"]["sets"] == "centroids" and doc["params"]["features"] == "synthetic"
+    # the compiled rerank is timed, and beside it the numpy path one-off queries take: the same answers
+    assert doc["params"]["compiled"] is True and doc["params"]["compiled_load_seconds"] >= 0
+    by_name = {m["name"]: m for m in doc["methods"]}
+    assert by_name["rerank (candidates 800, numpy path)"]["recall_at_k"] == by_name["rerank (candidates 800)"]["recall_at_k"]
     text = invoke("-q", "bench", "--n", "400", "--queries", "5", "--baseline-n", "20").stdout
+    assert "rerank: compiled (loaded in" in text
     assert text.rstrip().endswith("the default method (auto) at this size: exact (numpy) (exact up to 20,000 images)")
 
 
