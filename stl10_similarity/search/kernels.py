@@ -92,8 +92,8 @@ def contenders(features, rows, query, wanted):
     float64's own error is far below), and only rows whose upper bound reaches the ``wanted``-th best lower bound
     stay. The float64 pass then reads a few rows already in cache instead of all of them from memory."""
     count = len(rows)
-    if count <= wanted:
-        return rows
+    if count <= wanted or wanted <= 0:
+        return rows if wanted > 0 else rows[:0]
     slack = 1.01 * (features.shape[1] + 2) * 2.0**-24
     low = np.empty(count)
     high = np.empty(count)
