@@ -77,8 +77,7 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
     access = access or Access.for_server(params.host, params.port, params.allow_hosts, params.token)
     session = Session.open(home, progress=progress, engine=engine, mapped=params.artifacts == "map")
     session.pin()
-    progress.note("loading the compiled search (numba's cache; the first time on a machine it compiles, ~10 s) ...")
-    compiled_search = session.searcher().prepare()  # a server answers many queries: rerank runs compiled
+    compiled_search = session.prepare_compiled()  # a server answers many queries: rerank runs compiled
     loaded = {"index": index_digest(home), "features": features_digest(home)}
     # uploads stay in memory: the body is capped below this, so the spooled file never rolls over to disk
     MultiPartParser.spool_max_size = params.max_upload_bytes + 2**20

@@ -85,7 +85,7 @@ class Arrays:
     scale: np.ndarray
     levels: int
     _free: queue.LifoQueue[tuple[np.ndarray, ...]] = field(default_factory=queue.LifoQueue, init=False, repr=False)
-    _made: list[int] = field(default_factory=lambda: [0], init=False, repr=False)
+    _made: int = field(default=0, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
@@ -105,9 +105,9 @@ class Arrays:
             arrays = self._free.get_nowait()
         except queue.Empty:
             with self._lock:
-                fresh = self._made[0] <= usable_cores()
+                fresh = self._made <= usable_cores()
                 if fresh:
-                    self._made[0] += 1
+                    self._made += 1
             arrays = (np.zeros(self.n, np.int8), np.zeros(self.n, np.int32), np.empty(self.n, np.int32),
                       np.empty(self.n, np.int32)) if fresh else self._free.get()
         try:

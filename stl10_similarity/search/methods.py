@@ -48,15 +48,13 @@ def chosen(s: Searcher, q: QueryVector, wanted: int) -> tuple[np.ndarray, int]:
     """Which of the forest's pool rerank gives an exact cosine, and the pool's size: the numpy path, whose choice
     the compiled one (``compiled.py``) matches row for row."""
     ids = s.widen(q, _pool(s, q, wanted), wanted)
-    count = s.reranked(wanted)
-    if s.projection_keep is not None:
-        # the pool's best by the 128-byte projection (integer scores): at 50,000 real photos its best 1/20 held
-        # every top-10 neighbour the pool did (docs/decisions.md)
-        return _most(ids, s.scores("projected", q, ids), count), len(ids)
-    # keep the candidates whose top-K dimensions share most with the query's: at 50,000 real photos keeping
-    # 800 of ~4,750 gave recall 0.970 against 0.973 keeping 1,600; overlap of the centroid sets (0..12 shared)
-    # is too coarse to choose by (docs/quality.md, docs/decisions.md)
-    return _most(ids, s.scores("shared", q, ids), count), len(ids)
+    # the pool's best by the 128-byte projection (integer scores): at 50,000 real photos its best 1/20 held every
+    # top-10 neighbour the pool did (docs/decisions.md). Where it holds too little of the variance, those whose
+    # top-K dimensions share most with the query's: at 50,000 real photos keeping 800 of ~4,750 gave recall 0.970
+    # against 0.973 keeping 1,600; overlap of the centroid sets (0..12 shared) is too coarse to choose by
+    # (docs/quality.md, docs/decisions.md)
+    by = "projected" if s.projection_keep is not None else "shared"
+    return _most(ids, s.scores(by, q, ids), s.reranked(wanted)), len(ids)
 
 
 def _rerank(s: Searcher, q: QueryVector, wanted: int) -> tuple[np.ndarray, np.ndarray, int]:

@@ -56,25 +56,25 @@ class Searcher:
     # ------------------------------------------------------------ the compiled rerank
 
     def prepare(self) -> bool:
-        """Load the compiled rerank (``compiled.py``) for this process unless told not to (``compiled=False``), so
-        the next queries use it: what a process that answers many queries does first. Whether it is in use."""
-        if self.compiled is not False:
+        """Load the compiled rerank (``compiled.py``) for this process where this searcher can use it, so the next
+        queries do: what a process that answers many queries does first. Whether it is in use."""
+        if self.compilable:
             compiled.load()
         return self.uses_compiled
 
+    @cached_property
+    def compilable(self) -> bool:
+        """Whether rerank could run compiled here: not told otherwise (``compiled=False``, ``DISABLE_ENV``), one
+        part in this process, and band codes."""
+        return self.compiled is not False and not compiled.disabled() and isinstance(self.parts, LocalParts) \
+            and len(self.parts.shards) == 1 and self.parts.shards[0].compiled_arrays is not None
+
     @property
     def uses_compiled(self) -> bool:
-        """Whether rerank runs compiled: one part in this process, band codes, and the compiled functions loaded
-        (by :meth:`prepare`, or by any searcher of this process) or asked for (``compiled=True``)."""
-        if self._kernels is not None:  # once in use, for this searcher's life
-            return True
-        if self.compiled is False or compiled.disabled():
-            return False
-        if self.compiled and not compiled.loaded():
-            compiled.load()
-        if compiled.loaded() and isinstance(self.parts, LocalParts) and len(self.parts.shards) == 1 \
-                and self.parts.shards[0].compiled_arrays is not None:
-            self._kernels = compiled.load()
+        """Whether rerank runs compiled: :attr:`compilable`, and the compiled functions loaded (by :meth:`prepare`,
+        or by any searcher of this process) or asked for (``compiled=True``)."""
+        if self._kernels is None and self.compilable and (self.compiled or compiled.loaded()):
+            self._kernels = compiled.load()  # kept for this searcher's life: no lock or environment per query
         return self._kernels is not None
 
     def _compiled_arrays(self) -> compiled.Arrays:
@@ -103,9 +103,10 @@ class Searcher:
         arrays, kernels = self._compiled_arrays(), self._kernels
         by_projection = self.projection_keep is not None
         out: list[Any] = [None] * len(queries)
+        wants = [self._wanted(k, q) for q in queries]
         blocks = []
-        for wanted in sorted({self._wanted(k, q) for q in queries}):  # the kernel takes one ``wanted`` a call
-            mine = [i for i, q in enumerate(queries) if self._wanted(k, q) == wanted]
+        for wanted in sorted(set(wants)):  # the kernel takes one ``wanted`` a call
+            mine = [i for i, w in enumerate(wants) if w == wanted]
             blocks += [(wanted, mine[lo : lo + BLOCK]) for lo in range(0, len(mine), BLOCK)]
 
         def answer(block: tuple[int, list[int]]) -> None:
@@ -310,12 +311,13 @@ class Searcher:
     def search_many(self, queries: Sequence[QueryVector], k: int, method: str,
                     threads: int | None = None) -> list[tuple[np.ndarray, np.ndarray, int]]:
         """:meth:`search` for every query, answered on ``threads`` threads (default: every core this process may
-        use), in the queries' order. A batch of ``COMPILED_BATCH`` or more loads the compiled rerank first
+        use), in the queries' order. A rerank batch of ``COMPILED_BATCH`` or more loads the compiled rerank first
         (``compiled.py``), which answers blocks of queries without the GIL."""
-        if len(queries) >= COMPILED_BATCH:
-            self.prepare()
-        if len(queries) > 1 and self.resolve(method) == "rerank" and self.uses_compiled:
-            return self._compiled_many(queries, k, threads)
+        if len(queries) > 1 and self.resolve(method) == "rerank":
+            if len(queries) >= COMPILED_BATCH:
+                self.prepare()
+            if self.uses_compiled:
+                return self._compiled_many(queries, k, threads)
         return self._each(lambda q: self.search(q, k, method), queries, threads)
 
     def query_many(self, queries: Sequence[QueryVector], k: int, method: str = SearchParams.method,
