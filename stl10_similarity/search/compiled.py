@@ -17,9 +17,8 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -92,28 +91,27 @@ class Arrays:
     def n(self) -> int:
         return len(self.features)
 
-    @property
+    @cached_property
     def index(self) -> tuple[np.ndarray, ...]:
         return (self.values, self.value_starts, self.shifts, self.flat_keys, self.flat_order, self.codes, self.bits,
                 self.features, self.components, self.scale)
 
-    @contextmanager
-    def _scratch(self) -> Iterator[tuple[np.ndarray, ...]]:
-        """One set of scratch arrays (13 bytes an image) for one call: reused, and no more sets than cores + 1, so
-        a server's many worker threads hold a few sets, not one each (a caller beyond waits for a free one)."""
+    def _borrow(self) -> tuple[np.ndarray, ...]:
+        """One set of scratch arrays (13 bytes an image) for one call, given back by :meth:`_give_back`: reused,
+        and no more sets than cores + 1, so a server's many worker threads hold a few sets, not one each (a caller
+        beyond waits for a free one)."""
         try:
-            arrays = self._free.get_nowait()
+            return self._free.get_nowait()
         except queue.Empty:
             with self._lock:
                 fresh = self._made <= usable_cores()
                 if fresh:
                     self._made += 1
-            arrays = (np.zeros(self.n, np.int8), np.zeros(self.n, np.int32), np.empty(self.n, np.int32),
-                      np.empty(self.n, np.int32)) if fresh else self._free.get()
-        try:
-            yield arrays
-        finally:
-            self._free.put(arrays)
+            return (np.zeros(self.n, np.int8), np.zeros(self.n, np.int32), np.empty(self.n, np.int32),
+                    np.empty(self.n, np.int32)) if fresh else self._free.get()
+
+    def _give_back(self, arrays: tuple[np.ndarray, ...]) -> None:
+        self._free.put(arrays)
 
     def rerank(self, kernels: Any, signature: np.ndarray, exclude: int, query: np.ndarray, topk: np.ndarray,
                budget: int, overshoot: int, keep: int, wanted: int,
@@ -121,11 +119,14 @@ class Arrays:
         """The ``wanted`` best rows by exact cosine (best first, ties by row), their cosines, and the size of the
         forest's pool for ``budget``, of which the prefilter chose ``keep`` (by the projection, else by shared
         top-K dimensions)."""
-        with self._scratch() as scratch:
+        scratch = self._borrow()
+        try:
             rows, cosines, pool = kernels.rerank(
                 self.index, self.tree_shift, self.n, self.levels, budget, overshoot, keep, wanted, by_projection,
                 np.ascontiguousarray(signature, dtype=np.uint32), exclude,
                 np.ascontiguousarray(query, dtype=np.float32), np.ascontiguousarray(topk, dtype=np.int64), scratch)
+        finally:
+            self._give_back(scratch)
         if pool < 0:
             raise ValueError("a signature value is not in the token table: signatures and table disagree")
         return rows, cosines, int(pool)
@@ -135,11 +136,14 @@ class Arrays:
                     wanted: int, by_projection: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`rerank` for each row of the stacked arguments, in one call: rows ``(queries, wanted)`` (-1 past a
         query's results), cosines, pool sizes."""
-        with self._scratch() as scratch:
+        scratch = self._borrow()
+        try:
             rows, cosines, pools = kernels.rerank_many(
                 self.index, self.tree_shift, self.n, self.levels, budget, overshoot, keep, wanted, by_projection,
                 np.ascontiguousarray(signatures, dtype=np.uint32), np.ascontiguousarray(excludes, dtype=np.int64),
                 np.ascontiguousarray(queries, dtype=np.float32), np.ascontiguousarray(topks, dtype=np.int64), scratch)
+        finally:
+            self._give_back(scratch)
         if (pools < 0).any():
             raise ValueError("a signature value is not in the token table: signatures and table disagree")
         return rows, cosines, pools
