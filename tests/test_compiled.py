@@ -65,12 +65,28 @@ def test_compiled_rerank_answers_as_the_numpy_path(data, candidates):
     queries = [fast.for_row(row) for row in range(0, 3000, 41)]
     queries += [fast.for_feature(f) for f in _features(5, seed=13)]  # from outside the collection
     for q in queries:
-        for k in (1, 10, 60):
+        for k in (1, 10, 60, 100):  # up to 64 wanted are kept in a short list, more are sorted
             rows, cosines, examined = fast.search(q, k, "rerank")
             rows1, cosines1, examined1 = slow.search(q, k, "rerank")
             assert np.array_equal(rows, rows1) and examined == examined1
             assert np.allclose(cosines, cosines1, rtol=0, atol=1e-12)
             assert np.all(np.diff(cosines) <= 0) and q.exclude not in rows.tolist()
+
+
+def test_exact_copies_tie_by_the_smaller_row_on_both_paths():
+    base = _features(1200, seed=21)
+    feats = np.concatenate([base, base[::-1]])  # every image twice: equal scores and equal cosines
+    fast, slow = _pair(feats, 200)
+    tied = 0
+    for row in range(0, 2400, 97):
+        q = fast.for_row(row)
+        rows, cosines, _ = fast.search(q, 10, "rerank")
+        rows1, _, _ = slow.search(q, 10, "rerank")
+        assert np.array_equal(rows, rows1)
+        ties = np.flatnonzero(np.diff(cosines) == 0)
+        assert np.all(rows[ties] < rows[ties + 1])
+        tied += len(ties)
+    assert tied >= 25  # most results come in equal pairs
 
 
 def test_a_compiled_batch_answers_as_the_queries_one_by_one():
