@@ -142,3 +142,21 @@ def test_one_off_queries_and_small_batches_do_not_load_numba_and_big_batches_do(
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def test_kernels_that_cannot_compile_leave_the_numpy_path_answering(monkeypatch):
+    feats = _features(400, seed=6)
+    index = index_in_memory(feats, np.zeros(len(feats), np.int16), [], IndexParams())
+    want = Searcher(index, 40, compiled=False).search(Searcher(index, 40).for_row(3), 10, "rerank")
+
+    def broken(kernels):
+        raise RuntimeError("LLVM says no")
+
+    monkeypatch.setattr(compiled, "_loaded", {})  # this process has not loaded them yet
+    monkeypatch.setattr(compiled, "_warm", broken)
+    with pytest.warns(RuntimeWarning, match="LLVM says no"):
+        assert compiled.load() is None
+    searcher = Searcher(index, 40, compiled=True)
+    assert not searcher.uses_compiled
+    rows, cosines, examined = searcher.search(searcher.for_row(3), 10, "rerank")
+    assert np.array_equal(rows, want[0]) and examined == want[2]

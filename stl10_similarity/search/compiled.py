@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -47,8 +48,14 @@ def load() -> Any | None:
             except ImportError:
                 _loaded["kernels"] = None
             else:
-                _warm(kernels)
-                _loaded["kernels"] = kernels
+                try:
+                    _warm(kernels)
+                except Exception as exc:  # a numba or LLVM that cannot compile them: numpy answers, as without numba
+                    warnings.warn(f"the compiled rerank could not be compiled here ({type(exc).__name__}: {exc}); "
+                                  "the numpy path answers", RuntimeWarning, stacklevel=2)
+                    _loaded["kernels"] = None
+                else:
+                    _loaded["kernels"] = kernels
         return _loaded["kernels"]
 
 
