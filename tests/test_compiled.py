@@ -160,3 +160,23 @@ def test_kernels_that_cannot_compile_leave_the_numpy_path_answering(monkeypatch)
     assert not searcher.uses_compiled
     rows, cosines, examined = searcher.search(searcher.for_row(3), 10, "rerank")
     assert np.array_equal(rows, want[0]) and examined == want[2]
+
+
+def test_the_union_writes_one_slot_past_its_rows_at_most():
+    feats = _features(300, seed=4)
+    fast, _ = _pair(feats, 5)
+    arrays, kernels = fast.parts.shards[0].compiled_arrays, compiled.load()
+    n, trees = arrays.n, len(arrays.flat_order) // arrays.n
+    # every tree's whole range at depth 1: each row comes up once per tree, so most entries are repeats
+    lo = np.zeros((trees, 2), np.int64)
+    hi = np.zeros((trees, 2), np.int64)
+    lo[:, 1], hi[:, 1] = np.arange(trees) * n, np.arange(1, trees + 1) * n
+    active = np.ones((trees, 2), np.bool_)
+    mark = np.zeros(n, np.int8)
+    for exclude in (-1, 7):
+        out = np.full(n + 2, -5, np.int32)
+        count = kernels.union(arrays.flat_order, lo, hi, active, 1, exclude, mark, out)
+        assert count == n - (exclude >= 0) and sorted(out[:count].tolist()) == [r for r in range(n) if r != exclude]
+        assert out[n + 1] == -5  # the scratch row buffer holds n + 1
+        assert mark.sum() == count and (exclude < 0 or mark[exclude] == 0)
+        mark[:] = 0

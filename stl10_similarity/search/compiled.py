@@ -114,7 +114,8 @@ class Arrays:
                 fresh = self._made <= usable_cores()
                 if fresh:
                     self._made += 1
-            return (np.zeros(self.n, np.int8), np.zeros(self.n, np.int32), np.empty(self.n, np.int32),
+            # the union writes each row before it knows whether it is new: one slot more than the rows
+            return (np.zeros(self.n, np.int8), np.zeros(self.n, np.int32), np.empty(self.n + 1, np.int32),
                     np.empty(self.n, np.int32)) if fresh else self._free.get()
 
     def _give_back(self, arrays: tuple[np.ndarray, ...]) -> None:

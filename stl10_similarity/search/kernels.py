@@ -82,7 +82,8 @@ def lower_bounds(a, starts, sizes, targets):
 @njit(nogil=True, cache=True)
 def union(flat_order, lo, hi, active, d, exclude, mark, out):
     """Distinct rows in the active trees' ranges at depth ``d`` into ``out`` (how many: returned); ``mark`` is left
-    set (1) for them. Without branches: every row is written, and the count moves past it only if it is new."""
+    set (1) for them. Without branches: every row is written, and the count moves past it only if it is new, so
+    ``out`` needs one slot more than the distinct rows (``n + 1``)."""
     if exclude >= 0:
         mark[exclude] = 1  # seen already, so never counted
     count = 0
