@@ -26,7 +26,7 @@ from stl10_similarity.index.forest import BandCodes, prefix_arrays
 from stl10_similarity.index.projection import fit_projection
 from stl10_similarity.index.sets import bitmaps, representation
 from stl10_similarity.index.signatures import SEED, minhash_signatures, set_statistics, token_table, top_k_sets
-from stl10_similarity.params import IndexParams
+from stl10_similarity.params import COMPILED_TOP_K_ROWS, IndexParams
 
 
 def stages(feats: np.ndarray, params: IndexParams = IndexParams()) -> dict[str, dict[str, float]]:
@@ -43,7 +43,8 @@ def stages(feats: np.ndarray, params: IndexParams = IndexParams()) -> dict[str, 
 
     n, dim = feats.shape
     stats = timed("statistics", lambda: set_statistics(feats))
-    topk = timed(f"top-{params.top_k} sets", lambda: top_k_sets(feats, params.top_k, params.basis, stats))
+    topk = timed(f"top-{params.top_k} sets", lambda: top_k_sets(feats, params.top_k, params.basis, stats,
+                                                                 compiled=len(feats) >= COMPILED_TOP_K_ROWS))
     timed("bitmaps", lambda: bitmaps(topk, dim))
     rep = representation(params, n, dim)
     vocabulary = timed("fitting the centroids", lambda: rep.fit(feats, stats, SEED))

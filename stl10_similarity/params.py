@@ -48,6 +48,15 @@ PROJECTION_KEEP = {PROJECTION_TRUSTED: 1 / 20, PROJECTION_USEFUL: 1 / 10}
 # A batch of at least this many queries loads the compiled rerank (search/compiled.py) first: loading costs ~0.45 s
 # a process (~10 s the first time on a machine) and saves ~0.7 ms a query at 50,000 images, more at a million
 COMPILED_BATCH = 500
+# A build of at least this many rows picks each row's top-K dimensions by a compiled select (index/select_kernel.py):
+# loading numba costs ~0.2 s a process and its select saves ~4 us a row against torch's topk (~4.5 s at a million)
+COMPILED_TOP_K_ROWS = 100_000
+NO_COMPILED_ENV = "STL10SIM_NO_COMPILED"  # set (to anything but "" or "0"): numpy and torch only, never numba
+
+
+def compiled_disabled() -> bool:
+    """Whether this process was told not to load numba (``NO_COMPILED_ENV``)."""
+    return os.environ.get(NO_COMPILED_ENV, "") not in ("", "0")
 IMAGES_PER_CENTROID = 50  # `centroids` sets: one learned centroid per this many images ...
 MIN_CENTROIDS = 64  # ... but at least this many ...
 MAX_CENTROIDS = 4096  # ... and at most this many (fitting and assigning cost grows with it)

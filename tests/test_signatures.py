@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -138,3 +139,61 @@ def test_set_intersections_count_shared_members():
     padded = sets.copy()
     padded[:, 40:] = 1280  # the padding token: never shared, never counted
     assert set_intersections(padded[0], padded, 1280)[0] == 40 and set_sizes(padded, 1280).tolist() == [40] * 30
+
+
+def _stable_top_k(x: np.ndarray, k: int) -> np.ndarray:
+    """The reference: each row's k largest, ties to the smaller dimension, ascending."""
+    return np.sort(np.argsort(-x, axis=1, kind="stable")[:, :k], axis=1).astype(np.uint16)
+
+
+def test_the_compiled_top_k_picks_the_largest_with_ties_to_the_smaller_dimension():
+    rng = np.random.default_rng(3)
+    smooth = rng.standard_normal((700, 1280)).astype(np.float32)
+    ties = rng.integers(-3, 4, (300, 1280)).astype(np.float32)  # whole runs of equal values around the cut
+    ties[:20] = 0.0
+    ties[:10, ::2] = -0.0  # equal to 0.0
+    extremes = (rng.standard_normal((50, 64)) * 1e-38).astype(np.float32)  # subnormals too
+    extremes[:, 0], extremes[:, 1] = np.inf, -np.inf
+    for x, k in ((smooth, 100), (ties, 100), (ties, 1), (ties, 1279), (extremes, 7)):
+        got = top_k_sets(x, k, chunk=128, compiled=True)  # several chunks on every core
+        assert np.array_equal(got, _stable_top_k(x, k))
+    stats = set_statistics(smooth)
+    for basis in ("raw", "centered", "standardized"):  # without ties, the compiled select and torch agree
+        assert np.array_equal(top_k_sets(smooth, 100, basis, stats, compiled=True),
+                              top_k_sets(smooth, 100, basis, stats))
+
+
+def test_the_top_k_falls_back_to_torch_where_numba_is_off_or_broken(monkeypatch):
+    from stl10_similarity.index import select_kernel, signatures
+    from stl10_similarity.params import NO_COMPILED_ENV
+
+    x = np.random.default_rng(4).standard_normal((50, 300)).astype(np.float32)
+    want = top_k_sets(x, 30)
+    monkeypatch.setenv(NO_COMPILED_ENV, "1")
+    assert signatures._compiled_select() is None and np.array_equal(top_k_sets(x, 30, compiled=True), want)
+    monkeypatch.delenv(NO_COMPILED_ENV)
+
+    def broken(block, k, out):
+        raise RuntimeError("LLVM says no")
+
+    monkeypatch.setattr(signatures, "_select", {})  # not yet loaded in this process
+    monkeypatch.setattr(select_kernel, "top_k_rows", broken)
+    with pytest.warns(RuntimeWarning, match="LLVM says no"):
+        assert np.array_equal(top_k_sets(x, 30, compiled=True), want)
+
+
+def test_a_big_build_picks_its_top_k_compiled_with_the_same_index(monkeypatch):
+    from stl10_similarity.index import index_in_memory, loaded
+    from stl10_similarity.params import IndexParams
+
+    feats = np.random.default_rng(5).standard_normal((600, 1280)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    labels = np.zeros(len(feats), np.int16)
+    small = index_in_memory(feats, labels, [], IndexParams())
+    monkeypatch.setattr(loaded, "COMPILED_TOP_K_ROWS", 100)  # 600 rows now count as a big build
+    calls = []
+    real = loaded.top_k_sets
+    monkeypatch.setattr(loaded, "top_k_sets", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    big = index_in_memory(feats, labels, [], IndexParams())
+    assert calls == [{"compiled": True}]
+    assert np.array_equal(big.topk, small.topk) and np.array_equal(big.signatures, small.signatures)

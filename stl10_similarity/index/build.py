@@ -36,7 +36,7 @@ from stl10_similarity.index.state import (
     last_shards,
     vocabulary_record,
 )
-from stl10_similarity.params import PROJECTION_DIMS, EngineParams, IndexParams, ShardParams
+from stl10_similarity.params import COMPILED_TOP_K_ROWS, PROJECTION_DIMS, EngineParams, IndexParams, ShardParams
 from stl10_similarity.progress import SILENT, Progress
 from stl10_similarity.store import Manifest
 from stl10_similarity.store.artifacts import (
@@ -221,7 +221,7 @@ def _build(feats: np.ndarray, path: Path, dim: int, params: IndexParams, staging
     step("per-dimension statistics")
     stats = set_statistics(iter_npy_rows(path, CHUNK_ROWS // 4))
     step(f"top-{params.top_k} sets")
-    topk = np.concatenate([top_k_sets(block, params.top_k, params.basis, stats)
+    topk = np.concatenate([top_k_sets(block, params.top_k, params.basis, stats, compiled=n >= COMPILED_TOP_K_ROWS)
                            for block in iter_npy_rows(path, CHUNK_ROWS)])
     write_npy(staging / "topk.npy", topk)
     write_npy(staging / "topk_bits.npy", bitmaps(topk, dim))
@@ -309,7 +309,8 @@ def _update(base: _Base, feats: np.ndarray, ids: np.ndarray, versions: np.ndarra
         out[name][row_map[kept_old]] = old[name][kept_old]
     if len(fresh_rows):
         new_feats = np.asarray(feats[fresh_rows])
-        out["topk"][fresh_rows] = top_k_sets(new_feats, params.top_k, params.basis, stats)
+        out["topk"][fresh_rows] = top_k_sets(new_feats, params.top_k, params.basis, stats,
+                                             compiled=len(fresh_rows) >= COMPILED_TOP_K_ROWS)
         out["topk_bits"][fresh_rows] = bitmaps(out["topk"][fresh_rows], feats.shape[1])
         out["sets"][fresh_rows] = rep.sets(new_feats, stats, vocabulary)
         out["signatures"][fresh_rows] = minhash_signatures(out["sets"][fresh_rows], table)

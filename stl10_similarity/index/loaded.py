@@ -29,7 +29,7 @@ from stl10_similarity.index.state import (
     shard_count,
     vocabulary_record,
 )
-from stl10_similarity.params import IndexParams
+from stl10_similarity.params import COMPILED_TOP_K_ROWS, IndexParams
 from stl10_similarity.sources import keys_are_paths
 from stl10_similarity.store import Manifest
 from stl10_similarity.store.artifacts import (
@@ -148,7 +148,7 @@ def index_in_memory(
     features; ``rep``: a set representation of your own instead of the one ``params`` name."""
     trees = params.trees
     stats = set_statistics(features) if stats is None else stats
-    topk = top_k_sets(features, params.top_k, params.basis, stats)
+    topk = top_k_sets(features, params.top_k, params.basis, stats, compiled=len(features) >= COMPILED_TOP_K_ROWS)
     if rep is None:
         rep = representation(params, len(features), features.shape[1]) if vocabulary is None else \
             frozen_representation(params, vocabulary, features.shape[1])

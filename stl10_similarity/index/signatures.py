@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import itertools
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
-from stl10_similarity.params import DIM, usable_cores
+from stl10_similarity.params import DIM, compiled_disabled, usable_cores
 
 SCHEME = "affine32"  # datasketch >= 2 default; recorded in every index manifest
 SEED = 1  # datasketch's default MinHash seed
@@ -113,18 +115,30 @@ def to_set_basis(features: np.ndarray, basis: str, stats: np.ndarray | None) -> 
 
 def top_k_sets(
     features: np.ndarray, top_k: int, basis: str = "raw", stats: np.ndarray | None = None, chunk: int = _CHUNK,
+    compiled: bool = False,
 ) -> np.ndarray:
     """Indices of each row's ``top_k`` largest values, sorted ascending: ``(n, top_k)`` uint16.
 
     Chunked (bounded memory); torch's ``topk`` on every core took 1.9-2.0 s for 262,144 rows of the simulated
     million where numpy's ``argpartition`` on two threads took 2.4-2.9 s (equal values may be picked differently).
+    ``compiled`` (what builds of ``COMPILED_TOP_K_ROWS`` rows or more ask): numba's radix select
+    (``select_kernel.py``) on every core, 1.05 s for those rows on one, ties to the smaller dimension; torch where
+    numba is missing or turned off.
     """
-    import torch
-
     n, dim = features.shape
     if not 1 <= top_k <= dim:
         raise ValueError(f"top_k must be in 1..{dim}, got {top_k}")
     out = np.empty((n, top_k), dtype=np.uint16)
+    select = _compiled_select() if compiled and top_k < dim else None
+    if select is not None:
+        def run(lo: int) -> None:
+            block = np.ascontiguousarray(to_set_basis(features[lo : lo + chunk], basis, stats), dtype=np.float32)
+            select.top_k_rows(block, top_k, out[lo : lo + chunk])
+
+        _run_chunks(run, n, chunk, usable_cores())
+        return out
+    import torch
+
     with torch.inference_mode():
         for lo in range(0, n, chunk):
             block = to_set_basis(features[lo : lo + chunk], basis, stats)
@@ -135,6 +149,35 @@ def top_k_sets(
                 idx = torch.topk(torch.from_numpy(writable), top_k, dim=1, sorted=False).indices.numpy()
             out[lo : lo + chunk] = np.sort(idx.astype(np.uint16), axis=1)  # 3x faster to sort than int64
     return out
+
+
+_select_lock = threading.Lock()
+_select: dict[str, Any] = {}
+
+
+def _compiled_select() -> Any | None:
+    """The compiled select (``select_kernel``), compiled or read from numba's cache and checked once a process;
+    None where numba is missing, turned off (``NO_COMPILED_ENV``) or cannot compile it (torch answers then)."""
+    if compiled_disabled():
+        return None
+    with _select_lock:
+        if "kernel" not in _select:
+            _select["kernel"] = None
+            try:
+                from stl10_similarity.index import select_kernel
+            except ImportError:
+                return None
+            try:
+                picked = np.empty((1, 2), np.uint16)
+                select_kernel.top_k_rows(np.array([[3, 1, 2, 3]], np.float32), 2, picked)
+                if picked.tolist() != [[0, 3]]:
+                    raise RuntimeError(f"picked {picked.tolist()}, not [[0, 3]]")
+            except Exception as exc:  # a numba or LLVM that cannot compile it: torch answers, as without numba
+                warnings.warn(f"the compiled top-K select could not be used here ({type(exc).__name__}: {exc}); "
+                              "torch's topk answers", RuntimeWarning, stacklevel=3)
+            else:
+                _select["kernel"] = select_kernel
+        return _select["kernel"]
 
 
 def _run_chunks(run: Callable[[int], None], n: int, chunk: int, threads: int) -> None:

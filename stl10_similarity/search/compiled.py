@@ -14,7 +14,6 @@ many load it first (docs/decisions.md).
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import warnings
@@ -24,16 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from stl10_similarity.params import usable_cores
+from stl10_similarity.params import NO_COMPILED_ENV, compiled_disabled, usable_cores
 
-DISABLE_ENV = "STL10SIM_NO_COMPILED"  # set (to anything but "" or "0"): numpy only, numba is never imported
+DISABLE_ENV = NO_COMPILED_ENV  # set (to anything but "" or "0"): numpy only, numba is never imported
 
 _lock = threading.Lock()
 _loaded: dict[str, Any] = {}
 
 
 def disabled() -> bool:
-    return os.environ.get(DISABLE_ENV, "") not in ("", "0")
+    return compiled_disabled()
 
 
 def load() -> Any | None:
