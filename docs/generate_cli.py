@@ -18,7 +18,7 @@ Generated from `stl10sim --help` by `python docs/generate_cli.py` (a test fails 
 Global options (`-q`, `--debug`) go before the command: `stl10sim -q index`. Environment: `STL10SIM_CACHE_DIR`
 (artifacts), `STL10SIM_DATA_DIR` (where `stl10_binary/` lives), `STL10SIM_URL` (where STL-10 is downloaded
 from: a mirror, or a local server in tests), `TORCH_HOME` (where the ImageNet weights are cached),
-`STL10SIM_NO_COMPILED=1` (rerank on numpy only, never loading numba: docs/performance.md).
+`STL10SIM_NO_COMPILED=1` (rerank on numpy and big builds' top-K on torch, never loading numba: docs/performance.md).
 """
 
 
