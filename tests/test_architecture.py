@@ -183,7 +183,7 @@ def test_the_faces_use_the_api_params_errors_and_progress_only():
 
 
 LAYERS = [  # bottom first: a module imports only from its own layer or those below it (docs/architecture.md)
-    ("shared", ("params", "errors", "progress", "ray_support")),
+    ("shared", ("params", "errors", "progress", "ray_support", "numba_modules")),
     ("store", ("store",)),
     ("sources", ("sources",)),
     ("ingest", ("ingest",)),

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from stl10_similarity import numba_modules
 from stl10_similarity.index import index_in_memory
 from stl10_similarity.params import IndexParams
 from stl10_similarity.search import OVERSHOOT, Searcher, compiled
@@ -152,7 +153,7 @@ def test_kernels_that_cannot_compile_leave_the_numpy_path_answering(monkeypatch)
     def broken(kernels):
         raise RuntimeError("LLVM says no")
 
-    monkeypatch.setattr(compiled, "_loaded", {})  # this process has not loaded them yet
+    monkeypatch.setattr(numba_modules, "_loaded", {})  # this process has not loaded them yet
     monkeypatch.setattr(compiled, "_warm", broken)
     with pytest.warns(RuntimeWarning, match="LLVM says no"):
         assert compiled.load() is None

@@ -164,6 +164,7 @@ def test_the_compiled_top_k_picks_the_largest_with_ties_to_the_smaller_dimension
 
 
 def test_the_top_k_falls_back_to_torch_where_numba_is_off_or_broken(monkeypatch):
+    from stl10_similarity import numba_modules
     from stl10_similarity.index import select_kernel, signatures
     from stl10_similarity.params import NO_COMPILED_ENV
 
@@ -176,7 +177,7 @@ def test_the_top_k_falls_back_to_torch_where_numba_is_off_or_broken(monkeypatch)
     def broken(block, k, out):
         raise RuntimeError("LLVM says no")
 
-    monkeypatch.setattr(signatures, "_select", {})  # not yet loaded in this process
+    monkeypatch.setattr(numba_modules, "_loaded", {})  # not yet loaded in this process
     monkeypatch.setattr(select_kernel, "top_k_rows", broken)
     with pytest.warns(RuntimeWarning, match="LLVM says no"):
         assert np.array_equal(top_k_sets(x, 30, compiled=True), want)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from stl10_similarity.params import DIM, compiled_disabled, usable_cores
+from stl10_similarity import numba_modules
+from stl10_similarity.params import DIM, usable_cores
 
 SCHEME = "affine32"  # datasketch >= 2 default; recorded in every index manifest
 SEED = 1  # datasketch's default MinHash seed
@@ -151,33 +151,18 @@ def top_k_sets(
     return out
 
 
-_select_lock = threading.Lock()
-_select: dict[str, Any] = {}
-
-
 def _compiled_select() -> Any | None:
     """The compiled select (``select_kernel``), compiled or read from numba's cache and checked once a process;
     None where numba is missing, turned off (``NO_COMPILED_ENV``) or cannot compile it (torch answers then)."""
-    if compiled_disabled():
-        return None
-    with _select_lock:
-        if "kernel" not in _select:
-            _select["kernel"] = None
-            try:
-                from stl10_similarity.index import select_kernel
-            except ImportError:
-                return None
-            try:
-                picked = np.empty((1, 2), np.uint16)
-                select_kernel.top_k_rows(np.array([[3, 1, 2, 3]], np.float32), 2, picked)
-                if picked.tolist() != [[0, 3]]:
-                    raise RuntimeError(f"picked {picked.tolist()}, not [[0, 3]]")
-            except Exception as exc:  # a numba or LLVM that cannot compile it: torch answers, as without numba
-                warnings.warn(f"the compiled top-K select could not be used here ({type(exc).__name__}: {exc}); "
-                              "torch's topk answers", RuntimeWarning, stacklevel=3)
-            else:
-                _select["kernel"] = select_kernel
-        return _select["kernel"]
+    return numba_modules.load("stl10_similarity.index.select_kernel", _check_select, "the compiled top-K select",
+                              "torch's topk")
+
+
+def _check_select(select_kernel: Any) -> None:
+    picked = np.empty((1, 2), np.uint16)
+    select_kernel.top_k_rows(np.array([[3, 1, 2, 3]], np.float32), 2, picked)
+    if picked.tolist() != [[0, 3]]:
+        raise RuntimeError(f"picked {picked.tolist()}, not [[0, 3]]")
 
 
 def _run_chunks(run: Callable[[int], None], n: int, chunk: int, threads: int) -> None:

@@ -16,51 +16,33 @@ from __future__ import annotations
 
 import queue
 import threading
-import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
+from stl10_similarity import numba_modules
 from stl10_similarity.params import NO_COMPILED_ENV, compiled_disabled, usable_cores
 
 DISABLE_ENV = NO_COMPILED_ENV  # set (to anything but "" or "0"): numpy only, numba is never imported
 
-_lock = threading.Lock()
-_loaded: dict[str, Any] = {}
+KERNELS = "stl10_similarity.search.kernels"
 
 
-def disabled() -> bool:
-    return compiled_disabled()
+disabled = compiled_disabled  # whether this process was told not to load numba (``DISABLE_ENV``)
 
 
 def load() -> Any | None:
     """The compiled functions (the ``kernels`` module), compiled or read from numba's cache and run once on first
-    use; None where numba is not installed or the environment turns it off (the numpy path answers then)."""
-    if disabled():
-        return None
-    with _lock:
-        if "kernels" not in _loaded:
-            try:
-                from stl10_similarity.search import kernels
-            except ImportError:
-                _loaded["kernels"] = None
-            else:
-                try:
-                    _warm(kernels)
-                except Exception as exc:  # a numba or LLVM that cannot compile them: numpy answers, as without numba
-                    warnings.warn(f"the compiled rerank could not be compiled here ({type(exc).__name__}: {exc}); "
-                                  "the numpy path answers", RuntimeWarning, stacklevel=2)
-                    _loaded["kernels"] = None
-                else:
-                    _loaded["kernels"] = kernels
-        return _loaded["kernels"]
+    use; None where numba is not installed, the environment turns it off or it cannot compile them (the numpy path
+    answers then)."""
+    return numba_modules.load(KERNELS, _warm, "the compiled rerank", "the numpy path")
 
 
 def loaded() -> bool:
     """Whether this process has the compiled functions ready (loading them is what one-off queries avoid)."""
-    return _loaded.get("kernels") is not None and not disabled()
+    return numba_modules.loaded(KERNELS)
 
 
 def read_only(array: np.ndarray) -> np.ndarray:
