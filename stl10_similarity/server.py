@@ -77,7 +77,10 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
     access = access or Access.for_server(params.host, params.port, params.allow_hosts, params.token)
     session = Session.open(home, progress=progress, engine=engine, mapped=params.artifacts == "map")
     session.pin()
-    compiled_search = session.prepare_compiled()  # a server answers many queries: rerank runs compiled
+    if session.searcher().resolve("auto") == "rerank":  # a server answers many queries: rerank runs compiled
+        session.prepare_compiled()
+    # below the scan limit an exact scan answers by default: numba's ~130 MB and start-up are not paid for a
+    # rerank asked for by name, which the numpy path answers in about a millisecond at that size
     loaded = {"index": index_digest(home), "features": features_digest(home)}
     # uploads stay in memory: the body is capped below this, so the spooled file never rolls over to disk
     MultiPartParser.spool_max_size = params.max_upload_bytes + 2**20
@@ -148,7 +151,7 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
             except OSError:
                 newer[name] = True
         return json_ready({"status": "ok", "n": session.n, **session.index_params(),
-                           "weights": session.weights(), "compiled_search": compiled_search,
+                           "weights": session.weights(), "compiled_search": session.searcher().uses_compiled,
                            "class_names": session.class_names, "version": __version__, "max_k": P.SERVE_MAX_K,
                            "newer_index_on_disk": newer["index"] or newer["features"],
                            "note": "restart the server to answer from the newer index"

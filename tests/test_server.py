@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -48,8 +50,34 @@ def test_health(client):
     assert doc["top_k"] == 100 and doc["num_perm"] == 128 and doc["trees"] == 32 and doc["basis"] == "centered"
     assert doc["sets"] == "centroids" and doc["vocabulary"]["universe"] == 64
     assert doc["assignment"] == "int8 codes, 127 x 63 levels"
-    assert doc["compiled_search"] is True  # a server answers many queries: rerank runs compiled
     assert doc["class_names"][:3] == ["airplane", "bird", "car"] and doc["newer_index_on_disk"] is False
+
+
+@pytest.mark.slow
+def test_the_server_loads_the_compiled_search_only_where_auto_means_rerank(built_cache):
+    """Below the scan limit an exact scan answers by default: numba (~130 MB, ~0.4 s) is not loaded, and a rerank
+    asked for by name still answers; past it the server loads the compiled rerank at start and says so."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from served import local_client\n"
+        "from stl10_similarity.params import ServeParams\n"
+        "from stl10_similarity.server import create_app\n"
+        f"cache = Path({str(built_cache)!r})\n"
+        "with local_client(create_app(cache, ServeParams())) as c:\n"
+        "    assert c.get('/api/v1/health').json()['compiled_search'] is False\n"
+        "    found = c.get('/api/v1/search', params={'image_id': 3, 'k': 5, 'method': 'rerank'}).json()\n"
+        "    assert len(found['results']) == 5, found\n"
+        "assert 'numba' not in sys.modules, 'a server over 100 images loaded numba'\n"
+        "import stl10_similarity.search.searcher as searcher\n"
+        "searcher.SCAN_LIMIT = 50  # 100 images are now past it: auto means rerank\n"
+        "with local_client(create_app(cache, ServeParams())) as c:\n"
+        "    assert c.get('/api/v1/health').json()['compiled_search'] is True\n"
+        "assert 'numba' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
 
 
 def test_images_pages_and_filter(client):
