@@ -146,8 +146,8 @@ def evaluate(session: Session, params: EvaluateParams = EvaluateParams(), progre
     kth_cos, kth_jac = _exact_thresholds(index, query_ids, k)
 
     reports = []
-    if any(session.searcher().resolve(m) == "rerank" for m in params.methods):  # many queries: run it compiled
-        session.prepare_compiled(params.candidates)
+    for method in params.methods:  # many queries: rerank runs compiled
+        session.prepare_compiled(method, params.candidates)
     for method in params.methods:
         ids = np.empty((len(query_ids), k), dtype=np.int64)
         times = np.empty(len(query_ids))

@@ -77,10 +77,9 @@ def create_app(home: Path, params: ServeParams = ServeParams(), *, progress: Pro
     access = access or Access.for_server(params.host, params.port, params.allow_hosts, params.token)
     session = Session.open(home, progress=progress, engine=engine, mapped=params.artifacts == "map")
     session.pin()
-    if session.searcher().resolve("auto") == "rerank":  # a server answers many queries: rerank runs compiled
-        session.prepare_compiled()
-    # below the scan limit an exact scan answers by default: numba's ~130 MB and start-up are not paid for a
-    # rerank asked for by name, which the numpy path answers in about a millisecond at that size
+    # a server answers many queries of the default method: compiled where that is rerank. Below the scan limit it
+    # is an exact scan, and a rerank asked for by name takes the numpy path, about a millisecond at that size
+    session.prepare_compiled()
     loaded = {"index": index_digest(home), "features": features_digest(home)}
     # uploads stay in memory: the body is capped below this, so the spooled file never rolls over to disk
     MultiPartParser.spool_max_size = params.max_upload_bytes + 2**20

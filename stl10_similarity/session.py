@@ -278,10 +278,14 @@ class Session:
             timing["embed"] = embed_ms
         return replace(result, timing_ms=timing, query_image=pixels)
 
-    def prepare_compiled(self, candidates: int = SearchParams.candidates) -> bool:
-        """Load the compiled rerank for this process where it can run (``Searcher.prepare``), saying so when it may
-        take a while: what a process answering many queries does first. Whether rerank runs compiled."""
+    def prepare_compiled(self, method: str = SearchParams.method, candidates: int = SearchParams.candidates) -> bool:
+        """Load the compiled rerank for this process where ``method`` resolves to rerank and it can run
+        (``Searcher.prepare``), saying so when it may take a while: what a process answering many queries of
+        ``method`` does first. ``auto`` below ``SCAN_LIMIT`` images is an exact scan, which numba (~130 MB, ~0.4 s)
+        would not speed up. Whether rerank runs compiled."""
         searcher = self.searcher(candidates)
+        if searcher.resolve(method) != "rerank":
+            return searcher.uses_compiled
         if searcher.compilable and not compiled.loaded():
             self.progress.note("loading the compiled search (the first time on a machine it compiles, ~10 s) ...")
         return searcher.prepare()
@@ -297,8 +301,8 @@ class Session:
         SearchParams(k=k, method=method, candidates=candidates, threads=threads)
         searcher = self.searcher(candidates)
         vectors = [searcher.for_row(self.check_id(image_id)) for image_id in image_ids]
-        if len(vectors) >= COMPILED_BATCH and searcher.resolve(method) == "rerank":
-            self.prepare_compiled(candidates)
+        if len(vectors) >= COMPILED_BATCH:
+            self.prepare_compiled(method, candidates)
         results = searcher.query_many(vectors, k, method, threads)
         return [replace(result, timing_ms={**result.timing_ms, "load": self.load_ms}) for result in results]
 
